@@ -68,14 +68,16 @@ def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator):
     rest: list[np.ndarray] = []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(len(idx) * fraction))
+        k = round(len(idx) * fraction)
         held.append(idx[:k])
         rest.append(idx[k:])
     return np.sort(np.concatenate(held)), np.sort(np.concatenate(rest))
 
 
 @lru_cache(maxsize=64)
-def _region_indices(regions: tuple[str, ...], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _region_indices(
+    regions: tuple[str, ...], seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     data = load_digits_dataset()
     rng = np.random.default_rng(seed)
     _, pool = _stratified_split(data.y, TEST_FRACTION, rng)

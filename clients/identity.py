@@ -1,0 +1,149 @@
+"""A device's identity on disk: its Ed25519 key, public key, enrollment and trust anchors.
+
+Layout of a device directory::
+
+    device.key          private key, PEM, mode 0600
+    device.pub          public key, hex of the raw 32 bytes
+    enrollment.json     region, device id and profile, written once enrolled
+    anchors/<region>.pub  the region server's public key (trust anchor)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedgate.crypto import (
+    SignatureError,
+    fingerprint,
+    generate_key,
+    load_private_key,
+    public_bytes,
+    read_public_key,
+    save_private_key,
+    save_public_key,
+)
+
+KEY_FILE = "device.key"
+PUB_FILE = "device.pub"
+ENROLLMENT_FILE = "enrollment.json"
+ANCHORS_DIR = "anchors"
+
+
+class IdentityError(ValueError):
+    """A device directory is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """A loaded device key and where it lives."""
+
+    key: Ed25519PrivateKey
+    home: Path
+
+    @property
+    def device_id(self) -> str:
+        return fingerprint(self.key)
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.key)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """The region a device enrolled with."""
+
+    region: str
+    device_id: str
+    profile: str = ""
+
+
+def store_identity(identity: DeviceIdentity, *, force: bool = False) -> None:
+    """Write ``device.key`` (0600) and ``device.pub``; refuse to replace a key unless ``force``."""
+    save_private_key(identity.key, identity.home / KEY_FILE, force=force)
+    save_public_key(identity.key, identity.home / PUB_FILE)
+
+
+def create_identity(device_dir: Path, *, force: bool = False) -> DeviceIdentity:
+    """Make and store a new device key; refuse to replace an existing one unless ``force``."""
+    identity = DeviceIdentity(generate_key(), Path(device_dir))
+    store_identity(identity, force=force)
+    return identity
+
+
+def load_identity(device_dir: Path) -> DeviceIdentity:
+    """Load the device key, checking its file mode and that ``device.pub`` matches it."""
+    home = Path(device_dir)
+    path = home / KEY_FILE
+    if not path.is_file():
+        raise IdentityError(f"no device key at {path} (run `fedgate enroll` first)")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise IdentityError(f"{path} is readable by other users; run `chmod 600 {path}`")
+    try:
+        key = load_private_key(path)
+    except SignatureError as exc:
+        raise IdentityError(str(exc)) from None
+    pub = home / PUB_FILE
+    if pub.exists():
+        try:
+            matches = public_bytes(read_public_key(pub)) == public_bytes(key)
+        except (SignatureError, ValueError):
+            matches = False
+        if not matches:
+            raise IdentityError(f"{pub} does not belong to {path}")
+    else:
+        save_public_key(key, pub)
+    return DeviceIdentity(key, home)
+
+
+def load_or_create_identity(device_dir: Path) -> tuple[DeviceIdentity, bool]:
+    """``(identity, created)``: the existing key, or a new one if there is none."""
+    if (Path(device_dir) / KEY_FILE).exists():
+        return load_identity(device_dir), False
+    return create_identity(device_dir), True
+
+
+def save_enrollment(device_dir: Path, enrollment: Enrollment) -> None:
+    _write_atomic(Path(device_dir) / ENROLLMENT_FILE, json.dumps(enrollment.__dict__, indent=2))
+
+
+def read_enrollment(device_dir: Path) -> Enrollment | None:
+    """The device's enrollment, or None when it has not enrolled yet."""
+    path = Path(device_dir) / ENROLLMENT_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Enrollment(str(data["region"]), str(data["device_id"]), str(data.get("profile", "")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IdentityError(f"{path} is corrupt ({exc})") from None
+
+
+def save_trust_anchor(device_dir: Path, region: str, key: Ed25519PublicKey) -> Path:
+    """Store the region server's public key as this device's trust anchor for ``region``."""
+    path = Path(device_dir) / ANCHORS_DIR / f"{region}.pub"
+    save_public_key(key, path)
+    return path
+
+
+def read_trust_anchor(device_dir: Path, region: str) -> Ed25519PublicKey:
+    path = Path(device_dir) / ANCHORS_DIR / f"{region}.pub"
+    if not path.is_file():
+        raise IdentityError(f"no trust anchor for region {region!r} at {path}")
+    try:
+        return read_public_key(path)
+    except SignatureError as exc:
+        raise IdentityError(str(exc)) from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

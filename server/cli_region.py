@@ -1,0 +1,213 @@
+"""CLI verbs for ML engineers and operators: init, up, down, status, region run, demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedgate.server.config import (
+    DEFAULT_FEDERATION_TOML,
+    ConfigError,
+    FederationConfig,
+    RegionConfig,
+    default_federation,
+    load_federation,
+    validate_region,
+)
+from fedgate.server.processes import ProcessTable, TopologyError
+
+console = Console()
+err = Console(stderr=True)
+
+FEDERATION_FILE = "federation.toml"
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="State directory (default: $FEDGATE_HOME or ~/.fedgate)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Federation TOML (default: <home>/federation.toml, else built-in)."
+    ),
+]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FEDGATE_HOME") or Path.home() / ".fedgate")
+
+
+def resolve(home: Path | None, config: Path | None) -> tuple[Path, FederationConfig]:
+    """The home directory and the federation config a verb works on."""
+    home = (home or default_home()).resolve()
+    if config is not None:
+        return home, load_federation(config)
+    if (home / FEDERATION_FILE).is_file():
+        return home, load_federation(home / FEDERATION_FILE)
+    return home, default_federation()
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn fedgate's expected failures into one red line and exit code 1 (or 130 on Ctrl-C)."""
+    from fedgate.server.runner import RunFailedError
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, TopologyError, RunFailedError) as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def init_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Where to write it.")] = Path(
+        "federation.toml"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the default federation config (two regions, four devices each) to edit."""
+    if config.exists() and not force:
+        err.print(f"[bold red]error:[/] {config} exists; pass --force to overwrite it")
+        raise typer.Exit(1)
+    config.write_text(DEFAULT_FEDERATION_TOML)
+    console.print(f"wrote {config}; start it with `fedgate up --config {config}`")
+
+
+@friendly
+def up_cmd(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Start one SuperLink per region and its SuperNodes as local loopback processes."""
+    from fedgate.server.topology import up
+
+    home, fed = resolve(home, config)
+    home.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (home / FEDERATION_FILE).write_text(Path(config).read_text())
+    elif not (home / FEDERATION_FILE).exists():
+        (home / FEDERATION_FILE).write_text(DEFAULT_FEDERATION_TOML)
+    up(fed, home, echo=console.print)
+    console.print(f"up; stop with `fedgate down --home {home}`")
+
+
+@friendly
+def down_cmd(home: HomeOpt = None) -> None:
+    """Stop exactly the processes `fedgate up` started under this home."""
+    from fedgate.server.topology import down
+
+    home = (home or default_home()).resolve()
+    stopped = down(home)
+    console.print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
+
+
+@friendly
+def status_cmd(home: HomeOpt = None) -> None:
+    """List the processes `fedgate up` started and whether they are alive."""
+    from fedgate.server.processes import alive
+
+    home = (home or default_home()).resolve()
+    procs = ProcessTable(home).load()
+    if not procs:
+        console.print(f"nothing started under {home}")
+        return
+    table = Table(title=f"fedgate processes in {home}")
+    for col in ("name", "pid", "state", "log"):
+        table.add_column(col)
+    for p in procs:
+        state = "[green]running[/]" if alive(p.pid) else "[red]exited[/]"
+        table.add_row(p.name, str(p.pid), state, p.log)
+    console.print(table)
+
+
+def overridden(region: RegionConfig, **changes: Any) -> RegionConfig:
+    """``region`` with the CLI's overrides applied and re-validated."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    new = dataclasses.replace(region, **changes)
+    validate_region(new, "command line")
+    return new
+
+
+def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("region", "devices", "rounds", "accepted", "rejected", "val acc", "seconds"):
+        table.add_column(col, justify="left" if col == "region" else "right")
+    for region, s in summaries.items():
+        table.add_row(
+            region, str(s.get("devices", "-")), str(s.get("rounds", "-")),
+            str(s.get("accepted", "-")), str(s.get("rejected", "-")),
+            f"{s['val_acc']:.3f}" if "val_acc" in s else "-",
+            f"{s['seconds']:.1f}" if "seconds" in s else "-",
+        )  # fmt: skip
+    return table
+
+
+@friendly
+def region_run_cmd(
+    region: Annotated[str, typer.Option("--region", "-r", help="Region to train, e.g. eu.")],
+    engine: Annotated[
+        str, typer.Option(help="simulation (Ray, virtual devices) or deployment (`fedgate up`).")
+    ] = "deployment",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="Override the region's rounds.")] = None,
+    aggregator: Annotated[str | None, typer.Option(help="Override the aggregation rule.")] = None,
+    f: Annotated[int | None, typer.Option(help="Byzantine clients to tolerate.")] = None,
+    clients_per_round: Annotated[
+        int | None, typer.Option(help="Clients sampled per round.")
+    ] = None,
+    min_clients: Annotated[int | None, typer.Option(help="Minimum accepted updates.")] = None,
+    num_supernodes: Annotated[
+        int, typer.Option(help="Virtual devices (simulation engine; default: the region's nodes).")
+    ] = 0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800.0,
+) -> None:
+    """Run federated training for one region and stream per-round metrics."""
+    from fedgate.server.live_view import RunBoard
+    from fedgate.server.runner import ensure_up, follow, submit
+    from fedgate.server.simulation import submit_simulation
+
+    if engine not in ("simulation", "deployment"):
+        raise ConfigError(f"unknown engine {engine!r}; use 'simulation' or 'deployment'")
+    home, fed = resolve(home, config)
+    reg = overridden(
+        fed.region(region), rounds=rounds, aggregator=aggregator, f=f,
+        clients_per_round=clients_per_round, min_clients=min_clients,
+    )  # fmt: skip
+    if engine == "deployment":
+        ensure_up(home, fed, reg)
+        sub = submit(fed, reg, home)
+    else:
+        n = num_supernodes or len(reg.nodes)
+        if n < reg.min_clients:
+            raise ConfigError(f"--num-supernodes {n} is below min-clients {reg.min_clients}")
+        sub = submit_simulation(fed, reg, home, n)
+    console.print(f"{engine} run of region {reg.name}: results in {sub.out_dir}")
+    with RunBoard({reg.name: reg.rounds}, console) as board:
+        done = follow([sub], lambda s, e: board.on_event(s.region, e), timeout)
+    console.print(summary_table(done, f"region {reg.name} ({engine})"))
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the verbs to the root ``fedgate`` app."""
+    from fedgate.server.demo import demo_cmd
+
+    app.command("demo")(demo_cmd)
+    app.command("init")(init_cmd)
+    app.command("up")(up_cmd)
+    app.command("down")(down_cmd)
+    app.command("status")(status_cmd)
+    region_app = typer.Typer(help="Train one region.", no_args_is_help=True)
+    region_app.command("run")(region_run_cmd)
+    app.add_typer(region_app, name="region")

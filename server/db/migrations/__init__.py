@@ -1,0 +1,1 @@
+"""Alembic script directory of the fedgate schema (run programmatically by ``migrate``)."""

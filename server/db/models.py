@@ -1,0 +1,164 @@
+"""ORM tables of a region's (or the coordinator's) database.
+
+The schema itself is created by the Alembic migrations in ``migrations/``; these classes
+describe it for queries and are checked against the migrations by the tests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+HEX = 64  # a SHA-256 hex digest or key fingerprint
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(HEX), primary_key=True)  # key fingerprint
+    public_key: Mapped[str] = mapped_column(String(HEX))  # hex of the raw Ed25519 key
+    region: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    enrolled_at: Mapped[datetime]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), index=True)
+    launched_by: Mapped[str] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sampled: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    aggregated: Mapped[bool] = mapped_column(Boolean)
+    note: Mapped[str] = mapped_column(Text)
+    closed_at: Mapped[datetime]
+
+
+class Update(Base):
+    __tablename__ = "updates"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "round"], ["rounds.run_id", "rounds.round"]),
+        Index("ix_updates_run_round", "run_id", "round"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    round: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are unsigned 64-bit
+    device_id: Mapped[str] = mapped_column(String(HEX))
+    digest: Mapped[str] = mapped_column(String(HEX))
+    verdict: Mapped[str] = mapped_column(String(16))  # accepted / rejected
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    num_examples: Mapped[int] = mapped_column(Integer)
+    fate: Mapped[str] = mapped_column(String(32))  # kept / trimmed / clipped / down-weighted ...
+    score: Mapped[float | None] = mapped_column(Float)
+    weight: Mapped[float] = mapped_column(Float)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_round", "run_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    round: Mapped[int | None] = mapped_column(Integer)  # None: a whole-run metric
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    sha256: Mapped[str] = mapped_column(String(HEX), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"), index=True)
+    approver: Mapped[str] = mapped_column(String(HEX))  # approver key fingerprint
+    decision: Mapped[str] = mapped_column(String(16))  # approved / refused
+    checks: Mapped[dict[str, Any]]
+    signature: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime]
+
+
+class AuditChain(Base):
+    """The one chain-head row: chain identity, last seq and hash; writers lock it."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    chain_id: Mapped[str] = mapped_column(String(HEX), unique=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[str] = mapped_column(String(HEX))
+
+
+class Event(Base):
+    """One audit event; ``hash`` covers chain, seq, kind, ts, payload and ``prev``."""
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    ts: Mapped[str] = mapped_column(String(32))  # fixed-width UTC ISO-8601
+    payload: Mapped[str] = mapped_column(Text)  # RFC 8785 canonical JSON text
+    prev: Mapped[str] = mapped_column(String(HEX))
+    hash: Mapped[str] = mapped_column(String(HEX))
+
+
+class SignedHead(Base):
+    """A signature by a server key over ``{chain, seq, head}``."""
+
+    __tablename__ = "audit_heads"
+    __table_args__ = (UniqueConstraint("seq", "key", name="uq_audit_heads_seq_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[str] = mapped_column(String(HEX))
+    key: Mapped[str] = mapped_column(String(HEX))  # signer's key fingerprint
+    signature: Mapped[str] = mapped_column(String(128))  # hex
+    signed_at: Mapped[str] = mapped_column(String(32))

@@ -1,0 +1,85 @@
+"""The same region run on Flower's simulation engine (Ray): many virtual devices, one machine.
+
+``submit_simulation`` starts ``python -m fedgate.server.simulation`` in its own process group
+(so every Ray process it spawns is stopped with it) and returns a ``Submission`` that
+``fedgate.server.runner.follow`` tracks exactly like a deployment run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedgate.server.config import FederationConfig, RegionConfig
+from fedgate.server.processes import flower_env
+from fedgate.server.runner import Submission, run_config
+from fedgate.server.topology import region_dir
+
+
+def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0) -> None:
+    """Run the region's ServerApp and ``num_supernodes`` virtual ClientApps in this process."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedgate.clients.app import app as client_app
+    from fedgate.server.app import run_region
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_region(grid, config, context.run_id)
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config={
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        },
+    )
+
+
+def submit_simulation(
+    fed: FederationConfig, region: RegionConfig, home: Path, num_supernodes: int
+) -> Submission:
+    """Start a simulated run of ``region`` with ``num_supernodes`` virtual devices."""
+    out_dir = (
+        region_dir(home, region.name)
+        / "runs"
+        / (time.strftime("%Y%m%d-%H%M%S") + f"-sim-{time.monotonic_ns() % 10**6}")
+    )
+    out_dir.mkdir(parents=True)
+    config = run_config(fed, region, out_dir.resolve())
+    (out_dir / "run-config.json").write_text(json.dumps(config, indent=2))
+    log = out_dir / "simulation.log"
+    cmd = [
+        sys.executable, "-m", "fedgate.server.simulation",
+        "--config", str(out_dir / "run-config.json"), "--num-supernodes", str(num_supernodes),
+    ]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=flower_env({"RAY_DEDUP_LOGS": "0"}), cwd=out_dir, start_new_session=True,
+        )  # fmt: skip
+    return Submission(region.name, Path(home), out_dir, log, proc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one region on Flower's simulation engine")
+    parser.add_argument("--config", required=True, help="run config JSON written by fedgate")
+    parser.add_argument("--num-supernodes", type=int, required=True)
+    args = parser.parse_args(argv)
+    simulate(json.loads(Path(args.config).read_text()), args.num_supernodes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The local topology: one SuperLink per region and its SuperNodes, as loopback processes."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedgate.server.config import FederationConfig, RegionConfig
+from fedgate.server.processes import (
+    ManagedProcess,
+    ProcessTable,
+    TopologyError,
+    alive,
+    port_free,
+    port_open,
+    wait_until,
+)
+
+HOST = "127.0.0.1"
+
+
+def region_dir(home: Path, region: str) -> Path:
+    return Path(home) / "regions" / region
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (next to the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def node_config(fed: FederationConfig, region: RegionConfig, index: int) -> str:
+    items = {
+        "profile": region.nodes[index],
+        "partition-id": index,
+        "num-partitions": len(region.nodes),
+        "region": region.name,
+    }
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in items.items())
+
+
+@dataclass(frozen=True)
+class RegionEndpoints:
+    region: str
+    superlink: str
+
+
+def endpoints(region: RegionConfig) -> RegionEndpoints:
+    return RegionEndpoints(region.name, f"{HOST}:{region.superlink_port}")
+
+
+def _check_ports(fed: FederationConfig) -> None:
+    for r in fed.regions:
+        ports = [r.superlink_port]
+        ports += [r.node_runtime_port(i) for i in range(len(r.nodes))]
+        busy = [p for p in ports if not port_free(p)]
+        if busy:
+            raise TopologyError(
+                f"region {r.name}: port(s) {busy} already in use on {HOST} "
+                f"(another `fedgate up`? run `fedgate down`, or change `port` in the config)"
+            )
+
+
+def start_superlink(table: ProcessTable, region: RegionConfig) -> ManagedProcess:
+    state = region_dir(table.home, region.name) / "superlink"
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _bin("flower-superlink"),
+        "--insecure",
+        "--isolation", "subprocess",
+        "--database", str(state / "state.db"),
+        "--host", HOST,
+        "--port", str(region.superlink_port),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    return table.start(f"superlink-{region.name}", cmd, {"FLWR_HOME": str(state / "flwr-home")})
+
+
+def start_supernode(
+    table: ProcessTable, fed: FederationConfig, region: RegionConfig, index: int
+) -> tuple[ManagedProcess, ManagedProcess]:
+    """A SuperNode with process isolation and its long-lived fedgate ClientApp worker."""
+    state = region_dir(table.home, region.name) / f"node-{index}"
+    state.mkdir(parents=True, exist_ok=True)
+    env = {"FLWR_HOME": str(state / "flwr-home")}
+    runtime = f"{HOST}:{region.node_runtime_port(index)}"
+    node = table.start(
+        f"supernode-{region.name}-{index}",
+        [
+            _bin("flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"{HOST}:{region.superlink_port}",
+            "--isolation",
+            "process",
+            "--host",
+            HOST,
+            "--port",
+            str(region.node_runtime_port(index)),
+            "--node-config",
+            node_config(fed, region, index),
+        ],
+        env,
+    )
+    worker = table.start(
+        f"worker-{region.name}-{index}",
+        [sys.executable, "-m", "fedgate.clients.worker", "--runtime-api-address", runtime],
+        env,
+    )
+    return node, worker
+
+
+def up(
+    fed: FederationConfig, home: Path, timeout: float = 60.0, echo=print
+) -> list[RegionEndpoints]:
+    """Start every region's SuperLink and SuperNodes and wait until they are healthy.
+
+    On any failure, everything started so far is stopped again before the error propagates.
+    """
+    table = ProcessTable(home)
+    if table.running():
+        raise TopologyError(
+            f"fedgate is already up in {home} ({len(table.running())} processes); "
+            "run `fedgate down` first"
+        )
+    _check_ports(fed)
+    try:
+        links = {r.name: start_superlink(table, r) for r in fed.regions}
+        for r in fed.regions:
+            link = links[r.name]
+            wait_until(
+                lambda r=r: port_open(r.superlink_port),
+                timeout,
+                f"SuperLink {r.name}",
+                link.log,
+                link.pid,
+            )
+            state = region_dir(home, r.name)
+            echo(f"SuperLink {r.name}: {HOST}:{r.superlink_port} (state in {state})")
+        nodes = []
+        for r in fed.regions:
+            for i in range(len(r.nodes)):
+                nodes.append((r, i, *start_supernode(table, fed, r, i)))
+        for r, i, node, worker in nodes:
+            wait_until(
+                lambda r=r, i=i: port_open(r.node_runtime_port(i)),
+                timeout, f"SuperNode {r.name}-{i}", node.log, node.pid,
+            )  # fmt: skip
+            if not alive(worker.pid):
+                raise TopologyError(f"ClientApp worker {r.name}-{i} exited; read {worker.log}")
+        echo(
+            f"{len(nodes)} SuperNodes up: "
+            + ", ".join(f"{r.name}-{i} ({r.nodes[i]})" for r, i, *_ in nodes)
+        )
+    except BaseException:
+        table.stop_all()
+        raise
+    return [endpoints(r) for r in fed.regions]
+
+
+def down(home: Path) -> list[str]:
+    """Stop exactly the processes ``up`` started under ``home``."""
+    return ProcessTable(home).stop_all()
+
+
+def describe(cmd: list[str]) -> str:
+    return shlex.join(cmd)

@@ -1,0 +1,72 @@
+"""Aggregation rules, one per module, and the registry that builds them by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedgate.strategies.aggregators.base import (
+    AggregationResult,
+    Aggregator,
+    AggregatorConfigError,
+    ClientDiagnostic,
+)
+from fedgate.strategies.aggregators.bulyan import Bulyan
+from fedgate.strategies.aggregators.centered_clipping import CenteredClipping
+from fedgate.strategies.aggregators.fltrust import FLTrust
+from fedgate.strategies.aggregators.geomed import GeoMed
+from fedgate.strategies.aggregators.krum import Krum, MultiKrum
+from fedgate.strategies.aggregators.mean import Mean
+from fedgate.strategies.aggregators.median import Median
+from fedgate.strategies.aggregators.nnm import NNM
+from fedgate.strategies.aggregators.norm_bound import NormBound
+from fedgate.strategies.aggregators.trimmed_mean import TrimmedMean
+
+AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
+    "mean": Mean,
+    "median": Median,
+    "trimmed-mean": TrimmedMean,
+    "krum": Krum,
+    "multi-krum": MultiKrum,
+    "bulyan": Bulyan,
+    "geomed": GeoMed,
+    "cc": CenteredClipping,
+    "norm-bound": NormBound,
+    "fltrust": FLTrust,
+}
+
+_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM}
+PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
+
+
+def make_aggregator(name: str, f: int = 0, *, pre: str | None = None, **params) -> Aggregator:
+    """Build the rule ``name`` tolerating ``f`` Byzantine clients, optionally behind ``pre``.
+
+    ``params`` go to the rule's constructor (e.g. ``tau`` for ``cc``, ``reference_fn`` for
+    ``fltrust``); unknown ones raise ``AggregatorConfigError``.
+    """
+    if name not in AGGREGATORS:
+        raise AggregatorConfigError(
+            f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}"
+        )
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise AggregatorConfigError(f"f must be >= 0, got {f}")
+    if pre and pre not in _PRE:
+        raise AggregatorConfigError(
+            f"unknown pre-aggregator {pre!r}; known: {', '.join(PRE_AGGREGATORS) or 'none'}"
+        )
+    try:
+        rule = AGGREGATORS[name](f=f, **params)
+    except TypeError as exc:
+        raise AggregatorConfigError(f"{name}: bad parameters {sorted(params)}: {exc}") from exc
+    return _PRE[pre](rule) if pre else rule
+
+
+__all__ = [
+    "AGGREGATORS",
+    "PRE_AGGREGATORS",
+    "AggregationResult",
+    "Aggregator",
+    "AggregatorConfigError",
+    "ClientDiagnostic",
+    "make_aggregator",
+]

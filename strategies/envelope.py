@@ -1,0 +1,507 @@
+"""The signed update envelope: built and signed by a device, verified by its region server.
+
+An envelope names what an update is (protocol version, region, run, round, the round's server
+nonce, digest of the model the client started from, device id, example count, metrics, digest
+of the arrays) and is signed by the device key over its RFC 8785 canonical JSON. It travels
+beside the update as a ``ConfigRecord`` holding ``envelope`` (the canonical JSON text) and
+``signature`` (lowercase hex of the 64-byte Ed25519 signature).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from logging import WARNING
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.supercore import log
+
+from fedgate.canonical_arrays import CanonicalArraysError, arrays_digest
+from fedgate.crypto import (
+    SignatureError,
+    canonical_json,
+    fingerprint,
+    load_public_key,
+    sha256_hex,
+    sign,
+    verify,
+)
+
+if TYPE_CHECKING:
+    from fedgate.strategies.robust_strategy import ClientFate
+
+PROTOCOL_VERSION = 1
+ENVELOPE_TYPE = "fedgate.update"
+RECORD_KEY = "envelope"  # key of the ConfigRecord in the reply's RecordDict
+ENVELOPE_FIELD = "envelope"
+SIGNATURE_FIELD = "signature"
+CONFIG_RUN_ID = "run-id"  # keys the server adds to the train ConfigRecord
+CONFIG_NONCE = "nonce"
+MAX_ENVELOPE_CHARS = 8192
+MAX_TEXT = 128
+MAX_METRICS = 32
+MAX_ROUND = 2**31 - 1
+MAX_SAFE = 2**53 - 1  # largest integer JSON carries exactly
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NONCE = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+_FIELDS = frozenset(
+    {
+        "type",
+        "version",
+        "region",
+        "run_id",
+        "round",
+        "nonce",
+        "base_digest",
+        "device_id",
+        "num_examples",
+        "metrics",
+        "arrays_digest",
+    }
+)
+
+
+class Reason:
+    """Rejection reason codes (``ClientFate.reason``)."""
+
+    UNSIGNED = "unsigned"
+    MALFORMED = "malformed-envelope"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    UNKNOWN_DEVICE = "unknown-device"
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_REGION = "wrong-region"
+    REVOKED = "revoked-device"
+    WRONG_RUN = "wrong-run"
+    STALE_ROUND = "stale-round"
+    WRONG_ROUND = "wrong-round"
+    WRONG_NONCE = "wrong-nonce"
+    WRONG_BASE = "wrong-base-model"
+    DIGEST_MISMATCH = "digest-mismatch"
+    METRICS_MISMATCH = "metrics-mismatch"
+    REPLAY = "replay"
+    DUPLICATE_DEVICE = "duplicate-device"
+    VERIFICATION_ERROR = "verification-error"
+
+
+class RejectedUpdate(Exception):
+    """An update failed verification; ``code`` is one of ``Reason``."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class RegisteredDevice(Protocol):
+    """What verification needs to know about an enrolled device."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def public_key(self) -> bytes: ...  # raw 32-byte Ed25519 key
+    @property
+    def revoked(self) -> bool: ...
+
+
+class DeviceLookup(Protocol):
+    def get(self, device_id: str) -> RegisteredDevice | None: ...
+
+
+class SeenUpdates(Protocol):
+    """Replay memory: store a digest, return the one already stored for that key (or None)."""
+
+    def remember(
+        self, device_id: str, run_id: str, server_round: int, digest: str
+    ) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The signed statement a device makes about one update."""
+
+    region: str
+    run_id: str
+    round: int
+    nonce: str
+    base_digest: str
+    device_id: str
+    num_examples: int
+    arrays_digest: str
+    metrics: dict[str, int | float] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": ENVELOPE_TYPE,
+            "version": self.version,
+            "region": self.region,
+            "run_id": self.run_id,
+            "round": self.round,
+            "nonce": self.nonce,
+            "base_digest": self.base_digest,
+            "device_id": self.device_id,
+            "num_examples": self.num_examples,
+            "metrics": dict(self.metrics),
+            "arrays_digest": self.arrays_digest,
+        }
+
+    def canonical(self) -> bytes:
+        """The exact bytes the device signs."""
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Envelope:
+        """Validate ``obj`` strictly; raise ``ValueError`` naming the first problem."""
+        if not isinstance(obj, dict):
+            raise ValueError("envelope is not a JSON object")
+        if obj.get("type") != ENVELOPE_TYPE:
+            raise ValueError(f"type must be {ENVELOPE_TYPE!r}")
+        if "version" not in obj:
+            raise ValueError("fields missing ['version']")
+        if obj["version"] != PROTOCOL_VERSION or type(obj["version"]) is not int:
+            raise UnsupportedVersion(f"version {obj['version']!r} (supported: 1)")
+        if set(obj) != _FIELDS:
+            missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
+            raise ValueError(f"fields missing {missing}, unexpected {extra}")
+        for name in ("region", "run_id"):
+            _text(name, obj[name])
+        for name in ("base_digest", "device_id", "arrays_digest"):
+            _match(name, obj[name], _HEX64, "64 lowercase hex digits")
+        _match("nonce", obj["nonce"], _NONCE, "32-128 lowercase hex digits")
+        _integer("round", obj["round"], 0, MAX_ROUND)
+        _integer("num_examples", obj["num_examples"], 1, MAX_SAFE)
+        metrics = _metrics(obj["metrics"])
+        if metrics.get("num-examples", obj["num_examples"]) != obj["num_examples"]:
+            raise ValueError("metrics num-examples differs from num_examples")
+        return cls(
+            region=obj["region"],
+            run_id=obj["run_id"],
+            round=obj["round"],
+            nonce=obj["nonce"],
+            base_digest=obj["base_digest"],
+            device_id=obj["device_id"],
+            num_examples=obj["num_examples"],
+            arrays_digest=obj["arrays_digest"],
+            metrics=metrics,
+        )
+
+
+class UnsupportedVersion(ValueError):
+    """The envelope names a protocol version this server does not speak."""
+
+
+def _text(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT:
+        raise ValueError(f"{name} must be a string of 1-{MAX_TEXT} characters")
+
+
+def _match(name: str, value: Any, pattern: re.Pattern[str], what: str) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{name} must be {what}")
+
+
+def _integer(name: str, value: Any, lo: int, hi: int) -> None:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}]")
+
+
+def _metrics(value: Any) -> dict[str, int | float]:
+    if not isinstance(value, dict) or len(value) > MAX_METRICS:
+        raise ValueError(f"metrics must be an object of at most {MAX_METRICS} entries")
+    for key, v in value.items():
+        _text("metric name", key)
+        if type(v) not in (int, float) or not abs(v) <= MAX_SAFE:  # also rejects NaN
+            raise ValueError(f"metric {key!r} must be a number of magnitude <= 2^53 - 1")
+    return dict(value)
+
+
+def arrayrecord_digest(record: ArrayRecord | Mapping[str, Any]) -> str:
+    """Canonical digest of an ``ArrayRecord`` (or a name -> ndarray mapping), in its order."""
+    return arrays_digest([(k, v.numpy() if isinstance(v, Array) else v) for k, v in record.items()])
+
+
+def build_envelope(
+    *,
+    region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    base_digest: str,
+    device_id: str,
+    num_examples: int,
+    arrays: ArrayRecord | Mapping[str, Any],
+    metrics: Mapping[str, int | float] | None = None,
+) -> Envelope:
+    """An envelope for ``arrays``; raises ``ValueError`` if any field is out of spec."""
+    env = Envelope(
+        region=region,
+        run_id=run_id,
+        round=server_round,
+        nonce=nonce,
+        base_digest=base_digest,
+        device_id=device_id,
+        num_examples=num_examples,
+        arrays_digest=arrayrecord_digest(arrays),
+        metrics=dict(metrics or {}),
+    )
+    decode_envelope(env.canonical().decode("utf-8"))  # exactly what the server will check
+    return env
+
+
+def sign_envelope(key: Ed25519PrivateKey, envelope: Envelope) -> tuple[dict[str, Any], bytes]:
+    """``(envelope dict, signature)``; the key must be the envelope's device key."""
+    if fingerprint(key) != envelope.device_id:
+        raise ValueError("the signing key's fingerprint is not the envelope's device id")
+    return envelope.to_dict(), sign(key, envelope.canonical())
+
+
+def pack_envelope(envelope: Envelope | Mapping[str, Any], signature: bytes) -> ConfigRecord:
+    """The ``ConfigRecord`` that travels beside the update."""
+    obj = envelope.to_dict() if isinstance(envelope, Envelope) else dict(envelope)
+    return ConfigRecord(
+        {ENVELOPE_FIELD: canonical_json(obj).decode("utf-8"), SIGNATURE_FIELD: signature.hex()}
+    )
+
+
+def sign_update(
+    key: Ed25519PrivateKey,
+    *,
+    region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    base: ArrayRecord,
+    arrays: ArrayRecord,
+    metrics: Mapping[str, int | float],
+) -> ConfigRecord:
+    """Client side in one call: envelope for ``arrays`` trained from ``base``, signed, packed.
+
+    ``metrics`` must be exactly what goes into the reply's ``MetricRecord`` and hold
+    ``num-examples``.
+    """
+    envelope = build_envelope(
+        region=region,
+        run_id=run_id,
+        server_round=server_round,
+        nonce=nonce,
+        base_digest=arrayrecord_digest(base),
+        device_id=fingerprint(key),
+        num_examples=metrics["num-examples"],  # type: ignore[arg-type]
+        arrays=arrays,
+        metrics=metrics,
+    )
+    return pack_envelope(*sign_envelope(key, envelope))
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_envelope(text: str) -> Envelope:
+    """Parse envelope text that must be the RFC 8785 form of a valid envelope."""
+    raw = text.encode("utf-8")  # UnicodeEncodeError is a ValueError
+    obj = json.loads(text, parse_constant=_reject_constant)
+    if canonical_json(obj) != raw:
+        raise ValueError("envelope is not in RFC 8785 canonical form")
+    return Envelope.from_dict(obj)
+
+
+def parse_record(record: Any) -> tuple[Envelope, bytes, bytes]:
+    """``(envelope, signed bytes, signature)`` from a packed record, validated but unverified."""
+    if record is None:
+        raise RejectedUpdate(Reason.UNSIGNED, "no envelope record")
+    if not isinstance(record, Mapping):
+        raise RejectedUpdate(Reason.MALFORMED, "envelope record is not a mapping")
+    text, sig = record.get(ENVELOPE_FIELD), record.get(SIGNATURE_FIELD)
+    if text is None or sig is None:
+        missing = [k for k, v in ((ENVELOPE_FIELD, text), (SIGNATURE_FIELD, sig)) if v is None]
+        raise RejectedUpdate(Reason.UNSIGNED, f"missing {', '.join(missing)}")
+    if not isinstance(text, str) or not isinstance(sig, str):
+        raise RejectedUpdate(Reason.MALFORMED, "envelope and signature must be strings")
+    if len(text) > MAX_ENVELOPE_CHARS:
+        raise RejectedUpdate(Reason.MALFORMED, f"envelope over {MAX_ENVELOPE_CHARS} characters")
+    if not _SIGNATURE.fullmatch(sig):
+        raise RejectedUpdate(Reason.MALFORMED, "signature must be 128 lowercase hex digits")
+    try:
+        envelope = decode_envelope(text)
+    except UnsupportedVersion as exc:
+        raise RejectedUpdate(Reason.UNSUPPORTED_VERSION, str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise RejectedUpdate(Reason.MALFORMED, str(exc)[:200]) from None
+    return envelope, text.encode("utf-8"), bytes.fromhex(sig)
+
+
+def _authenticate(
+    envelope: Envelope, signed: bytes, signature: bytes, expected_region: str, registry: Any
+) -> None:
+    device = registry.get(envelope.device_id)
+    if device is None:
+        if envelope.region != expected_region:
+            raise RejectedUpdate(Reason.WRONG_REGION, f"envelope names region {envelope.region!r}")
+        raise RejectedUpdate(
+            Reason.UNKNOWN_DEVICE, f"device {envelope.device_id[:16]} not enrolled"
+        )
+    try:
+        public = load_public_key(bytes(device.public_key))
+    except (ValueError, TypeError):
+        raise RejectedUpdate(Reason.UNKNOWN_DEVICE, "registered key is unusable") from None
+    if fingerprint(public) != envelope.device_id:
+        raise RejectedUpdate(Reason.UNKNOWN_DEVICE, "registered key does not match the device id")
+    try:
+        verify(public, signature, signed)
+    except SignatureError as exc:
+        raise RejectedUpdate(Reason.BAD_SIGNATURE, str(exc)) from None
+    for where, region in (("envelope", envelope.region), ("registry", device.region)):
+        if region != expected_region:
+            raise RejectedUpdate(
+                Reason.WRONG_REGION, f"{where} region {region!r} != {expected_region!r}"
+            )
+    if device.revoked:
+        raise RejectedUpdate(Reason.REVOKED, f"device {envelope.device_id[:16]} is revoked")
+
+
+def _check_metrics(envelope: Envelope, metrics: Mapping[str, Any]) -> None:
+    got = dict(metrics)
+    if set(got) != set(envelope.metrics) or any(
+        type(got[k]) not in (int, float) or got[k] != v for k, v in envelope.metrics.items()
+    ):
+        raise RejectedUpdate(Reason.METRICS_MISMATCH, "reported metrics differ from signed ones")
+
+
+def open_envelope(
+    record: Any,
+    arrays: ArrayRecord | Mapping[str, Any],
+    *,
+    expected_region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    global_digest: str,
+    registry: DeviceLookup,
+    metrics: Mapping[str, Any] | None = None,
+    seen: SeenUpdates | None = None,
+) -> Envelope:
+    """Verify a packed envelope against ``arrays`` and this round; return it or raise.
+
+    Raises ``RejectedUpdate`` only. ``metrics`` (the reply's MetricRecord) must then equal
+    the signed metrics; ``seen`` records the device for this run and round, rejecting a second
+    envelope (``replay`` when identical, ``duplicate-device`` otherwise).
+    """
+    envelope, signed, signature = parse_record(record)
+    _authenticate(envelope, signed, signature, expected_region, registry)
+    if envelope.run_id != run_id:
+        raise RejectedUpdate(Reason.WRONG_RUN, f"run {envelope.run_id!r} != {run_id!r}")
+    if envelope.round < server_round:
+        raise RejectedUpdate(Reason.STALE_ROUND, f"round {envelope.round} < {server_round}")
+    if envelope.round > server_round:
+        raise RejectedUpdate(Reason.WRONG_ROUND, f"round {envelope.round} > {server_round}")
+    if envelope.nonce != nonce:
+        raise RejectedUpdate(Reason.WRONG_NONCE, "not this round's server nonce")
+    if envelope.base_digest != global_digest:
+        raise RejectedUpdate(Reason.WRONG_BASE, "trained from a model other than the global one")
+    try:
+        digest = arrayrecord_digest(arrays)
+    except (CanonicalArraysError, TypeError, ValueError) as exc:
+        raise RejectedUpdate(Reason.DIGEST_MISMATCH, f"arrays unreadable: {exc}"[:200]) from None
+    if digest != envelope.arrays_digest:
+        raise RejectedUpdate(Reason.DIGEST_MISMATCH, "arrays differ from the signed digest")
+    if metrics is not None:
+        _check_metrics(envelope, metrics)
+    if seen is not None:
+        previous = seen.remember(envelope.device_id, run_id, server_round, sha256_hex(signed))
+        if previous is not None:
+            code = Reason.REPLAY if previous == sha256_hex(signed) else Reason.DUPLICATE_DEVICE
+            raise RejectedUpdate(code, f"device {envelope.device_id[:16]} already sent round")
+    return envelope
+
+
+def verify_envelope(
+    record: Any,
+    arrays: ArrayRecord | Mapping[str, Any],
+    *,
+    expected_region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    global_digest: str,
+    registry: DeviceLookup,
+    metrics: Mapping[str, Any] | None = None,
+    seen: SeenUpdates | None = None,
+) -> str:
+    """``open_envelope`` returning only the verified device id."""
+    return open_envelope(
+        record,
+        arrays,
+        expected_region=expected_region,
+        run_id=run_id,
+        server_round=server_round,
+        nonce=nonce,
+        global_digest=global_digest,
+        registry=registry,
+        metrics=metrics,
+        seen=seen,
+    ).device_id
+
+
+def signature_screen(
+    registry: DeviceLookup,
+    region: str,
+    run_id: str,
+    nonce_for_round: Callable[[int], str],
+    base_screen: Callable[[Message, int, ArrayRecord], ClientFate],
+    *,
+    seen: SeenUpdates | None = None,
+    record_key: str = RECORD_KEY,
+) -> Callable[[Message, int, ArrayRecord], ClientFate]:
+    """A ``RobustStrategy`` screen: ``base_screen`` first, then envelope verification.
+
+    An accepted fate gets the verified device id and the signed example count. Any
+    unexpected exception (in ``base_screen``, the registry, ...) rejects the update with
+    ``verification-error`` instead of crashing the round.
+    """
+    from fedgate.strategies.robust_strategy import ClientFate  # lazy: no import cycle
+
+    cache: list[Any] = [None, None, ""]  # (round, current record, digest)
+
+    def global_digest(server_round: int, current: ArrayRecord) -> str:
+        if cache[0] != server_round or cache[1] is not current:
+            cache[:] = [server_round, current, arrayrecord_digest(current)]
+        return cache[2]
+
+    def verified(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
+        fate = base_screen(reply, server_round, current)
+        if not fate.accepted:
+            return fate
+        content = reply.content
+        try:
+            envelope = open_envelope(
+                content.config_records.get(record_key),
+                next(iter(content.array_records.values())),
+                expected_region=region,
+                run_id=run_id,
+                server_round=server_round,
+                nonce=nonce_for_round(server_round),
+                global_digest=global_digest(server_round, current),
+                registry=registry,
+                metrics=next(iter(content.metric_records.values())),
+                seen=seen,
+            )
+        except RejectedUpdate as exc:
+            return replace(fate, accepted=False, reason=exc.code, detail=exc.detail)
+        return replace(fate, device_id=envelope.device_id, num_examples=envelope.num_examples)
+
+    def screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
+        try:
+            return verified(reply, server_round, current)
+        except Exception as exc:  # fail closed: a fault never crashes the round
+            log(WARNING, "update screening failed unexpectedly: %r", exc)
+            node = getattr(getattr(reply, "metadata", None), "src_node_id", 0)
+            return ClientFate(node, False, Reason.VERIFICATION_ERROR, repr(exc)[:200])
+
+    return screen

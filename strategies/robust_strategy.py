@@ -1,0 +1,276 @@
+"""The regional Flower strategy: screen every update, aggregate robustly, record each fate."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fedgate.strategies.aggregators import Aggregator
+
+
+@dataclass
+class ClientFate:
+    """What happened to one client's update in one round."""
+
+    node_id: int
+    accepted: bool
+    reason: str = ""  # rejection reason code, empty when accepted
+    detail: str = ""
+    device_id: str = ""
+    num_examples: int = 0
+    fate: str = ""  # aggregator decision: kept / trimmed / clipped / down-weighted / dropped
+    score: float | None = None
+    weight: float = 0.0
+
+
+@dataclass
+class RoundRecord:
+    """One round's outcome as the operator and the auditor see it."""
+
+    round: int
+    sampled: int
+    clients: list[ClientFate] = field(default_factory=list)
+    aggregated: bool = False
+    note: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return sum(c.accepted for c in self.clients)
+
+    @property
+    def rejected(self) -> int:
+        return sum(not c.accepted for c in self.clients)
+
+
+class NotEnoughNodesError(RuntimeError):
+    """Fewer SuperNodes than the round's minimum connected before the deadline."""
+
+
+Screen = Callable[[Message, int, ArrayRecord], ClientFate]
+
+
+def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
+    """Reject malformed, mis-shaped or non-finite updates with a reason code."""
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        return ClientFate(node, False, "client-error", reply.error.reason[:200])
+    content = reply.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return ClientFate(
+            node, False, "missing-fields", "need one ArrayRecord and one MetricRecord"
+        )
+    arrays = next(iter(content.array_records.values()))
+    metrics = next(iter(content.metric_records.values()))
+    n = metrics.get("num-examples")
+    if not isinstance(n, int | float) or isinstance(n, bool) or n <= 0:
+        return ClientFate(node, False, "missing-fields", "num-examples missing or not positive")
+    if list(arrays.keys()) != list(current.keys()):
+        return ClientFate(node, False, "wrong-shape", "array names differ from the global model")
+    for key in current:
+        got, want = arrays[key], current[key]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            return ClientFate(
+                node,
+                False,
+                "wrong-shape",
+                f"{key}: {got.dtype}{tuple(got.shape)} != {want.dtype}{tuple(want.shape)}",
+            )
+        if not np.all(np.isfinite(got.numpy())):
+            return ClientFate(node, False, "non-finite", f"{key} holds NaN or Inf")
+    return ClientFate(node, True, num_examples=int(n))
+
+
+def flatten_record(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate(
+        [a.numpy().astype(np.float32, copy=False).ravel() for a in record.values()]
+    )
+
+
+def unflatten_record(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
+    out, pos = {}, 0
+    for key, arr in like.items():
+        size = int(np.prod(arr.shape))
+        out[key] = Array(vector[pos : pos + size].reshape(arr.shape).astype(np.float32))
+        pos += size
+    return ArrayRecord(out)
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg's message flow with screening and a pluggable robust aggregator.
+
+    Each round: sample ``clients_per_round`` nodes (waiting at most ``wait_timeout`` for
+    ``min_clients`` to connect), screen every reply (``screen``), aggregate the accepted
+    updates' deltas with ``aggregator`` and keep the previous global model when fewer than
+    ``min_clients`` updates survive. Every client's fate lands in ``rounds``.
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        *,
+        clients_per_round: int,
+        min_clients: int,
+        max_examples: int = 1000,
+        screen: Screen = structural_screen,
+        wait_timeout: float = 60.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_clients,
+            min_evaluate_nodes=min_clients,
+            min_available_nodes=min_clients,
+        )
+        self.aggregator = aggregator
+        self.clients_per_round = clients_per_round
+        self.min_clients = min_clients
+        self.max_examples = max_examples
+        self.screen = screen
+        self.wait_timeout = wait_timeout
+        self.rounds: list[RoundRecord] = []
+        self._current: ArrayRecord | None = None
+        self._rng = random.Random(seed)
+
+    def summary(self) -> None:
+        log(
+            INFO,
+            "\t├── aggregator: %s (f=%s), clients per round %s (min %s), example cap %s",
+            self.aggregator.name,
+            self.aggregator.f,
+            self.clients_per_round,
+            self.min_clients,
+            self.max_examples,
+        )
+
+    def _sample(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.wait_timeout
+        while len(nodes := list(grid.get_node_ids())) < self.min_clients:
+            if time.monotonic() > deadline:
+                raise NotEnoughNodesError(
+                    f"only {len(nodes)} SuperNode(s) connected after {self.wait_timeout:.0f} s; "
+                    f"the round needs at least {self.min_clients}"
+                )
+            time.sleep(0.2)
+        return sorted(self._rng.sample(nodes, min(self.clients_per_round, len(nodes))))
+
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
+    ) -> list[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, self._sample(grid), kind)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._current = arrays
+        return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self._current is not None, "configure_train runs before aggregate_train"
+        replies = list(replies)
+        record = RoundRecord(round=server_round, sampled=len(replies))
+        accepted: list[tuple[ClientFate, Message]] = []
+        for reply in replies:
+            fate = self.screen(reply, server_round, self._current)
+            record.clients.append(fate)
+            if fate.accepted:
+                fate.num_examples = min(fate.num_examples, self.max_examples)
+                accepted.append((fate, reply))
+            else:
+                log(
+                    WARNING,
+                    "round %s: rejected node %s: %s %s",
+                    server_round,
+                    fate.node_id,
+                    fate.reason,
+                    fate.detail,
+                )
+        if len(accepted) < self.min_clients:
+            record.note = (
+                f"only {len(accepted)} accepted update(s) (< min-clients {self.min_clients}); "
+                "global model kept"
+            )
+            log(WARNING, "round %s: %s", server_round, record.note)
+            self._finish(record)
+            return None, None
+
+        base = flatten_record(self._current)
+        deltas = np.stack(
+            [
+                flatten_record(next(iter(m.content.array_records.values()))) - base
+                for _, m in accepted
+            ]
+        )
+        weights = np.array([f.num_examples for f, _ in accepted], dtype=np.float64)
+        result = self.aggregator(deltas, weights)
+        for diag in result.diagnostics:
+            fate = accepted[diag.index][0]
+            fate.fate, fate.score, fate.weight = diag.fate, diag.score, float(diag.weight)
+        record.aggregated = True
+        self._finish(record)
+
+        metrics = [next(iter(m.content.metric_records.values())) for _, m in accepted]
+        total = float(weights.sum())
+        agg_metrics = MetricRecord(
+            {
+                "train-loss": float(
+                    sum(
+                        float(m.get("train-loss", 0.0)) * w
+                        for m, w in zip(metrics, weights, strict=True)
+                    )
+                    / total
+                ),
+                "num-examples": int(total),
+                "accepted": len(accepted),
+                "rejected": record.rejected,
+            }
+        )
+        record.metrics["train-loss"] = float(agg_metrics["train-loss"])
+        return unflatten_record(base + result.vector, self._current), agg_metrics
+
+    def _finish(self, record: RoundRecord) -> None:
+        self.rounds.append(record)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Weighted federated evaluation, also kept on the round's record."""
+        agg = super().aggregate_evaluate(server_round, replies)
+        if agg is not None and self.rounds and self.rounds[-1].round == server_round:
+            self.rounds[-1].metrics.update(
+                {f"fed-{k}": float(v) for k, v in agg.items() if k != "num-examples"}
+            )
+        return agg
+
+    def record_for(self, server_round: int) -> RoundRecord | None:
+        for rec in reversed(self.rounds):
+            if rec.round == server_round:
+                return rec
+        return None

@@ -1,0 +1,21 @@
+"""Bridge from a region's config (aggregator name, f, pre-aggregator) to an aggregator."""
+
+from __future__ import annotations
+
+from fedgate.strategies.aggregators import AGGREGATORS, Aggregator, make_aggregator
+
+
+def build_rule(name: str, f: int = 0, pre: str | None = None, **params) -> Aggregator:
+    """The configured aggregator; unknown names raise ``ValueError`` listing the known ones."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
+    return make_aggregator(name, f, pre=pre, **params)
+
+
+def check_rule(
+    name: str, f: int, pre: str | None, clients_per_round: int, min_clients: int
+) -> None:
+    """Fail at configuration time if the rule cannot run with as few as ``min_clients``."""
+    rule = build_rule(name, f, pre)
+    for n in {min_clients, clients_per_round}:
+        rule.check(n)
