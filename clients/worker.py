@@ -6,17 +6,22 @@ it asks the SuperNode's Runtime API for tasks, like SuperExec does, but runs eac
 task in this process with Flower's own task functions, so imports, the FAB and the local data
 are loaded once. One task at a time, as Flower's executor does.
 
-    python -m fedgate.clients.worker --runtime-api-address 127.0.0.1:9110
+One parent process imports torch and warms it up once, then forks one child per SuperNode
+(``--node`` repeated), so a region's workers share the import and first-call costs:
+
+    python -m fedgate.clients.worker --node 127.0.0.1:9110,FLWR_HOME,LOG [--node ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 from flwr.app import Message
@@ -108,21 +113,100 @@ class ClientAppWorker:
         self.control.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runtime-api-address", required=True)
-    args = parser.parse_args(argv)
-    worker = ClientAppWorker(args.runtime_api_address)
+def warm_up() -> None:
+    """Import and exercise the training code once, so forked workers start hot.
+
+    torch initialises lazily on the first forward/backward pass (about a second per process
+    on a small CPU); doing it here, before ``fork``, pays that cost once per machine.
+    """
+    import numpy as np
+    import torch
+
+    import fedgate.clients.app  # noqa: F401  (the ClientApp and its imports)
+    from fedgate.models.data import Dataset, load_digits_dataset
+    from fedgate.models.nets import MODELS, build_model
+    from fedgate.models.train import evaluate, train_local
+
+    torch.set_num_threads(1)  # many workers share few cores; also keeps fork() safe
+    load_digits_dataset()
+    rng = np.random.default_rng(0)
+    tiny = Dataset(rng.random((8, 64), dtype=np.float32), np.arange(8) % 10)
+    for model_id in MODELS:
+        model = build_model(model_id, seed=0)
+        train_local(model, tiny, epochs=1, batch_size=4, lr=0.01, max_examples=8, seed=0)
+        evaluate(model, tiny)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One SuperNode a forked worker serves: its Runtime API, Flower home and log file."""
+
+    address: str
+    flwr_home: str
+    log: str
+
+    @classmethod
+    def parse(cls, text: str) -> NodeSpec:
+        parts = text.split(",")
+        if len(parts) != 3 or not all(parts):
+            raise argparse.ArgumentTypeError(f"--node expects ADDRESS,FLWR_HOME,LOG (got {text!r})")
+        return cls(*parts)
+
+
+def _serve_node(spec: NodeSpec) -> None:
+    """Child process body: own log, own Flower home, serve until SIGTERM."""
+    fd = os.open(spec.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["FLWR_HOME"] = spec.flwr_home
+    worker = ClientAppWorker(spec.address)
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         worker.stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    # Import the heavy parts (torch, data) before the first task arrives.
-    import fedgate.clients.app  # noqa: F401
-
     worker.serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--node",
+        action="append",
+        type=NodeSpec.parse,
+        required=True,
+        help="ADDRESS,FLWR_HOME,LOG of a SuperNode's Runtime API; repeat for several nodes",
+    )
+    args = parser.parse_args(argv)
+    warm_up()
+    children: dict[int, NodeSpec] = {}
+    for spec in args.node:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _serve_node(spec)
+            except BaseException as exc:  # report, never fall back into the parent's loop
+                print(f"fedgate worker for {spec.address} failed: {exc!r}", file=sys.stderr)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = spec
+
+    def _forward(sig: int, _frame: FrameType | None) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    while children:
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.wait()
+            spec = children.pop(pid, None)
+            if spec is not None and os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
+                print(f"worker for {spec.address} exited with status {status}", flush=True)
     sys.exit(0)
 
 

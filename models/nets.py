@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedgate.models.ids import MODEL_IDS
+
 from .data import NUM_CLASSES, NUM_FEATURES
 
 
@@ -43,7 +45,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "mlp-64-32-10": MLP,
     "cnn-small-v1": SmallCNN,
 }
-DEFAULT_MODEL = "mlp-64-32-10"
+assert tuple(MODELS) == MODEL_IDS, "models/ids.py must list every architecture"
 
 
 def build_model(model_id: str, seed: int | None = 0) -> nn.Module:

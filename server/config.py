@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.models.nets import DEFAULT_MODEL, MODELS
+from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
 
 
 class ConfigError(ValueError):
@@ -121,8 +121,8 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
         raise ConfigError(f"{loc}: min-clients must be >= 1")
     if r.clients_per_round < r.min_clients:
         raise ConfigError(f"{loc}: clients-per-round must be >= min-clients")
-    if r.model not in MODELS:
-        raise ConfigError(f"{loc}: unknown model {r.model!r}; known: {sorted(MODELS)}")
+    if r.model not in MODEL_IDS:
+        raise ConfigError(f"{loc}: unknown model {r.model!r}; known: {sorted(MODEL_IDS)}")
     bad = [p for p in r.nodes if p not in PROFILES]
     if bad:
         raise ConfigError(f"{loc}: unknown device profile(s) {bad}; known: {sorted(PROFILES)}")

@@ -143,30 +143,37 @@ class ProcessTable:
         self.save([*self.load(), mp])
         return mp
 
-    def stop_all(self, timeout: float = 10.0) -> list[str]:
-        """SIGTERM every recorded process group, SIGKILL what remains; returns names stopped."""
-        procs = self.load()
-        stopped = []
-        for p in reversed(procs):
-            if alive(p.pid) and self._is_ours(p):
-                try:
-                    os.killpg(p.pgid, signal.SIGTERM)
-                    stopped.append(p.name)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            while alive(p.pid) and time.monotonic() < deadline:
-                _reap(p.pid)
-                time.sleep(0.05)
-        for p in procs:
-            for sig_target in (p.pgid,):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(sig_target, signal.SIGKILL)
-            _reap(p.pid)
+    def stop_all(self, grace: float = 4.0) -> list[str]:
+        """Stop every recorded process group; returns the names stopped.
+
+        Clients go first (workers, SuperNodes), then the SuperLinks they would otherwise keep
+        retrying: each wave gets SIGTERM and ``grace`` seconds, then SIGKILL.
+        """
+        procs = [p for p in self.load() if alive(p.pid) and self._is_ours(p)]
+        waves = [
+            [p for p in procs if not p.name.startswith("superlink")],
+            [p for p in procs if p.name.startswith("superlink")],
+        ]
+        for wave in waves:
+            _stop_wave(wave, grace)
         if self.path.exists():
             self.path.unlink()
-        return stopped
+        return [p.name for p in procs]
+
+
+def _stop_wave(procs: list[ManagedProcess], grace: float) -> None:
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        while alive(p.pid) and time.monotonic() < deadline:
+            _reap(p.pid)
+            time.sleep(0.05)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pgid, signal.SIGKILL)
+        _reap(p.pid)
 
 
 def _reap(pid: int) -> None:

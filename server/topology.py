@@ -80,13 +80,11 @@ def start_superlink(table: ProcessTable, region: RegionConfig) -> ManagedProcess
 
 def start_supernode(
     table: ProcessTable, fed: FederationConfig, region: RegionConfig, index: int
-) -> tuple[ManagedProcess, ManagedProcess]:
-    """A SuperNode with process isolation and its long-lived fedgate ClientApp worker."""
+) -> ManagedProcess:
+    """A SuperNode with process isolation; its ClientApps run in the region's worker."""
     state = region_dir(table.home, region.name) / f"node-{index}"
     state.mkdir(parents=True, exist_ok=True)
-    env = {"FLWR_HOME": str(state / "flwr-home")}
-    runtime = f"{HOST}:{region.node_runtime_port(index)}"
-    node = table.start(
+    return table.start(
         f"supernode-{region.name}-{index}",
         [
             _bin("flower-supernode"),
@@ -101,15 +99,19 @@ def start_supernode(
             str(region.node_runtime_port(index)),
             "--node-config",
             node_config(fed, region, index),
-        ],
-        env,
+        ],  # fmt: skip
+        {"FLWR_HOME": str(state / "flwr-home")},
     )
-    worker = table.start(
-        f"worker-{region.name}-{index}",
-        [sys.executable, "-m", "fedgate.clients.worker", "--runtime-api-address", runtime],
-        env,
-    )
-    return node, worker
+
+
+def start_workers(table: ProcessTable, region: RegionConfig) -> ManagedProcess:
+    """One long-lived ClientApp worker process per region, forking a child per SuperNode."""
+    cmd = [sys.executable, "-m", "fedgate.clients.worker"]
+    for i in range(len(region.nodes)):
+        flwr_home = region_dir(table.home, region.name) / f"node-{i}" / "flwr-home"
+        log = table.log_dir / f"worker-{region.name}-{i}.log"
+        cmd += ["--node", f"{HOST}:{region.node_runtime_port(i)},{flwr_home},{log}"]
+    return table.start(f"workers-{region.name}", cmd, {})
 
 
 def up(
@@ -139,17 +141,20 @@ def up(
             )
             state = region_dir(home, r.name)
             echo(f"SuperLink {r.name}: {HOST}:{r.superlink_port} (state in {state})")
-        nodes = []
-        for r in fed.regions:
-            for i in range(len(r.nodes)):
-                nodes.append((r, i, *start_supernode(table, fed, r, i)))
-        for r, i, node, worker in nodes:
+        nodes = [
+            (r, i, start_supernode(table, fed, r, i))
+            for r in fed.regions
+            for i in range(len(r.nodes))
+        ]
+        workers = {r.name: start_workers(table, r) for r in fed.regions}
+        for r, i, node in nodes:
             wait_until(
                 lambda r=r, i=i: port_open(r.node_runtime_port(i)),
                 timeout, f"SuperNode {r.name}-{i}", node.log, node.pid,
             )  # fmt: skip
+        for name, worker in workers.items():
             if not alive(worker.pid):
-                raise TopologyError(f"ClientApp worker {r.name}-{i} exited; read {worker.log}")
+                raise TopologyError(f"ClientApp workers of {name} exited; read {worker.log}")
         echo(
             f"{len(nodes)} SuperNodes up: "
             + ", ".join(f"{r.name}-{i} ({r.nodes[i]})" for r, i, *_ in nodes)
