@@ -166,11 +166,13 @@ def revoke_device(
         typer.echo(f"revoked device {revoked.device_id} in region {region}")
 
 
-def register(app: typer.Typer) -> None:
-    """Attach ``enroll-token``, ``enroll`` and ``devices list|revoke`` to ``app``."""
-    app.command("enroll-token")(enroll_token)
-    app.command("enroll")(enroll)
-    devices = typer.Typer(help="List or revoke a region's enrolled devices.", no_args_is_help=True)
-    devices.command("list")(list_devices)
-    devices.command("revoke")(revoke_device)
-    app.add_typer(devices, name="devices")
+def register_region(region_app: typer.Typer) -> None:
+    """Operator verbs on ``fedgate region``: ``enroll-token``, ``devices``, ``revoke``."""
+    region_app.command("enroll-token")(enroll_token)
+    region_app.command("devices")(list_devices)
+    region_app.command("revoke")(revoke_device)
+
+
+def register_client(client_app: typer.Typer) -> None:
+    """Device verbs on ``fedgate client``: ``enroll``."""
+    client_app.command("enroll")(enroll)

@@ -199,8 +199,8 @@ def region_run_cmd(
     console.print(summary_table(done, f"region {reg.name} ({engine})"))
 
 
-def register(app: typer.Typer) -> None:
-    """Attach the verbs to the root ``fedgate`` app."""
+def register(app: typer.Typer, region_app: typer.Typer) -> None:
+    """Attach the operator verbs to the root app and ``run`` to ``fedgate region``."""
     from fedgate.server.demo import demo_cmd
 
     app.command("demo")(demo_cmd)
@@ -208,6 +208,4 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up_cmd)
     app.command("down")(down_cmd)
     app.command("status")(status_cmd)
-    region_app = typer.Typer(help="Train one region.", no_args_is_help=True)
     region_app.command("run")(region_run_cmd)
-    app.add_typer(region_app, name="region")

@@ -99,7 +99,7 @@ def start_supernode(
             str(region.node_runtime_port(index)),
             "--node-config",
             node_config(fed, region, index),
-        ],  # fmt: skip
+        ],
         {"FLWR_HOME": str(state / "flwr-home")},
     )
 

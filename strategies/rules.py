@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fedgate.strategies.aggregators import AGGREGATORS, Aggregator, make_aggregator
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """A region's aggregation settings as its config file names them."""
+
+    aggregator: str
+    f: int
+    pre: str = ""
+
+
+# The region default: the configuration benchmarks/robustness.py measured best
+# (see the README's robustness section). Regions override it in their config.
+REGION_DEFAULT = RuleConfig(aggregator="cc", f=1, pre="nnm")
 
 
 def build_rule(name: str, f: int = 0, pre: str | None = None, **params) -> Aggregator:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fedgate.clients.identity import KEY_FILE, load_identity
 from fedgate.crypto import generate_key, save_public_key
-from fedgate.server.cli_devices import register
+from fedgate.server.cli_devices import register_client, register_region
 from fedgate.server.enrollment import region_registry
 
 
