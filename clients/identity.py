@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,17 @@ class Enrollment:
     profile: str = ""
 
 
+@dataclass(frozen=True)
+class EnrolledIdentity:
+    """The outcome of ``enroll_identity``."""
+
+    identity: DeviceIdentity
+    enrollment: Enrollment
+    new_key: bool  # a key was made (and written) for this enrollment
+    anchor_path: Path
+    replaced: Enrollment | None = None  # the enrollment ``force`` replaced, if any
+
+
 def store_identity(identity: DeviceIdentity, *, force: bool = False) -> None:
     """Write ``device.key`` (0600) and ``device.pub``; refuse to replace a key unless ``force``."""
     save_private_key(identity.key, identity.home / KEY_FILE, force=force)
@@ -82,7 +94,7 @@ def load_identity(device_dir: Path) -> DeviceIdentity:
     home = Path(device_dir)
     path = home / KEY_FILE
     if not path.is_file():
-        raise IdentityError(f"no device key at {path} (run `fedgate enroll` first)")
+        raise IdentityError(f"no device key at {path} (run `fedgate client enroll` first)")
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         raise IdentityError(f"{path} is readable by other users; run `chmod 600 {path}`")
     try:
@@ -140,6 +152,57 @@ def read_trust_anchor(device_dir: Path, region: str) -> Ed25519PublicKey:
         return read_public_key(path)
     except SignatureError as exc:
         raise IdentityError(str(exc)) from None
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` if it names a device profile (phone, pi), else ``IdentityError``."""
+    from fedgate.clients.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise IdentityError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}")
+    return profile
+
+
+def enroll_identity(
+    device_dir: Path,
+    region: str,
+    profile: str,
+    anchor: Ed25519PublicKey,
+    register: Callable[[bytes], str],
+    *,
+    force: bool = False,
+) -> EnrolledIdentity:
+    """Enroll this device directory with ``region``: the device side of enrollment.
+
+    Refuses a directory already enrolled (in any region) unless ``force``, which also makes
+    a new key. Otherwise an existing key is kept and a missing one is made. ``register``
+    hands the raw public key to the region and returns the device id it recorded; only
+    then is a new key written (mode 0600), with the enrollment and the region server's
+    key ``anchor`` as this device's trust anchor.
+    """
+    device_dir = Path(device_dir)
+    check_profile(profile)
+    previous = read_enrollment(device_dir)
+    if previous is not None and not force:
+        where = "this region" if previous.region == region else f"region {previous.region}"
+        raise IdentityError(
+            f"{device_dir} is already enrolled in {where} as {previous.device_id[:16]}; "
+            "a device belongs to one region (use --force for a new key)"
+        )
+    new_key = force or not (device_dir / KEY_FILE).exists()
+    identity = DeviceIdentity(generate_key(), device_dir) if new_key else load_identity(device_dir)
+    device_id = register(identity.public_key)
+    if device_id != identity.device_id:
+        raise IdentityError(
+            f"region {region} recorded device {device_id[:16]}, not this key "
+            f"({identity.device_id[:16]})"
+        )
+    if new_key:
+        store_identity(identity, force=force)
+    enrollment = Enrollment(region, device_id, profile)
+    save_enrollment(device_dir, enrollment)
+    anchor_path = save_trust_anchor(device_dir, region, anchor)
+    return EnrolledIdentity(identity, enrollment, new_key, anchor_path, previous)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -128,11 +128,6 @@ def test_readonly_errors_are_clear(tmp_path) -> None:
 def test_store_round_trip(db_url: str) -> None:
     key = generate_key()
     store = Store.open(db_url, signer=key)
-    dev = generate_key()
-    store.enroll_device(fingerprint(dev), public_bytes(dev), "eu")
-    assert store.device(fingerprint(dev))["status"] == "active"
-    store.set_device_status(fingerprint(dev), "revoked", reason="lost phone")
-    assert store.device(fingerprint(dev))["status"] == "revoked"
     run = store.record_run(42, "eu", "alice", {"rounds": 2, "aggregator": "trimmed"})
     store.open_round(run, 1, nonce="ab" * 16)
     record = Record(
@@ -187,7 +182,7 @@ def test_store_round_trip(db_url: str) -> None:
         store.round_detail(run, 9)
 
     kinds = [e.kind for e in store.audit.events()]
-    assert kinds[:3] == ["device.enrolled", "device.status", "run.launched"]
+    assert kinds[:2] == ["run.launched", "round.opened"]
     assert kinds.count("update.accepted") == 2 and kinds.count("update.rejected") == 2
     assert kinds.count("aggregator.decision") == 2 and kinds[-1] == "run.finished"
     closed = next(e for e in store.audit.events(kind="round.closed"))
@@ -209,3 +204,47 @@ def test_store_artifacts_and_approvals(db_url: str) -> None:
     with pytest.raises(DBAPIError):  # foreign key: approvals name a stored artifact
         store.record_approval("ef" * 32, "cd" * 32, True, {})
     assert [e.kind for e in store.audit.events()] == kinds  # nothing half-written
+
+
+def test_device_registry_migration_keeps_devices(db_url: str) -> None:
+    """0001 -> 0002: devices gain profile and revoked_at (set for revoked ones); and back."""
+    from alembic import command
+
+    from fedgate.server.db.engine import make_engine, write_txn
+    from fedgate.server.db.migrate import alembic_config, upgrade
+    from fedgate.server.enrollment import DatabaseDeviceRegistry
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0001")
+    live, lost = generate_key(), generate_key()
+    with write_txn(engine) as conn:
+        for key, status in ((live, "active"), (lost, "revoked")):
+            conn.execute(
+                text(
+                    "INSERT INTO devices (device_id, public_key, region, status, enrolled_at)"
+                    " VALUES (:d, :p, 'eu', :s, :t)"
+                ),
+                {
+                    "d": fingerprint(key),
+                    "p": public_bytes(key).hex(),
+                    "s": status,
+                    "t": "2025-01-01",
+                },
+            )
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    registry = DatabaseDeviceRegistry(Store(engine), "eu")
+    kept, revoked = registry.get(fingerprint(live)), registry.get(fingerprint(lost))
+    assert (kept.public_key, kept.profile, kept.revoked) == (public_bytes(live), "", False)
+    assert revoked.revoked and revoked.revoked_at >= revoked.enrolled_at
+    cfg = alembic_config()
+    with write_txn(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert current_revision(engine) == "0001"
+    with engine.connect() as conn:
+        columns = conn.execute(select(text("*")).select_from(text("devices"))).keys()
+    assert "profile" not in columns and "revoked_at" not in columns
+    upgrade(engine)
+    assert registry.get(fingerprint(live)) == kept
+    engine.dispose()

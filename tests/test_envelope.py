@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedgate.crypto import canonical_json, fingerprint, generate_key, public_bytes, sign
-from fedgate.server.enrollment import JsonDeviceRegistry
+from fedgate.server.enrollment import DatabaseDeviceRegistry, region_registry
 from fedgate.server.nonces import ReplayGuard, RoundNonces
 from fedgate.strategies.envelope import (
     Envelope,
@@ -39,7 +40,7 @@ def record_of(**arrays: np.ndarray) -> ArrayRecord:
 class World:
     """An enrolled eu device, the global model of round 3 and the device's honest update."""
 
-    registry: JsonDeviceRegistry
+    registry: DatabaseDeviceRegistry
     key: object
     nonces: RoundNonces
     base: ArrayRecord
@@ -77,15 +78,21 @@ class World:
         return pack_envelope(env, sign(key or self.key, env.canonical()))
 
 
+def registry_of(home: Path, region: str) -> DatabaseDeviceRegistry:
+    """``region``'s registry in its own SQLite database under ``home``."""
+    return region_registry(home, region, db=f"sqlite:///{home / f'region-{region}.db'}")
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    registry = JsonDeviceRegistry(tmp_path / "eu", "eu")
+def world(tmp_path: Path) -> Iterator[World]:
+    registry = registry_of(tmp_path, "eu")
     key = generate_key()
     registry.enroll(registry.issue_token(), public_bytes(key))
     rng = np.random.default_rng(0)
     base = record_of(w=rng.normal(size=(4, 3)).astype(np.float32), b=np.zeros(3, np.float32))
     update = record_of(w=rng.normal(size=(4, 3)).astype(np.float32), b=np.ones(3, np.float32))
-    return World(registry, key, RoundNonces(), base, update)
+    yield World(registry, key, RoundNonces(), base, update)
+    registry.close()
 
 
 def code_of(world: World, record: object, arrays: ArrayRecord | None = None, **over) -> str:
@@ -171,7 +178,7 @@ def test_unknown_and_revoked_devices(world: World) -> None:
 
 
 def test_device_of_another_region_is_refused(world: World, tmp_path: Path) -> None:
-    us = JsonDeviceRegistry(tmp_path / "us", "us")
+    us = registry_of(tmp_path, "us")
     record = world.signed()  # an honest eu update presented to the us server
     assert code_of(world, record, expected_region="us", registry=us) == Reason.WRONG_REGION
     # even if it claims to be for us, the us registry does not know the eu device

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgate.crypto import canonical_json, fingerprint, generate_key, public_bytes, sign
-from fedgate.server.enrollment import JsonDeviceRegistry
+from fedgate.server.enrollment import region_registry
 from fedgate.server.nonces import ReplayGuard, RoundNonces
 from fedgate.strategies.envelope import (
     Envelope,
@@ -34,7 +34,8 @@ METRICS = {"train-loss": 0.5, "num-examples": 12}
 
 _DIR = Path(tempfile.mkdtemp(prefix="fedgate-envelope-props-"))
 atexit.register(shutil.rmtree, _DIR, True)
-REGISTRY = JsonDeviceRegistry(_DIR / REGION, REGION)
+REGISTRY = region_registry(_DIR, REGION, db=f"sqlite:///{_DIR / 'region.db'}")
+atexit.register(REGISTRY.close)
 KEY, OTHER = generate_key(), generate_key()
 for _k in (KEY, OTHER):
     REGISTRY.enroll(REGISTRY.issue_token(), public_bytes(_k))

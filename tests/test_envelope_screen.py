@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from fedgate.crypto import fingerprint, generate_key, public_bytes
-from fedgate.server.enrollment import JsonDeviceRegistry
+from fedgate.server.enrollment import region_registry
 from fedgate.server.nonces import ReplayGuard, RoundNonces
 from fedgate.strategies.aggregators import make_aggregator
 from fedgate.strategies.envelope import Reason, sign_update, signature_screen
@@ -42,7 +43,7 @@ def model(value: float) -> ArrayRecord:
 
 class Fleet:
     def __init__(self, tmp_path: Path) -> None:
-        self.registry = JsonDeviceRegistry(tmp_path, "eu")
+        self.registry = region_registry(tmp_path, "eu", db=f"sqlite:///{tmp_path / 'eu.db'}")
         self.nonces = RoundNonces()
         self.keys = [generate_key() for _ in range(4)]
         for key in self.keys:
@@ -68,8 +69,10 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return Fleet(tmp_path)
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.registry.close()
 
 
 def test_honest_update_is_accepted_with_device_and_signed_count(fleet: Fleet) -> None:

@@ -36,6 +36,8 @@ class Base(DeclarativeBase):
 
 
 class Device(Base):
+    """An enrolled device key of a region (``status`` is active or revoked)."""
+
     __tablename__ = "devices"
 
     device_id: Mapped[str] = mapped_column(String(HEX), primary_key=True)  # key fingerprint
@@ -43,6 +45,21 @@ class Device(Base):
     region: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16))
     enrolled_at: Mapped[datetime]
+    profile: Mapped[str] = mapped_column(String(16), server_default="")
+    revoked_at: Mapped[datetime | None]
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment token, kept only as the SHA-256 of its secret."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(HEX), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), index=True)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(ForeignKey("devices.device_id"))
 
 
 class Run(Base):

@@ -4,6 +4,8 @@ Each write updates its tables and appends the matching audit events in one trans
 so the tables and the chain never disagree. ``record_round`` also signs the chain head
 when the audit log has a signing key (the design asks for one signature per round).
 Round records are duck-typed: dataclasses (``RoundRecord``/``ClientFate``) or dicts.
+Devices and enrollment tokens are written, by the same rules, by the region's device
+registry (``fedgate.server.enrollment.DatabaseDeviceRegistry``) on a ``Store``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from fedgate.server.audit.log import AuditLog, Item
 from fedgate.server.db.engine import open_database, write_txn
-from fedgate.server.db.models import Approval, Artifact, Device, Metric, Round, Run, Update
+from fedgate.server.db.models import Approval, Artifact, Metric, Round, Run, Update
 
-DEVICES, RUNS, ROUNDS = Device.__table__, Run.__table__, Round.__table__
+RUNS, ROUNDS = Run.__table__, Round.__table__
 UPDATES, METRICS = Update.__table__, Metric.__table__
 ARTIFACTS, APPROVALS = Artifact.__table__, Approval.__table__
 
 
 class StoreError(LookupError):
-    """A referenced run, round, device or artifact does not exist."""
+    """A referenced run, round or artifact does not exist."""
 
 
 @dataclass(frozen=True)
@@ -102,52 +104,6 @@ class Store:
         self.audit.append_in(conn, events)
         if sign and self.audit.signer is not None:
             self.audit.sign_in(conn)
-
-    # -- devices ------------------------------------------------------------------------
-    def enroll_device(
-        self, device_id: str, public_key: bytes | str, region: str, status: str = "active"
-    ) -> None:
-        pub = public_key.hex() if isinstance(public_key, bytes) else public_key
-        with write_txn(self.engine) as conn:
-            conn.execute(
-                insert(DEVICES).values(
-                    device_id=device_id,
-                    public_key=pub,
-                    region=region,
-                    status=status,
-                    enrolled_at=_now(),
-                )
-            )
-            self._write(
-                conn,
-                [
-                    (
-                        "device.enrolled",
-                        {
-                            "device": device_id,
-                            "public_key": pub,
-                            "region": region,
-                            "status": status,
-                        },
-                    )
-                ],
-            )
-
-    def set_device_status(self, device_id: str, status: str, reason: str = "") -> None:
-        with write_txn(self.engine) as conn:
-            done = conn.execute(
-                update(DEVICES).where(DEVICES.c.device_id == device_id).values(status=status)
-            )
-            if done.rowcount != 1:
-                raise StoreError(f"no device {device_id}")
-            self._write(
-                conn, [("device.status", {"device": device_id, "status": status, "reason": reason})]
-            )
-
-    def device(self, device_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(DEVICES).where(DEVICES.c.device_id == device_id)).first()
-        return None if row is None else dict(row._mapping)
 
     # -- runs and rounds ------------------------------------------------------------------
     def record_run(
