@@ -1,12 +1,17 @@
-"""The fedgate ClientApp: local training on a phone or Pi profile (Flower Message API).
+"""The fedgate ClientApp: verified instructions in, signed updates out (Flower Message API).
 
-Per SuperNode settings come from ``--node-config`` (kebab-case keys):
+Every message's instruction is checked against the region server's key (the device's trust
+anchor) before anything runs; every trained update leaves with an envelope signed by the
+device key (``fedgate.strategies.envelope``). Per SuperNode settings come from
+``--node-config`` (kebab-case keys):
 
+- ``device-dir``: the enrolled device directory (key, enrollment, trust anchor); required
 - ``profile``: ``phone`` or ``pi`` (default: alternating by partition id)
 - ``partition-id`` / ``num-partitions``: which Dirichlet shard of the region's digits pool
-- ``region``: the device's compliance region (default: the one the server names)
+- ``region``: the device's compliance region (default: the one its enrollment names)
 - ``data-dir``: a directory of ``.npz`` files (``x``, ``y``) to use instead of the digits shard
 - ``step-delay``: seconds to sleep per SGD step (emulates slow hardware)
+- ``attack``: a simulated attack profile (``fedgate.clients.misbehaviour.known_profiles``)
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedgate.clients.attacks import apply_attack, poison_dataset
+from fedgate.clients.device import Device, load_device
+from fedgate.clients.misbehaviour import SIGNING_FAULTS, signed_reply
 from fedgate.clients.profiles import DeviceProfile, get_profile
 from fedgate.models.data import Dataset, DigitsShardLoader, NpzDirectoryLoader
 from fedgate.models.nets import build_model
-from fedgate.models.train import evaluate, train_local
+from fedgate.models.train import evaluate, flatten, train_local, unflatten
+from fedgate.strategies.envelope import arrayrecord_digest
+from fedgate.strategies.instruction import Instruction, verify_instruction
 
 app = ClientApp()
 
@@ -96,19 +106,55 @@ def local_data(setup: DeviceSetup) -> tuple[Dataset, Dataset]:
     return data.take(perm[k:]), test
 
 
-def _model_from(msg: Message, model_id: str):
+def _instruction(msg: Message, context: Context, kind: str) -> tuple[Device, Instruction]:
+    """This node's device and the server's verified instruction; raises on any doubt."""
+    device = load_device(dict(context.node_config))
+    instruction = verify_instruction(
+        dict(msg.content["config"]),
+        kind=kind,
+        model_digest=arrayrecord_digest(msg.content["arrays"]),
+        anchor=device.anchor,
+        region=device.region,
+    )
+    return device, instruction
+
+
+def _model_from(arrays: ArrayRecord, model_id: str):
     model = build_model(model_id, seed=None)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict())
     return model
+
+
+def _poisoned(attack: str, base: ArrayRecord, trained: ArrayRecord, cfg: dict, seed: int):
+    """The arrays a model-poisoning attacker sends instead of its honest ``trained`` ones."""
+    like = [a.numpy() for a in base.values()]
+    before = flatten(like)
+    delta = flatten([a.numpy() for a in trained.values()]) - before
+    rng = np.random.default_rng(seed)
+    bad = apply_attack(
+        attack,
+        delta,
+        rng=rng,
+        f=int(cfg.get("f", 1)),
+        n=int(cfg.get("clients-per-round", 0)) or None,
+    )
+    arrays = unflatten(before + bad.astype(np.float32), like)
+    return ArrayRecord({k: Array(a) for k, a in zip(base.keys(), arrays, strict=True)})
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received model on the local shard and send back the new weights."""
-    cfg = dict(msg.content["config"])
+    """Verify the instruction, train on the local shard, sign and send the new weights."""
+    device, instruction = _instruction(msg, context, "train")
+    cfg = instruction.config
     setup = resolve_setup(dict(context.node_config), cfg)
+    attack = str(context.node_config.get("attack", "") or "")
+    seed = setup.seed + 1000 * instruction.server_round + setup.partition_id
     train_data, _ = local_data(setup)
-    model = _model_from(msg, str(cfg["model"]))
+    if attack and attack not in SIGNING_FAULTS:
+        train_data = poison_dataset(attack, train_data, np.random.default_rng(seed))
+    base = msg.content["arrays"]
+    model = _model_from(base, str(cfg["model"]))
     stats = train_local(
         model,
         train_data,
@@ -117,24 +163,39 @@ def train(msg: Message, context: Context) -> Message:
         lr=float(cfg.get("lr", 0.1)),
         max_examples=setup.profile.max_examples,
         step_delay=setup.profile.step_delay,
-        seed=setup.seed + 1000 * int(cfg.get("server-round", 0)) + setup.partition_id,
+        seed=seed,
     )
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"train-loss": stats.loss, "num-examples": stats.num_examples}),
-        }
+    arrays = ArrayRecord(model.state_dict())
+    if attack and attack not in SIGNING_FAULTS and attack != "none":
+        arrays = _poisoned(attack, base, arrays, cfg, seed)
+    metrics = {"train-loss": stats.loss, "num-examples": stats.num_examples}
+    envelope = signed_reply(
+        attack if attack in SIGNING_FAULTS else "",
+        device.key,
+        device.device_id,
+        region=device.region,
+        run_id=instruction.run_id,
+        server_round=instruction.server_round,
+        nonce=instruction.nonce,
+        base=base,
+        arrays=arrays,
+        metrics=metrics,
     )
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    if envelope is not None:
+        content["envelope"] = envelope
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the device's local test split."""
-    cfg = dict(msg.content["config"])
-    setup = resolve_setup(dict(context.node_config), cfg)
+    """Verify the instruction and evaluate the global model on the local test split."""
+    _, instruction = _instruction(msg, context, "evaluate")
+    setup = resolve_setup(dict(context.node_config), instruction.config)
     _, test_data = local_data(setup)
-    stats = evaluate(_model_from(msg, str(cfg["model"])), test_data)
+    stats = evaluate(
+        _model_from(msg.content["arrays"], str(instruction.config["model"])), test_data
+    )
     metrics = MetricRecord(
         {"eval-loss": stats.loss, "eval-acc": stats.accuracy, "num-examples": stats.num_examples}
     )

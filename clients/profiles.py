@@ -17,8 +17,8 @@ class DeviceProfile:
 
 
 PROFILES: dict[str, DeviceProfile] = {
-    "phone": DeviceProfile("phone", epochs=2, batch_size=16, max_examples=400),
-    "pi": DeviceProfile("pi", epochs=1, batch_size=32, max_examples=200, step_delay=0.01),
+    "phone": DeviceProfile("phone", epochs=5, batch_size=16, max_examples=400),
+    "pi": DeviceProfile("pi", epochs=3, batch_size=32, max_examples=200, step_delay=0.01),
 }
 
 

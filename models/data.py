@@ -100,7 +100,7 @@ def _check_region(region: str, regions: tuple[str, ...]) -> None:
         raise ValueError(f"unknown region {region!r}; known regions: {', '.join(regions)}")
 
 
-def test_split(seed: int = 0) -> Dataset:
+def common_test_split(seed: int = 0) -> Dataset:
     """The common test split shared by all regions and the global coordinator."""
     data = load_digits_dataset()
     held, _ = _stratified_split(data.y, TEST_FRACTION, np.random.default_rng(seed))

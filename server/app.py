@@ -1,16 +1,20 @@
-"""The regional ServerApp: robust federated training of one region's model.
+"""The regional ServerApp: verified, robust federated training of one region's model.
 
 Run config keys (``[tool.flwr.app.config]`` of the generated app, or ``--run-config``):
 ``region``, ``regions`` (comma list), ``rounds``, ``clients-per-round``, ``min-clients``,
 ``aggregator``, ``f``, ``pre``, ``model``, ``lr``, ``alpha``, ``seed``, ``max-examples``,
-``round-timeout``, ``out-dir`` (where progress and results are written; empty for none).
+``round-timeout``, ``home`` (the fedgate home: region key, registry, database),
+``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, and ``out-dir``
+(where progress and results are written).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -18,27 +22,50 @@ from flwr.serverapp import Grid, ServerApp
 from fedgate.models.data import region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate
+from fedgate.server.audit.keys import ensure_region_key
+from fedgate.server.db import BlobStore, Store, resolve_url
+from fedgate.server.enrollment import DatabaseDeviceRegistry
 from fedgate.server.fast_grid import FastPollGrid
+from fedgate.server.nonces import ReplayGuard, RoundNonces
 from fedgate.server.progress import ProgressWriter
-from fedgate.strategies.robust_strategy import RobustStrategy
+from fedgate.strategies.envelope import signature_screen
+from fedgate.strategies.robust_strategy import RobustStrategy, RoundSigner, structural_screen
 from fedgate.strategies.rules import build_rule
 
 app = ServerApp()
 
 
-def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
-    """Train one region for ``rounds`` rounds; returns (and writes) the run summary."""
-    cfg = dict(run_config)
-    region = str(cfg["region"])
-    regions = tuple(str(cfg.get("regions", region)).split(","))
-    model_id = str(cfg["model"])
-    seed = int(cfg.get("seed", 0))
-    out_dir = str(cfg.get("out-dir", "")) or None
-    progress = ProgressWriter(out_dir)
-    validation = region_validation(region, regions, seed)
-    model = build_model(model_id, seed=seed)
+@dataclass(frozen=True)
+class RegionContext:
+    """Where a region run keeps its state and with which key it signs."""
 
-    strategy = RobustStrategy(
+    region: str
+    home: Path
+    db_url: str
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> RegionContext:
+        region = str(cfg["region"])
+        home = Path(str(cfg["home"])).resolve()
+        return cls(region, home, resolve_url(str(cfg.get("db", "")) or None, home, region))
+
+    def open(self) -> tuple[Store, Any]:
+        """The region's store (audit chain signed by the region key) and device registry."""
+        store = Store.open(self.db_url, signer=ensure_region_key(self.home, self.region))
+        return store, DatabaseDeviceRegistry(store, self.region)
+
+
+def build_strategy(cfg: dict[str, Any], run_id: str, store: Store, registry: Any):
+    """The region's strategy: signed instructions, envelope screening, the configured rule."""
+    region = str(cfg["region"])
+    nonces = RoundNonces()
+    key = store.audit.signer
+    assert key is not None, "the region store signs with the region key"
+
+    def opened(server_round: int, details: dict) -> None:
+        store.open_round(run_id, server_round, **details)
+
+    return RobustStrategy(
         build_rule(
             str(cfg.get("aggregator", "mean")),
             int(cfg.get("f", 0)),
@@ -47,9 +74,74 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
         clients_per_round=int(cfg["clients-per-round"]),
         min_clients=int(cfg["min-clients"]),
         max_examples=int(cfg.get("max-examples", 1000)),
+        screen=signature_screen(
+            registry, region, run_id, nonces, structural_screen, seen=ReplayGuard()
+        ),
+        signer=RoundSigner(key, region, run_id, nonces),
+        on_round_opened=opened,
         wait_timeout=float(cfg.get("round-timeout", 120.0)),
-        seed=seed,
+        seed=int(cfg.get("seed", 0)),
     )
+
+
+def _reasons(strategy: RobustStrategy) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in strategy.rounds:
+        for fate in record.clients:
+            if not fate.accepted:
+                counts[fate.reason] = counts.get(fate.reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _save_model(out_dir: Path, home: Path, arrays: ArrayRecord) -> str:
+    """Write the regional model as safetensors, content-addressed; returns its SHA-256."""
+    tensors = {k: v.numpy() for k, v in arrays.items()}
+    sha = BlobStore(home / "blobs").put_tensors(tensors)
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    return sha
+
+
+def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
+    """Train one region for ``rounds`` rounds; returns (and writes) the run summary."""
+    cfg = dict(run_config)
+    run_id = str(run_id)
+    where = RegionContext.from_config(cfg)
+    default_out = where.home / "regions" / where.region / "runs" / run_id
+    out_dir = Path(str(cfg.get("out-dir", "")) or default_out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = ProgressWriter(out_dir)
+    store, registry = where.open()
+    store.record_run(run_id, where.region, str(cfg.get("launched-by", "unknown")), cfg)
+    try:
+        summary = _train(grid, cfg, run_id, store, registry, progress, out_dir, where.home)
+    except BaseException as exc:
+        store.finish_run(run_id, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
+        progress.write("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_run(run_id, status="finished", note=json.dumps(summary["rejected_by_reason"]))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    progress.write("finished", **summary)
+    return summary
+
+
+def _train(
+    grid: Grid,
+    cfg: dict[str, Any],
+    run_id: str,
+    store: Store,
+    registry: Any,
+    progress: ProgressWriter,
+    out_dir: Path,
+    home: Path,
+) -> dict[str, Any]:
+    region = str(cfg["region"])
+    regions = tuple(str(cfg.get("regions", region)).split(","))
+    model_id, seed = str(cfg["model"]), int(cfg.get("seed", 0))
+    validation = region_validation(region, regions, seed)
+    model = build_model(model_id, seed=seed)
+    strategy = build_strategy(cfg, run_id, store, registry)
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate on the region's validation split; the last step of every round."""
@@ -59,22 +151,25 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
         record = strategy.record_for(server_round)
         if record is not None:
             record.metrics.update(metrics)
+            store.record_round(run_id, record)
             progress.round(record)
         elif server_round == 0:
+            store.record_metrics(run_id, 0, metrics)
             progress.write("initial", **metrics)
         return MetricRecord(metrics)
 
     train_config = ConfigRecord(
         {
-            "region": region,
             "regions": ",".join(regions),
             "model": model_id,
             "lr": float(cfg.get("lr", 0.1)),
             "alpha": float(cfg.get("alpha", 0.5)),
             "seed": seed,
+            "f": int(cfg.get("f", 0)),
+            "clients-per-round": int(cfg["clients-per-round"]),
         }
     )
-    progress.write("started", region=region, run_id=str(run_id), config=cfg)
+    progress.write("started", region=region, run_id=run_id, config=cfg)
     t0 = time.monotonic()
     result = strategy.start(
         grid=FastPollGrid(grid),
@@ -86,27 +181,28 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
         evaluate_fn=central_eval,
     )
     final = result.evaluate_metrics_serverapp.get(int(cfg["rounds"]), {})
-    summary = {
+    val_acc = float(final.get("val-acc", float("nan")))
+    sha = _save_model(out_dir, home, result.arrays)
+    store.record_artifact(
+        sha,
+        str(out_dir / "model.safetensors"),
+        "regional-model",
+        {"region": region, "run": run_id, "model": model_id, "rounds": int(cfg["rounds"]),
+         "val_acc": val_acc},
+        run_id=run_id,
+    )  # fmt: skip
+    return {
         "region": region,
-        "run_id": str(run_id),
+        "run_id": run_id,
         "rounds": int(cfg["rounds"]),
         "devices": len({c.node_id for r in strategy.rounds for c in r.clients}),
         "accepted": sum(r.accepted for r in strategy.rounds),
         "rejected": sum(r.rejected for r in strategy.rounds),
-        "val_acc": float(final.get("val-acc", float("nan"))),
+        "rejected_by_reason": _reasons(strategy),
+        "val_acc": val_acc,
+        "model_sha256": sha,
         "seconds": time.monotonic() - t0,
     }
-    if out_dir:
-        torch_state = result.arrays.to_torch_state_dict()
-        from safetensors.torch import save_file
-
-        save_file(
-            {k: v.contiguous() for k, v in torch_state.items()},
-            str(Path(out_dir) / "model.safetensors"),
-        )
-        (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    progress.write("finished", **summary)
-    return summary
 
 
 @app.main()

@@ -140,15 +140,25 @@ def overridden(region: RegionConfig, **changes: Any) -> RegionConfig:
 
 
 def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
+    """Per region: devices, rounds, accepted and rejected updates, accuracy, and why."""
     table = Table(title=title)
-    for col in ("region", "devices", "rounds", "accepted", "rejected", "val acc", "seconds"):
-        table.add_column(col, justify="left" if col == "region" else "right")
+    for col in (
+        "region",
+        "devices",
+        "rounds",
+        "accepted",
+        "rejected",
+        "val acc",
+        "rejected because",
+    ):
+        table.add_column(col, justify="left" if col in ("region", "rejected because") else "right")
     for region, s in summaries.items():
+        reasons = s.get("rejected_by_reason") or {}
         table.add_row(
             region, str(s.get("devices", "-")), str(s.get("rounds", "-")),
             str(s.get("accepted", "-")), str(s.get("rejected", "-")),
             f"{s['val_acc']:.3f}" if "val_acc" in s else "-",
-            f"{s['seconds']:.1f}" if "seconds" in s else "-",
+            "\n".join(f"{k} x{v}" for k, v in reasons.items()) or "-",
         )  # fmt: skip
     return table
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedgate.clients.profiles import PROFILES
 from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
+from fedgate.strategies.rules import REGION_DEFAULT
 
 
 class ConfigError(ValueError):
@@ -23,15 +24,21 @@ class RegionConfig:
     rounds: int = 4
     clients_per_round: int = 4
     min_clients: int = 3
-    aggregator: str = "mean"
-    f: int = 0
-    pre: str = ""
+    aggregator: str = REGION_DEFAULT.aggregator
+    f: int = REGION_DEFAULT.f
+    pre: str = REGION_DEFAULT.pre
     model: str = DEFAULT_MODEL
     lr: float = 0.1
     round_timeout: float = 120.0
     max_examples: int = 1000
     port: int = 9100
     nodes: tuple[str, ...] = ("phone", "pi", "phone", "pi")
+    # Simulated misbehaviour, for demos and tests: node index -> attack profile name
+    # (a model-poisoning attack from fedgate.clients.attacks or a signing fault), and the
+    # node indices whose devices are enrolled and then revoked before any run.
+    attacks: dict[int, str] = field(default_factory=dict)
+    revoked: tuple[int, ...] = ()
+    db: str = ""  # database URL; empty: SQLite file under the fedgate home
 
     @property
     def superlink_port(self) -> int:
@@ -79,6 +86,9 @@ _REGION_KEYS = {
     "max-examples": int,
     "port": int,
     "nodes": list,
+    "attacks": dict,
+    "revoked": list,
+    "db": str,
 }
 
 
@@ -105,9 +115,24 @@ def _parse_region(name: str, table: dict[str, Any], where: str) -> RegionConfig:
             kw[key.replace("-", "_")] = _typed(f"{where} [regions.{name}]", key, table[key], kind)
     if "nodes" in kw:
         kw["nodes"] = tuple(kw["nodes"])
+    if "revoked" in kw:
+        kw["revoked"] = tuple(kw["revoked"])
+    if "attacks" in kw:
+        kw["attacks"] = _node_attacks(f"{where} [regions.{name}]", kw["attacks"])
     region = RegionConfig(name=name, **kw)
     validate_region(region, where)
     return region
+
+
+def _node_attacks(where: str, table: dict[str, Any]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for key, value in table.items():
+        if not str(key).isdigit() or not isinstance(value, str):
+            raise ConfigError(
+                f'{where}: attacks maps node indices to profile names, e.g. {{ 4 = "sign-flip" }}'
+            )
+        out[int(key)] = value
+    return out
 
 
 def validate_region(r: RegionConfig, where: str = "config") -> None:
@@ -129,6 +154,16 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
     if r.nodes and len(r.nodes) < r.min_clients:
         raise ConfigError(
             f"{loc}: {len(r.nodes)} node(s) can never reach min-clients={r.min_clients}"
+        )
+    from fedgate.clients.misbehaviour import known_profiles
+
+    for index in [*r.attacks, *r.revoked]:
+        if not isinstance(index, int) or not 0 <= index < len(r.nodes):
+            raise ConfigError(f"{loc}: node index {index!r} out of range 0..{len(r.nodes) - 1}")
+    unknown = sorted({a for a in r.attacks.values() if a not in known_profiles()})
+    if unknown:
+        raise ConfigError(
+            f"{loc}: unknown attack profile(s) {unknown}; known: {', '.join(known_profiles())}"
         )
     if not 1024 <= r.port <= 65000:
         raise ConfigError(f"{loc}: port must be in [1024, 65000]")
@@ -186,23 +221,28 @@ name = "demo"
 seed = 0        # data split and model initialisation
 alpha = 0.5     # Dirichlet label skew across a region's devices (smaller = more non-IID)
 
+# Each region: its own SuperLink, database, keys and devices. The aggregation rule defaults
+# to fedgate's robust region default; set `aggregator`, `f` and `pre` to choose another.
+# `attacks` and `revoked` make some simulated devices misbehave, to watch the defences work.
 [regions.eu]
-rounds = 4
-clients-per-round = 4
+rounds = 5
+clients-per-round = 7
 min-clients = 3
-aggregator = "mean"
 model = "mlp-64-32-10"
 port = 9100     # the SuperLink (Fleet, Control and Runtime APIs); SuperNodes from 9110
-nodes = ["phone", "pi", "phone", "pi"]
+nodes = ["phone", "pi", "phone", "pi", "phone", "pi", "phone"]
+attacks = { 4 = "sign-flip", 6 = "wrong-key" }   # node index -> attack profile
+revoked = [5]   # enrolled, then revoked: its updates must be refused
 
 [regions.us]
-rounds = 4
-clients-per-round = 4
+rounds = 5
+clients-per-round = 6
 min-clients = 3
-aggregator = "mean"
 model = "mlp-64-32-10"
 port = 9200
-nodes = ["pi", "phone", "pi", "phone"]
+nodes = ["pi", "phone", "pi", "phone", "pi", "phone"]
+attacks = { 4 = "gaussian", 5 = "unsigned" }
+revoked = [3]
 """
 
 

@@ -37,6 +37,30 @@ def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path) -> Non
     plt.close(fig)
 
 
+def verify_region_audit(home: Path, region: str, db: str | None = None):
+    """``fedgate audit verify`` for one region: chain and signed heads, read-only."""
+    from fedgate.server.audit.keys import load_pubkeys, region_pub_path
+    from fedgate.server.audit.verify import verify_database
+    from fedgate.server.db import open_readonly, resolve_url
+
+    engine = open_readonly(resolve_url(db, home, region))
+    try:
+        return verify_database(engine, load_pubkeys([region_pub_path(home, region)]))
+    finally:
+        engine.dispose()
+
+
+def audit_line(region: str, report, home: Path) -> str:
+    """One line of the demo's audit verdict for a region."""
+    if not report.ok:
+        return f"[bold red]audit {region}: FAILED[/] {report.first}"
+    return (
+        f"[bold green]audit {region}: OK[/] {report.events} events, "
+        f"{report.signed_heads} signed heads, head seq {report.last_seq} "
+        f"(check it yourself: fedgate audit verify --region {region} --home {home})"
+    )
+
+
 def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0) -> dict:
     """Bring the federation up under ``home``, train every region, write results, shut down."""
     from fedgate.server.cli_region import FEDERATION_FILE, summary_table
@@ -64,6 +88,7 @@ def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0)
     finally:
         stopped = down(home)
         console.print(f"stopped {len(stopped)} processes")
+    audits = {r.name: verify_region_audit(home, r.name, r.db or None) for r in fed.regions}
     wall = time.monotonic() - t0
     summary = {
         "federation": fed.name,
@@ -74,6 +99,7 @@ def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0)
                 **{k: v for k, v in res.items() if k not in ("kind", "ts")},
                 "history": board.rows[name].history,
                 "run_dir": str(next(s.out_dir for s in subs if s.region == name)),
+                "audit": audits[name].to_dict(),
             }
             for name, res in finished.items()
         },
@@ -81,6 +107,8 @@ def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0)
     (home / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_accuracy({n: board.rows[n].history for n in finished}, home / "accuracy.png")
     console.print(summary_table(finished, "fedgate demo summary"))
+    for name, report in audits.items():
+        console.print(audit_line(name, report, home))
     console.print(
         f"wall time {wall:.1f} s (start-up {t_up:.1f} s); wrote {home / 'summary.json'} "
         f"and {home / 'accuracy.png'}"

@@ -57,10 +57,13 @@ def toml_value(value: Any) -> str:
 
 
 def run_config(
-    fed: FederationConfig, region: RegionConfig, out_dir: Path | str = ""
+    fed: FederationConfig, region: RegionConfig, home: Path, out_dir: Path | str = ""
 ) -> dict[str, Any]:
     """The ServerApp's run config for ``region`` (the keys ``fedgate.server.app`` reads)."""
     return {
+        "home": str(Path(home).resolve()),
+        "db": region.db,
+        "launched-by": launched_by(),
         "region": region.name,
         "regions": ",".join(fed.region_names),
         "rounds": region.rounds,
@@ -77,6 +80,18 @@ def run_config(
         "round-timeout": region.round_timeout,
         "out-dir": str(out_dir),
     }
+
+
+def launched_by() -> str:
+    """Who launched a run, for the audit log: the OS user and host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def to_toml(config: Mapping[str, Any]) -> str:
@@ -131,7 +146,7 @@ def submit(fed: FederationConfig, region: RegionConfig, home: Path) -> Submissio
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = region_dir(home, region.name) / "runs" / f"{stamp}-{time.monotonic_ns() % 10**6}"
     out_dir.mkdir(parents=True)
-    config = run_config(fed, region, out_dir.resolve())
+    config = run_config(fed, region, home, out_dir.resolve())
     app_dir = write_app(home, config)
     (out_dir / "run-config.toml").write_text(to_toml(config))
     log = out_dir / "flwr-run.log"

@@ -17,9 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.server.config import FederationConfig, RegionConfig
+from fedgate.server.local_devices import enroll_region_devices
 from fedgate.server.processes import flower_env
 from fedgate.server.runner import Submission, run_config
 from fedgate.server.topology import region_dir
+
+
+def _virtual_client_app(home: Path, region: str):
+    """fedgate's ClientApp, each virtual device acting as its enrolled ``sim-<i>`` device."""
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+    from fedgate.clients import app as real
+    from fedgate.clients.device import NODE_CONFIG_KEY
+    from fedgate.server.local_devices import device_dir
+
+    client_app = ClientApp()
+
+    def as_device(context: Context) -> Context:
+        pid = int(context.node_config["partition-id"])
+        context.node_config[NODE_CONFIG_KEY] = str(device_dir(home, region, pid, "sim"))
+        context.node_config.setdefault("profile", "phone" if pid % 2 == 0 else "pi")
+        return context
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return real.train(msg, as_device(context))
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return real.evaluate_local(msg, as_device(context))
+
+    return client_app
 
 
 def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0) -> None:
@@ -28,7 +57,6 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedgate.clients.app import app as client_app
     from fedgate.server.app import run_region
 
     server_app = ServerApp()
@@ -36,6 +64,8 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run_region(grid, config, context.run_id)
+
+    client_app = _virtual_client_app(Path(config["home"]), str(config["region"]))
 
     run_simulation(
         server_app=server_app,
@@ -48,6 +78,11 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     )
 
 
+def sim_profiles(n: int) -> tuple[str, ...]:
+    """Virtual devices alternate phone and pi, like the default SuperNodes."""
+    return tuple("phone" if i % 2 == 0 else "pi" for i in range(n))
+
+
 def submit_simulation(
     fed: FederationConfig, region: RegionConfig, home: Path, num_supernodes: int
 ) -> Submission:
@@ -58,7 +93,8 @@ def submit_simulation(
         / (time.strftime("%Y%m%d-%H%M%S") + f"-sim-{time.monotonic_ns() % 10**6}")
     )
     out_dir.mkdir(parents=True)
-    config = run_config(fed, region, out_dir.resolve())
+    enroll_region_devices(home, region, sim_profiles(num_supernodes), kind="sim")
+    config = run_config(fed, region, home, out_dir.resolve())
     (out_dir / "run-config.json").write_text(json.dumps(config, indent=2))
     log = out_dir / "simulation.log"
     cmd = [

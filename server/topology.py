@@ -31,13 +31,19 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def node_config(fed: FederationConfig, region: RegionConfig, index: int) -> str:
-    items = {
+def node_config(fed: FederationConfig, region: RegionConfig, index: int, home: Path) -> str:
+    """The SuperNode's ``--node-config``: profile, data shard, device identity, attack."""
+    from fedgate.server.local_devices import device_dir
+
+    items: dict[str, str | int] = {
         "profile": region.nodes[index],
         "partition-id": index,
         "num-partitions": len(region.nodes),
         "region": region.name,
+        "device-dir": str(device_dir(home, region.name, index).resolve()),
     }
+    if index in region.attacks:
+        items["attack"] = region.attacks[index]
     return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in items.items())
 
 
@@ -98,7 +104,7 @@ def start_supernode(
             "--port",
             str(region.node_runtime_port(index)),
             "--node-config",
-            node_config(fed, region, index),
+            node_config(fed, region, index, table.home),
         ],
         {"FLWR_HOME": str(state / "flwr-home")},
     )
@@ -128,6 +134,12 @@ def up(
             "run `fedgate down` first"
         )
     _check_ports(fed)
+    from fedgate.server.audit.keys import ensure_region_key
+    from fedgate.server.local_devices import enroll_region_devices
+
+    for r in fed.regions:
+        ensure_region_key(home, r.name)
+        enroll_region_devices(home, r)
     try:
         links = {r.name: start_superlink(table, r) for r in fed.regions}
         for r in fed.regions:

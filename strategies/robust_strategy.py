@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -23,6 +24,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from fedgate.strategies.aggregators import Aggregator
+from fedgate.strategies.envelope import arrayrecord_digest
+from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ClientFate:
     reason: str = ""  # rejection reason code, empty when accepted
     detail: str = ""
     device_id: str = ""
+    digest: str = ""  # canonical digest of the arrays received
     num_examples: int = 0
     fate: str = ""  # aggregator decision: kept / trimmed / clipped / down-weighted / dropped
     score: float | None = None
@@ -58,6 +62,33 @@ class RoundRecord:
     @property
     def rejected(self) -> int:
         return sum(not c.accepted for c in self.clients)
+
+
+@dataclass
+class RoundSigner:
+    """Stamps every outgoing ConfigRecord with the round's identity and the server's signature.
+
+    ``nonce_for_round`` draws (once) and returns the round's server nonce; the same function
+    feeds envelope verification, so a device's envelope must echo exactly this nonce.
+    """
+
+    key: Ed25519PrivateKey
+    region: str
+    run_id: str
+    nonce_for_round: Callable[[int], str]
+
+    def stamp(
+        self, kind: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> tuple[ConfigRecord, str]:
+        """A signed copy of ``config`` for ``kind`` messages; also the model digest signed."""
+        stamped = ConfigRecord(dict(config))
+        stamped["region"] = self.region
+        stamped["run-id"] = self.run_id
+        stamped["server-round"] = server_round
+        stamped["nonce"] = self.nonce_for_round(server_round)
+        digest = arrayrecord_digest(arrays)
+        stamped[SIGNATURE_KEY] = sign_instruction(self.key, kind, digest, dict(stamped))
+        return stamped, digest
 
 
 class NotEnoughNodesError(RuntimeError):
@@ -130,6 +161,8 @@ class RobustStrategy(FedAvg):
         min_clients: int,
         max_examples: int = 1000,
         screen: Screen = structural_screen,
+        signer: RoundSigner | None = None,
+        on_round_opened: Callable[[int, dict], None] | None = None,
         wait_timeout: float = 60.0,
         seed: int = 0,
     ) -> None:
@@ -145,6 +178,8 @@ class RobustStrategy(FedAvg):
         self.min_clients = min_clients
         self.max_examples = max_examples
         self.screen = screen
+        self.signer = signer
+        self.on_round_opened = on_round_opened
         self.wait_timeout = wait_timeout
         self.rounds: list[RoundRecord] = []
         self._current: ArrayRecord | None = None
@@ -175,9 +210,20 @@ class RobustStrategy(FedAvg):
     def _messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
     ) -> list[Message]:
-        config["server-round"] = server_round
+        nodes = self._sample(grid)
+        if self.signer is not None:
+            config, digest = self.signer.stamp(kind, server_round, arrays, config)
+        else:
+            config = ConfigRecord({**dict(config), "server-round": server_round})
+            digest = ""
+        if kind == MessageType.TRAIN and self.on_round_opened is not None:
+            self.on_round_opened(
+                server_round,
+                {"nodes": [str(n) for n in nodes], "model_digest": digest,
+                 "nonce": str(config.get("nonce", ""))},
+            )  # fmt: skip
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, self._sample(grid), kind)
+        return self._construct_messages(record, nodes, kind)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

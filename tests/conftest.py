@@ -39,3 +39,65 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fedgate.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# -- real local topologies (SuperLink + SuperNodes on loopback) ------------------------------
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes whose argv mentions ``text`` (e.g. a test's home)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            raw = open(f"/proc/{entry}/cmdline", "rb").read()
+            state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and text.encode() in raw:
+            found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def region_toml(name: str, port: int, **settings: object) -> str:
+    """A ``[regions.<name>]`` table; values are written as TOML literals."""
+    import json
+
+    lines = [f"[regions.{name}]", f"port = {port}"]
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+            lines.append(f"{key.replace('_', '-')} = {{ {inner} }}")
+        else:
+            lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def local_topology(tmp_path_factory):
+    """Factory: bring a federation up under a fresh home; everything is stopped afterwards
+    and the fixture asserts that no process started for it survives."""
+    from fedgate.server.config import parse_federation
+    from fedgate.server.topology import down, up
+
+    started = []
+
+    def start(*regions: str, alpha: float = 0.5):
+        import tomllib
+
+        home = tmp_path_factory.mktemp("fedgate-home")
+        text = f"[federation]\nname = 'test'\nseed = 0\nalpha = {alpha}\n\n" + "\n".join(regions)
+        fed = parse_federation(tomllib.loads(text), "test federation")
+        (home / "federation.toml").write_text(text)
+        started.append(home)
+        up(fed, home, timeout=90, echo=lambda *_: None)
+        return home, fed
+
+    yield start
+    for home in started:
+        down(home)
+    leftovers = [p for home in started for p in processes_mentioning(str(home))]
+    assert not leftovers, f"processes left running: {leftovers}"
