@@ -23,9 +23,11 @@ def _register() -> None:
     """Attach every verb; each lives beside the code it drives."""
     from fedgate.server.cli_audit import register as register_audit
     from fedgate.server.cli_devices import register_client, register_region
+    from fedgate.server.cli_pki import register as register_pki
     from fedgate.server.cli_region import register as register_operator
 
     register_operator(app, region_app)
+    register_pki(region_app)
     register_region(region_app)
     register_client(client_app)
     app.add_typer(region_app, name="region")
