@@ -76,7 +76,7 @@ def region_toml(name: str, port: int, **settings: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_topology(tmp_path_factory):
     """Factory: bring a federation up under a fresh home; everything is stopped afterwards
     and the fixture asserts that no process started for it survives."""
