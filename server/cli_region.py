@@ -25,7 +25,7 @@ from fedgate.server.config import (
 from fedgate.server.processes import ProcessTable, TopologyError
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 FEDERATION_FILE = "federation.toml"
 
@@ -57,13 +57,21 @@ def resolve(home: Path | None, config: Path | None) -> tuple[Path, FederationCon
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn fedgate's expected failures into one red line and exit code 1 (or 130 on Ctrl-C)."""
+    from fedgate.server.db.engine import DatabaseError
+    from fedgate.server.enrollment import EnrollmentError
+    from fedgate.server.fleet_proxy import ProxyError
+    from fedgate.server.node_auth import NodeAuthError
+    from fedgate.server.pki import PkiError
     from fedgate.server.runner import RunFailedError
+
+    expected = (ConfigError, TopologyError, RunFailedError, PkiError, ProxyError, NodeAuthError,
+                EnrollmentError, DatabaseError)  # fmt: skip
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, TopologyError, RunFailedError) as exc:
+        except expected as exc:
             err.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -87,9 +95,19 @@ def init_cmd(
     console.print(f"wrote {config}; start it with `fedgate up --config {config}`")
 
 
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Experiments only: no TLS, no SuperNode authentication (prints a warning).",
+    ),
+]
+
+
 @friendly
-def up_cmd(home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Start one SuperLink per region and its SuperNodes as local loopback processes."""
+def up_cmd(home: HomeOpt = None, config: ConfigOpt = None, insecure: InsecureOpt = False) -> None:
+    """Start per region a SuperLink (TLS, node authentication), its fleet-only proxy and its
+    SuperNodes, as local loopback processes."""
     from fedgate.server.topology import up
 
     home, fed = resolve(home, config)
@@ -98,7 +116,7 @@ def up_cmd(home: HomeOpt = None, config: ConfigOpt = None) -> None:
         (home / FEDERATION_FILE).write_text(Path(config).read_text())
     elif not (home / FEDERATION_FILE).exists():
         (home / FEDERATION_FILE).write_text(DEFAULT_FEDERATION_TOML)
-    up(fed, home, echo=console.print)
+    up(fed, home, echo=console.print, insecure=insecure)
     console.print(f"up; stop with `fedgate down --home {home}`")
 
 
@@ -113,16 +131,41 @@ def down_cmd(home: HomeOpt = None) -> None:
 
 
 @friendly
-def status_cmd(home: HomeOpt = None) -> None:
-    """List the processes `fedgate up` started and whether they are alive."""
+def status_cmd(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Health per region (SuperLink, fleet proxy, SuperNodes online) and every process."""
     from fedgate.server.processes import alive
+    from fedgate.server.topology import region_health
 
-    home = (home or default_home()).resolve()
+    home, fed = resolve(home, config)
     procs = ProcessTable(home).load()
     if not procs:
         console.print(f"nothing started under {home}")
         return
-    table = Table(title=f"fedgate processes in {home}")
+    health = [region_health(home, r) for r in fed.regions]
+    if as_json:
+        import json
+
+        rows = [{**dataclasses.asdict(h), "online": h.online} for h in health]
+        procs_out = [{"name": p.name, "pid": p.pid, "alive": alive(p.pid), "log": p.log}
+                     for p in procs]  # fmt: skip
+        console.print_json(json.dumps({"regions": rows, "processes": procs_out}))
+        return
+    ok, bad = "[green]up[/]", "[red]down[/]"
+    regions = Table(title=f"fedgate regions in {home}")
+    for col in ("region", "SuperLink", "fleet proxy", "SuperNodes online", "not online"):
+        regions.add_column(col)
+    for h in health:
+        missing = [f"{name} ({status})" for name, status in h.nodes if status != "online"]
+        regions.add_row(
+            h.region, ok if h.superlink else bad, ok if h.proxy else bad,
+            f"{h.online}/{h.expected}", ", ".join(missing) or (h.error or "-"),
+        )  # fmt: skip
+    console.print(regions)
+    table = Table(title="processes")
     for col in ("name", "pid", "state", "log"):
         table.add_column(col)
     for p in procs:

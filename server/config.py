@@ -45,6 +45,11 @@ class RegionConfig:
         """Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs on one port."""
         return self.port
 
+    @property
+    def fleet_port(self) -> int:
+        """The region's fleet-only proxy: the one address its devices are given."""
+        return self.port + 1
+
     def node_runtime_port(self, index: int) -> int:
         return self.port + 10 + index
 

@@ -61,7 +61,9 @@ def audit_line(region: str, report, home: Path) -> str:
     )
 
 
-def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0) -> dict:
+def run_demo(
+    home: Path, fed: FederationConfig, console, timeout: float = 900.0, insecure: bool = False
+) -> dict:
     """Bring the federation up under ``home``, train every region, write results, shut down."""
     from fedgate.server.cli_region import FEDERATION_FILE, summary_table
     from fedgate.server.live_view import RunBoard
@@ -80,7 +82,7 @@ def run_demo(home: Path, fed: FederationConfig, console, timeout: float = 900.0)
         f"{sum(len(r.nodes) for r in fed.regions)} devices, Dirichlet alpha={fed.alpha}"
     )
     try:
-        up(fed, home, echo=console.print)
+        up(fed, home, echo=console.print, insecure=insecure)
         t_up = time.monotonic() - t0
         subs = [submit(fed, r, home) for r in fed.regions]
         with RunBoard({r.name: r.rounds for r in fed.regions}, console) as board:
@@ -120,7 +122,10 @@ def demo_cmd(
     home: Annotated[
         Path, typer.Option("--home", help="Fresh state directory for the demo (wiped first).")
     ] = DEMO_HOME,
-    rounds: Annotated[int | None, typer.Option(help="Rounds per region (default 4).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds per region (default 5).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS or node authentication (experiments).")
+    ] = False,
 ) -> None:
     """Train two regions (eu, us) on real Flower SuperLinks and SuperNodes, then clean up."""
     import dataclasses
@@ -132,4 +137,4 @@ def demo_cmd(
         fed = dataclasses.replace(
             fed, regions=tuple(dataclasses.replace(r, rounds=rounds) for r in fed.regions)
         )
-    friendly(run_demo)(home.resolve(), fed, console)
+    friendly(run_demo)(home.resolve(), fed, console, insecure=insecure)

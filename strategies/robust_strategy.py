@@ -182,6 +182,7 @@ class RobustStrategy(FedAvg):
         self.on_round_opened = on_round_opened
         self.wait_timeout = wait_timeout
         self.rounds: list[RoundRecord] = []
+        self._sampled: dict[int, list[int]] = {}  # round -> nodes sent a train message
         self._current: ArrayRecord | None = None
         self._rng = random.Random(seed)
 
@@ -276,7 +277,9 @@ class RobustStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays
-        return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+        messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+        self._sampled[server_round] = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -288,7 +291,14 @@ class RobustStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._current is not None, "configure_train runs before aggregate_train"
         replies = list(replies)
-        record = RoundRecord(round=server_round, sampled=len(replies))
+        sampled = self._sampled.pop(server_round, [])
+        record = RoundRecord(round=server_round, sampled=len(sampled) or len(replies))
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for node in sampled:
+            if node not in answered:
+                fate = ClientFate(node, False, "no-reply", "no reply before the round timeout")
+                record.clients.append(fate)
+                log(WARNING, "round %s: node %s did not reply", server_round, node)
         accepted: list[tuple[ClientFate, Message]] = []
         for reply in replies:
             fate = self.screen(reply, server_round, self._current)
