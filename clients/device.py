@@ -43,6 +43,11 @@ def _load(device_dir: str) -> Device:
     return Device(identity.key, identity.device_id, enrollment.region, anchor)
 
 
+def node_config_arg(items: Mapping[str, str | int | float]) -> str:
+    """``items`` as one ``flower-supernode --node-config`` argument (strings quoted)."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in items.items())
+
+
 def load_device(node_config: Mapping[str, Any]) -> Device:
     """The device named by the SuperNode's ``device-dir`` node config (cached per process)."""
     device_dir = str(node_config.get(NODE_CONFIG_KEY, "") or "")

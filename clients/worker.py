@@ -99,17 +99,22 @@ class ClientAppWorker:
                 heartbeat.stop()
                 client.close()
 
+    def serve_once(self) -> bool:
+        """Run the next task if there is one (else sleep one poll interval); True if it ran."""
+        res = self.control.AcquireTask(
+            AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        )
+        if res.HasField("task") and res.token:
+            self.run_task(res.token)
+            return True
+        time.sleep(POLL_INTERVAL)
+        return False
+
     def serve(self) -> None:
         """Poll for tasks until SIGTERM/SIGINT."""
         log(logging.INFO, "fedgate worker serving SuperNode runtime API at %s", self.address)
         while not self.stopping:
-            res = self.control.AcquireTask(
-                AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
-            )
-            if res.HasField("task") and res.token:
-                self.run_task(res.token)
-                continue
-            time.sleep(POLL_INTERVAL)
+            self.serve_once()
         self.control.close()
 
 

@@ -17,7 +17,13 @@ from typing import Annotated
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from fedgate.clients.identity import KEY_FILE, IdentityError, check_profile, enroll_identity
+from fedgate.clients.identity import (
+    KEY_FILE,
+    IdentityError,
+    check_profile,
+    enroll_identity,
+    read_enrollment,
+)
 from fedgate.crypto import SignatureError, read_public_key
 from fedgate.server.db.engine import DatabaseError
 from fedgate.server.enrollment import (
@@ -28,6 +34,12 @@ from fedgate.server.enrollment import (
     region_anchor,
     region_registry,
     revoke_device,
+)
+from fedgate.server.node_auth import NodeAuthError
+from fedgate.server.node_registration import (
+    control_target,
+    register_device_node,
+    unregister_device_node,
 )
 
 Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
@@ -43,6 +55,22 @@ Db = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Superlink = Annotated[
+    str | None,
+    typer.Option(
+        help="The region SuperLink's operator address HOST:PORT, to (un)register the device's "
+        "node key (default: the local topology under --home, if it runs).",
+    ),
+]
+RootCerts = Annotated[
+    Path | None,
+    typer.Option(
+        help="Region CA to trust at --superlink (default: <home>/regions/<r>/tls/ca.pem)."
+    ),
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="--superlink speaks plain HTTP (experiments only).")
+]
 
 
 @contextlib.contextmanager
@@ -55,6 +83,7 @@ def _clean_errors() -> Iterator[None]:
         IdentityError,
         SignatureError,
         DatabaseError,
+        NodeAuthError,
         FileExistsError,
     ) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
@@ -117,13 +146,23 @@ def enroll(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing device key with a new one.")
     ] = False,
+    superlink: Superlink = None,
+    root_certificates: RootCerts = None,
+    insecure: InsecureOpt = False,
 ) -> None:
-    """Enroll this device with REGION: make its key if missing and register it."""
+    """Enroll this device with REGION: its signing key with the region's registry, its node
+    key with the region's SuperLink. Re-run on an enrolled device to retry the node key."""
     with _clean_errors():
         check_region_name(region)
         check_profile(profile)
         where = _home(home)
         device_dir = device_dir or where / "device"
+        target = control_target(where, region, superlink, root_certificates, insecure)
+        previous = read_enrollment(device_dir)
+        if previous is not None and previous.region == region and not force:
+            typer.echo(f"device {previous.device_id} is already enrolled in region {region}")
+            _node_key(target, device_dir, previous.device_id, region)
+            return
         anchor = read_public_key(region_key) if region_key else region_anchor(where, region)
         with region_registry(where, region, db) as registry:
             done = enroll_identity(
@@ -135,6 +174,7 @@ def enroll(
                 force=force,
             )
         typer.echo(f"enrolled device {done.enrollment.device_id} in region {region}")
+        _node_key(target, device_dir, done.enrollment.device_id, region)
         if done.new_key:
             typer.echo(f"new device key: {device_dir / KEY_FILE} (mode 0600)", err=True)
         typer.echo(f"trusting region {region}'s server key: {done.anchor_path}", err=True)
@@ -146,6 +186,23 @@ def enroll(
                 f"--region {old.region}`)",
                 err=True,
             )
+
+
+def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
+    """Make and (if a SuperLink is known) register the node key; keep the region CA beside it."""
+    if target is not None and target.root_certificates is not None:
+        ca = device_dir / "anchors" / f"{region}-ca.pem"
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        ca.write_bytes(Path(target.root_certificates).read_bytes())
+    node, node_id = register_device_node(target, device_dir, device_id)
+    if node_id is None:
+        typer.echo(
+            f"node key {node.public_path}: not registered yet (no SuperLink of region {region} "
+            "given or running); re-run with --superlink HOST:PORT to register it",
+            err=True,
+        )
+    else:
+        typer.echo(f"node key registered with the SuperLink at {target.address} (node {node_id})")
 
 
 def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJson = False) -> None:
@@ -182,11 +239,72 @@ def revoke(
     home: Home = None,
     db: Db = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    superlink: Superlink = None,
+    root_certificates: RootCerts = None,
+    insecure: InsecureOpt = False,
 ) -> None:
-    """Revoke DEVICE: its updates are rejected from the next verification on."""
+    """Revoke DEVICE: its updates are rejected from the next verification on, and its node
+    key is unregistered at the region's SuperLink (it can no longer connect)."""
     with _clean_errors():
-        revoked = revoke_device(_home(home), check_region_name(region), device, db, reason=reason)
+        where = _home(home)
+        revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
         typer.echo(f"revoked device {revoked.device_id} in region {region}")
+        target = control_target(where, region, superlink, root_certificates, insecure)
+        dropped = unregister_device_node(target, revoked.device_id)
+        if dropped is None:
+            typer.echo(
+                "its node key was not unregistered: no SuperLink given (--superlink) or running",
+                err=True,
+            )
+        else:
+            typer.echo(f"unregistered node(s) {dropped} at {target.address}")
+
+
+def join(
+    superlink: Annotated[
+        str, typer.Option(help="The region's device-facing (fleet proxy) address HOST:PORT.")
+    ],
+    home: Home = None,
+    device_dir: Annotated[
+        Path | None, typer.Option(help="The enrolled device directory (default: <home>/device).")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option(help="Region CA (default: <device-dir>/anchors/<region>-ca.pem)."),
+    ] = None,
+    insecure: InsecureOpt = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="This device's own data: a directory of .npz files.")
+    ] = None,
+    partition_id: Annotated[int, typer.Option(help="Digits shard (without --data-dir).")] = 0,
+    num_partitions: Annotated[int, typer.Option(help="Shards of the digits pool.")] = 1,
+    runtime_port: Annotated[
+        int, typer.Option(help="Loopback port for the SuperNode's runtime API.")
+    ] = 9094,
+) -> None:
+    """Join training: run this device's SuperNode and its ClientApp until Ctrl-C."""
+    from fedgate.clients.join import JoinError, JoinSpec
+    from fedgate.clients.join import join as run_join
+
+    with _clean_errors():
+        device_dir = device_dir or _home(home) / "device"
+        enrollment = read_enrollment(device_dir)
+        if enrollment is None:
+            raise IdentityError(f"{device_dir} is not enrolled; run `fedgate client enroll`")
+        ca = None
+        if not insecure:
+            ca = root_certificates or device_dir / "anchors" / f"{enrollment.region}-ca.pem"
+            if not ca.is_file():
+                raise IdentityError(f"no region CA at {ca}; pass --root-certificates")
+        else:
+            typer.secho("warning: --insecure: no TLS to the SuperLink", err=True, fg="yellow")
+        spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
+                        num_partitions)  # fmt: skip
+        try:
+            code = run_join(spec, echo=typer.echo)
+        except JoinError as exc:
+            raise IdentityError(str(exc)) from None
+        raise typer.Exit(code)
 
 
 def register_region(region_app: typer.Typer) -> None:
@@ -197,5 +315,6 @@ def register_region(region_app: typer.Typer) -> None:
 
 
 def register_client(client_app: typer.Typer) -> None:
-    """Device verbs on ``fedgate client``: ``enroll``."""
+    """Device verbs on ``fedgate client``: ``enroll``, ``join``."""
     client_app.command("enroll")(enroll)
+    client_app.command("join")(join)

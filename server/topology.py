@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgate.clients.device import node_config_arg
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.config import FederationConfig, RegionConfig
 from fedgate.server.fleet_proxy import check_config, healthy, start_command, write_config
@@ -45,7 +46,7 @@ def node_config(fed: FederationConfig, region: RegionConfig, index: int, home: P
     }
     if index in region.attacks:
         items["attack"] = region.attacks[index]
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in items.items())
+    return node_config_arg(items)
 
 
 @dataclass(frozen=True)

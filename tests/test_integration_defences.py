@@ -107,3 +107,24 @@ def test_defended_model_stays_within_three_points_of_clean(region, attacked) -> 
     )
     store = Store(open_readonly(resolve_url(None, home, "eu")))
     assert [run.status for run in store.runs()] == ["finished", "finished"]
+
+
+def test_enroll_registers_and_revoke_unregisters_the_node_key(region, tmp_path) -> None:
+    from fedgate.clients.identity import read_enrollment
+    from fedgate.server.node_auth import list_nodes
+    from fedgate.server.transport import load_transport
+
+    home, fed = region
+    target = load_transport(home).control(fed.region("eu"))
+    token = fedgate("region", "enroll-token", "--region", "eu", "--home", home).split()[0]
+    out = fedgate("client", "enroll", "--token", token, "--region", "eu", "--profile", "pi",
+                  "--home", home, "--device-dir", tmp_path / "dev")  # fmt: skip
+    assert "node key registered" in out
+    device_id = read_enrollment(tmp_path / "dev").device_id
+    status = {n.name: n.status for n in list_nodes(target)}
+    assert status[device_id] != "unregistered"
+    assert "unregistered node" in fedgate(
+        "region", "revoke", device_id[:12], "--region", "eu", "--home", home
+    )
+    status = {n.name: n.status for n in list_nodes(target)}
+    assert status[device_id] == "unregistered"

@@ -56,3 +56,56 @@ def test_simulation_engine_with_ten_virtual_clients(tmp_path) -> None:
     assert all(r["accepted"] == 10 for r in rounds)
     assert done["devices"] >= 10 and done["val_acc"] > 0.4
     assert not processes_mentioning(str(home)), "the simulation left processes behind"
+
+
+def test_a_device_enrolls_and_joins_with_fedgate_client_verbs(local_topology, tmp_path) -> None:
+    """The edge client's path: enroll (signing key + node key), join, train, leave on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fedgate.server.processes import flower_env
+    from fedgate.server.topology import region_health
+
+    port = free_port_block(20)
+    region = region_toml(
+        "eu", port, rounds=1, clients_per_round=3, min_clients=2,
+        nodes=["phone", "pi"], aggregator="mean", f=0, pre="",
+    )  # fmt: skip
+    home, fed = local_topology(region)
+    fedgate = [str(Path(sys.executable).parent / "fedgate")]
+    env = flower_env({"FEDGATE_HOME": str(home)})
+
+    def run(*args: object) -> str:
+        done = subprocess.run([*fedgate, *map(str, args)], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    token = run("region", "enroll-token", "--region", "eu").split()[0]
+    device = tmp_path / "phone-3"
+    out = run("client", "enroll", "--token", token, "--region", "eu", "--profile", "phone",
+              "--device-dir", device, "--superlink", f"127.0.0.1:{port}")  # fmt: skip
+    assert "node key registered" in out and (device / "anchors" / "eu-ca.pem").is_file()
+    joined = subprocess.Popen(
+        [*fedgate, "client", "join", "--device-dir", device, "--superlink",
+         f"127.0.0.1:{port + 1}", "--partition-id", "2", "--num-partitions", "3",
+         "--runtime-port", str(free_port_block(1, start=40000))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while region_health(home, fed.region("eu")).online < 3:
+            assert joined.poll() is None, joined.stdout.read().decode()
+            assert time.monotonic() < deadline, "the joined device never came online"
+            time.sleep(0.5)
+        sub = submit(fed, fed.region("eu"), home)
+        done = follow([sub], lambda s, e: None, timeout=300)["eu"]
+        assert done["accepted"] == 3 and done["rejected"] == 0, done
+    finally:
+        os.killpg(joined.pid, signal.SIGTERM)
+        assert joined.wait(30) == 0
+    assert not processes_mentioning(str(device))
