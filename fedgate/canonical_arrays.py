@@ -11,7 +11,9 @@ arrays digest means the same thing everywhere. Byte layout (all integers little-
       u32  ndim      ; ndim x u64 dimensions
       u64  len(data) ; data: the elements in C order, each little-endian
 
-Only boolean, integer and floating-point dtypes are accepted.
+Only the dtypes in ``ALLOWED_DTYPES`` are accepted: bool, (u)int8-64, float16/32/64. Their
+bytes are fully defined on every platform (no padding, no platform-sized types), which is what
+lets a phone SDK reproduce a digest. The full specification is ``docs/signing.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from numpy.typing import ArrayLike
 
 DOMAIN_TAG = b"fedgate-arrays/v1\x00"
 ALLOWED_KINDS = frozenset("biuf")  # bool, signed int, unsigned int, float
+ALLOWED_DTYPES = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
 MAX_NAME_BYTES = 1024
 
 NamedArrays = Mapping[str, ArrayLike] | Iterable[tuple[str, ArrayLike]]
@@ -48,9 +66,12 @@ def _items(named: NamedArrays) -> list[tuple[str, ArrayLike]]:
 
 def _little_endian(name: str, value: ArrayLike) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.dtype.kind not in ALLOWED_KINDS:
-        raise CanonicalArraysError(f"{name!r}: dtype {arr.dtype} is not bool/int/uint/float")
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.name not in ALLOWED_DTYPES:
+        raise CanonicalArraysError(
+            f"{name!r}: dtype {arr.dtype} is not one of {', '.join(sorted(ALLOWED_DTYPES))}"
+        )
+    # astype, not ascontiguousarray: the latter turns a 0-d array into shape (1,).
+    return arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)
 
 
 def _name_bytes(name: str) -> bytes:

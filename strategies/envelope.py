@@ -9,16 +9,21 @@ beside the update as a ``ConfigRecord`` holding ``envelope`` (the canonical JSON
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.common.constant import SType
 from flwr.supercore import log
+from numpy.lib import format as npy_format
 
 from fedgate.canonical_arrays import CanonicalArraysError, arrays_digest
 from fedgate.crypto import (
@@ -46,6 +51,7 @@ MAX_TEXT = 128
 MAX_METRICS = 32
 MAX_ROUND = 2**31 - 1
 MAX_SAFE = 2**53 - 1  # largest integer JSON carries exactly
+NPY_MAX_HEADER = 10_000  # numpy.load's default header limit
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"(?:[0-9a-f]{2}){16,64}")
@@ -83,6 +89,7 @@ class Reason:
     WRONG_NONCE = "wrong-nonce"
     WRONG_BASE = "wrong-base-model"
     DIGEST_MISMATCH = "digest-mismatch"
+    OVERSIZE = "oversize-payload"
     METRICS_MISMATCH = "metrics-mismatch"
     REPLAY = "replay"
     DUPLICATE_DEVICE = "duplicate-device"
@@ -221,9 +228,89 @@ def _metrics(value: Any) -> dict[str, int | float]:
     return dict(value)
 
 
+class OversizePayload(CanonicalArraysError):
+    """An ``Array`` payload holds bytes beyond the one array it declares."""
+
+
+_DIM = r"(?:0|[1-9][0-9]*)"
+# The header numpy.save writes for a plain array, e.g.
+# "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + spaces + "\n". A header
+# this pattern matches means for numpy exactly what it means here; any other is parsed by
+# numpy's own (slower) reader.
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=][biuf][1248])', 'fortran_order': (False|True), "
+    rf"'shape': \((|{_DIM},|{_DIM}(?:, {_DIM})+)\), \}} *\n"
+)
+_NPY_LENGTH = {(1, 0): 2, (2, 0): 4}  # bytes of the header length field per version
+
+
+def _npy_layout(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` v1.0/v2.0 payload."""
+    head = bytes(memoryview(data)[: NPY_MAX_HEADER + 16])
+    size = _NPY_LENGTH.get((head[6], head[7]) if len(head) >= 8 else (0, 0))
+    if head[:6] != npy_format.MAGIC_PREFIX or size is None:
+        raise CanonicalArraysError("array payload is not a .npy v1.0/v2.0 array")
+    length = int.from_bytes(head[8 : 8 + size], "little")
+    start = 8 + size + length
+    match = _NPY_HEADER.fullmatch(head[8 + size : start].decode("latin1"))
+    if match and length <= NPY_MAX_HEADER and len(head) >= start:
+        descr, fortran, dims = match.groups()
+        try:
+            dtype = np.dtype(descr)
+        except TypeError:  # e.g. '<b8'
+            raise CanonicalArraysError(f"array payload has dtype {descr!r}") from None
+        shape = tuple(int(n) for n in dims.split(",") if n.strip())
+        return shape, fortran == "True", dtype, start
+    fp = io.BytesIO(head)
+    try:
+        version = npy_format.read_magic(fp)
+        reader = npy_format.read_array_header_1_0
+        if version == (2, 0):
+            reader = npy_format.read_array_header_2_0
+        shape, fortran, dtype = reader(fp, NPY_MAX_HEADER)
+    except Exception as exc:  # numpy's header parser also raises SyntaxError, TokenError...
+        raise CanonicalArraysError(f"array payload is not a .npy array: {exc!r}"[:200]) from None
+    return shape, fortran, dtype, fp.tell()
+
+
+def array_view(array: Array) -> np.ndarray:
+    """Read-only ndarray over a Flower ``Array``'s ``.npy`` payload, without copying the data.
+
+    Reads exactly what ``Array.numpy()`` (``np.load``) reads, but also insists the payload is
+    one ``.npy`` v1/v2 array, with no bytes after it, whose dtype and shape are the ``dtype``
+    and ``shape`` the ``Array`` declares (Flower checks neither, and screens read the
+    declared ones). Raises ``CanonicalArraysError`` (``OversizePayload`` for trailing bytes).
+    """
+    if array.stype != SType.NUMPY:
+        raise CanonicalArraysError(f"unsupported array serialization {array.stype!r}")
+    data = array.data
+    shape, fortran, dtype, start = _npy_layout(data)
+    if dtype.hasobject or dtype.itemsize == 0 or any(n < 0 for n in shape):
+        raise CanonicalArraysError(f"array payload declares {dtype} {shape}")
+    count = math.prod(shape)
+    end = start + count * dtype.itemsize
+    if len(data) < end:
+        raise CanonicalArraysError(f"array payload truncated ({len(data)} < {end} bytes)")
+    if len(data) > end:
+        raise OversizePayload(f"{len(data) - end} bytes after the declared array")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    arr = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    declared = (array.dtype, tuple(array.shape))
+    if (str(arr.dtype), arr.shape) != declared:
+        raise CanonicalArraysError(
+            f"array declares {declared[0]}{declared[1]} but holds {arr.dtype}{arr.shape}"
+        )
+    return arr
+
+
 def arrayrecord_digest(record: ArrayRecord | Mapping[str, Any]) -> str:
-    """Canonical digest of an ``ArrayRecord`` (or a name -> ndarray mapping), in its order."""
-    return arrays_digest([(k, v.numpy() if isinstance(v, Array) else v) for k, v in record.items()])
+    """Canonical digest of an ``ArrayRecord`` (or a name -> ndarray mapping), in its order.
+
+    ``Array`` payloads are hashed in place (``array_view``): no copy of the weights is made.
+    """
+    return arrays_digest(
+        [(k, array_view(v) if isinstance(v, Array) else v) for k, v in record.items()]
+    )
 
 
 def build_envelope(
@@ -389,9 +476,11 @@ def open_envelope(
 ) -> Envelope:
     """Verify a packed envelope against ``arrays`` and this round; return it or raise.
 
-    Raises ``RejectedUpdate`` only. ``metrics`` (the reply's MetricRecord) must then equal
-    the signed metrics; ``seen`` records the device for this run and round, rejecting a second
-    envelope (``replay`` when identical, ``duplicate-device`` otherwise).
+    Every failed check raises ``RejectedUpdate`` (an exception of the registry itself
+    propagates; ``signature_screen`` turns it into ``verification-error``). ``metrics`` (the
+    reply's MetricRecord) must then equal the signed metrics; ``seen`` records the device for
+    this run and round, rejecting a second envelope (``replay`` when identical,
+    ``duplicate-device`` otherwise).
     """
     envelope, signed, signature = parse_record(record)
     _authenticate(envelope, signed, signature, expected_region, registry)
@@ -407,6 +496,8 @@ def open_envelope(
         raise RejectedUpdate(Reason.WRONG_BASE, "trained from a model other than the global one")
     try:
         digest = arrayrecord_digest(arrays)
+    except OversizePayload as exc:
+        raise RejectedUpdate(Reason.OVERSIZE, str(exc)) from None
     except (CanonicalArraysError, TypeError, ValueError) as exc:
         raise RejectedUpdate(Reason.DIGEST_MISMATCH, f"arrays unreadable: {exc}"[:200]) from None
     if digest != envelope.arrays_digest:
@@ -494,7 +585,12 @@ def signature_screen(
             )
         except RejectedUpdate as exc:
             return replace(fate, accepted=False, reason=exc.code, detail=exc.detail)
-        return replace(fate, device_id=envelope.device_id, num_examples=envelope.num_examples)
+        return replace(
+            fate,
+            device_id=envelope.device_id,
+            digest=envelope.arrays_digest,
+            num_examples=envelope.num_examples,
+        )
 
     def screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
         try:

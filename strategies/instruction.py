@@ -6,16 +6,24 @@ Ed25519 signature (``instruction-sig``, lowercase hex) over the RFC 8785 canonic
 
     {"type": "fedgate.instruction", "version": 1, "kind": "train" | "evaluate",
      "model_digest": <canonical arrays digest of the model sent>,
-     "config": {every other entry of the ConfigRecord}}
+     "config": {<key>: [<type tag>, <value>] for every other ConfigRecord entry}}
+
+Each config value is signed with its Flower type (``bool``, ``int``, ``float``, ``str``,
+``bytes`` as lowercase hex, ``list[<type>]``, or ``list`` when empty), so an ``int`` cannot be
+swapped for an equal ``float`` without the signature failing. Integers must fit in
++-(2^53 - 1) and floats must be finite and not -0.0 (RFC 8785 numbers; it writes -0.0 as 0,
+which would let a zero's sign change unnoticed).
 
 A device verifies it against its trust anchor (the region server's public key, stored at
 enrollment) before it trains, and refuses an unsigned, wrongly signed, foreign-region or
 malformed instruction. The signed ``nonce`` and ``model_digest`` are what the device then
-puts into its update envelope (``fedgate.strategies.envelope``).
+puts into its update envelope (``fedgate.strategies.envelope``). The byte-exact
+specification is ``docs/signing.md``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,14 +39,39 @@ SIGNATURE_KEY = "instruction-sig"
 KINDS = ("train", "evaluate")
 REQUIRED = {"region": str, "run-id": str, "server-round": int, "nonce": str}
 MAX_ENTRIES = 64
+MAX_TEXT = 128  # region and run-id length, as in the update envelope
+MAX_ROUND = 2**31 - 1
+MAX_SAFE = 2**53 - 1  # largest integer RFC 8785 carries exactly
 
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+# Python type of a ConfigRecord value -> its tag in the signed form (bool before int: a
+# bool is an int in Python).
+_TAGS: tuple[tuple[type, str], ...] = (
+    (bool, "bool"),
+    (int, "int"),
+    (float, "float"),
+    (str, "str"),
+    (bytes, "bytes"),
+)
+
+
+class InstructionReason:
+    """Why a device refused an instruction (``InstructionError.code``)."""
+
+    UNSIGNED = "unsigned"
+    MALFORMED = "malformed-instruction"
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_REGION = "wrong-region"
 
 
 class InstructionError(ValueError):
     """A round instruction is unsigned, wrongly signed, foreign or malformed."""
+
+    def __init__(self, message: str, code: str = InstructionReason.MALFORMED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -54,21 +87,62 @@ class Instruction:
     config: dict[str, Any]
 
 
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The signed part of ``config``: JSON scalars (and lists of them), signature excluded."""
-    out: dict[str, Any] = {}
+def _tag(key: str, value: Any) -> str:
+    for kind, tag in _TAGS:
+        if isinstance(value, kind):
+            return tag
+    raise InstructionError(
+        f"config entry {key!r} is a {type(value).__name__}, not bool/int/float/str/bytes"
+    )
+
+
+def _scalar(key: str, tag: str, value: Any) -> Any:
+    """``value`` as it appears in the signed JSON; raise if RFC 8785 cannot carry it."""
+    if tag == "int" and not -MAX_SAFE <= value <= MAX_SAFE:
+        raise InstructionError(f"config entry {key!r}: integer beyond +-(2^53 - 1)")
+    if tag == "float":
+        if not math.isfinite(value):
+            raise InstructionError(f"config entry {key!r}: {value} is not a finite number")
+        if value == 0 and math.copysign(1.0, value) < 0:  # JSON writes -0.0 as 0
+            raise InstructionError(f"config entry {key!r}: -0.0 cannot be signed; use 0.0")
+        return float(value)
+    if tag == "bytes":
+        return bytes(value).hex()
+    if tag == "str":
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InstructionError(f"config entry {key!r}: text is not valid UTF-8") from None
+        return str(value)
+    return int(value) if tag == "int" else value
+
+
+def _typed(key: str, value: Any) -> list[Any]:
+    """``[tag, value]`` of one config entry."""
+    if not isinstance(value, list):
+        tag = _tag(key, value)
+        return [tag, _scalar(key, tag, value)]
+    if not value:
+        return ["list", []]
+    tags = {_tag(key, item) for item in value}
+    if len(tags) != 1:
+        raise InstructionError(f"config entry {key!r}: a list mixes {sorted(tags)}")
+    tag = tags.pop()
+    return [f"list[{tag}]", [_scalar(key, tag, item) for item in value]]
+
+
+def _entries(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without the signature, after checking its size and key types."""
+    if not isinstance(config, Mapping):
+        raise InstructionError(f"instruction config is a {type(config).__name__}, not a mapping")
     if len(config) > MAX_ENTRIES:
         raise InstructionError(f"instruction has more than {MAX_ENTRIES} config entries")
+    out: dict[str, Any] = {}
     for key, value in config.items():
-        if key == SIGNATURE_KEY:
-            continue
         if not isinstance(key, str):
             raise InstructionError("config keys must be strings")
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, bytes) or not isinstance(item, str | int | float | bool):
-                raise InstructionError(f"config entry {key!r} is not a JSON scalar")
-        out[key] = list(value) if isinstance(value, list) else value
+        if key != SIGNATURE_KEY:
+            out[key] = list(value) if isinstance(value, list) else value
     return out
 
 
@@ -83,23 +157,28 @@ def instruction_bytes(kind: str, model_digest: str, config: Mapping[str, Any]) -
         "version": INSTRUCTION_VERSION,
         "kind": kind,
         "model_digest": model_digest,
-        "config": _plain(config),
+        "config": {key: _typed(key, value) for key, value in _entries(config).items()},
     }
     try:
         return canonical_json(body)
-    except (TypeError, ValueError) as exc:  # NaN, Inf, huge integers
+    except (TypeError, ValueError) as exc:  # e.g. a key that is not valid UTF-8
         raise InstructionError(f"config is not canonical JSON: {exc}") from None
 
 
 def _check_fields(config: Mapping[str, Any]) -> None:
+    if not isinstance(config, Mapping):
+        raise InstructionError(f"instruction config is a {type(config).__name__}, not a mapping")
     for key, kind in REQUIRED.items():
         value = config.get(key)
         if type(value) is not kind:
             raise InstructionError(f"instruction field {key!r} missing or not {kind.__name__}")
+    for key in ("region", "run-id"):
+        if not 1 <= len(config[key]) <= MAX_TEXT:
+            raise InstructionError(f"instruction {key} must have 1-{MAX_TEXT} characters")
     if not _NONCE.fullmatch(config["nonce"]):
         raise InstructionError("instruction nonce must be 32-128 lowercase hex digits")
-    if config["server-round"] < 0:
-        raise InstructionError("instruction server-round must be >= 0")
+    if not 0 <= config["server-round"] <= MAX_ROUND:
+        raise InstructionError(f"instruction server-round must be in [0, {MAX_ROUND}]")
 
 
 def sign_instruction(
@@ -121,25 +200,31 @@ def verify_instruction(
     """Check a received ConfigRecord against the device's trust anchor; raise or return it.
 
     ``model_digest`` is the digest the device computed itself over the arrays it received,
-    so a model swapped in transit fails the signature.
+    so a model swapped in transit fails the signature. Raises ``InstructionError`` only.
     """
+    if not isinstance(config, Mapping):
+        raise InstructionError(f"instruction config is a {type(config).__name__}, not a mapping")
     sig = config.get(SIGNATURE_KEY)
     if sig is None:
-        raise InstructionError("unsigned instruction (no instruction-sig)")
+        raise InstructionError(
+            f"unsigned instruction (no {SIGNATURE_KEY})", InstructionReason.UNSIGNED
+        )
     if not isinstance(sig, str) or not _SIGNATURE.fullmatch(sig):
-        raise InstructionError("instruction-sig must be 128 lowercase hex digits")
+        raise InstructionError(f"{SIGNATURE_KEY} must be 128 lowercase hex digits")
     _check_fields(config)
     try:
         verify(anchor, bytes.fromhex(sig), instruction_bytes(kind, model_digest, config))
     except SignatureError:
         raise InstructionError(
-            "instruction signature does not verify against the region's trust anchor"
+            "instruction signature does not verify against the region's trust anchor",
+            InstructionReason.BAD_SIGNATURE,
         ) from None
     if config["region"] != region:
         raise InstructionError(
-            f"instruction is for region {config['region']!r}; this device belongs to {region!r}"
+            f"instruction is for region {config['region']!r}; this device belongs to {region!r}",
+            InstructionReason.WRONG_REGION,
         )
-    plain = _plain(config)
+    plain = _entries(config)
     return Instruction(
         kind=kind,
         region=plain["region"],

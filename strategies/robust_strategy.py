@@ -23,8 +23,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
+from fedgate.canonical_arrays import CanonicalArraysError
 from fedgate.strategies.aggregators import Aggregator
-from fedgate.strategies.envelope import arrayrecord_digest
+from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
 from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
 
 
@@ -99,7 +100,11 @@ Screen = Callable[[Message, int, ArrayRecord], ClientFate]
 
 
 def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
-    """Reject malformed, mis-shaped or non-finite updates with a reason code."""
+    """Reject malformed, mis-shaped, oversize or non-finite updates with a reason code.
+
+    Arrays are read in place with ``array_view``, which also refuses a payload whose bytes
+    disagree with the dtype and shape it declares (Flower checks neither).
+    """
     node = reply.metadata.src_node_id
     if reply.has_error():
         return ClientFate(node, False, "client-error", reply.error.reason[:200])
@@ -117,21 +122,28 @@ def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -
         return ClientFate(node, False, "wrong-shape", "array names differ from the global model")
     for key in current:
         got, want = arrays[key], current[key]
-        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+        try:
+            values = array_view(got)
+        except OversizePayload as exc:
+            return ClientFate(node, False, Reason.OVERSIZE, f"{key}: {exc}"[:200])
+        except CanonicalArraysError as exc:
+            return ClientFate(node, False, "wrong-shape", f"{key}: {exc}"[:200])
+        if values.shape != tuple(want.shape) or str(values.dtype) != want.dtype:
             return ClientFate(
                 node,
                 False,
                 "wrong-shape",
-                f"{key}: {got.dtype}{tuple(got.shape)} != {want.dtype}{tuple(want.shape)}",
+                f"{key}: {values.dtype}{values.shape} != {want.dtype}{tuple(want.shape)}",
             )
-        if not np.all(np.isfinite(got.numpy())):
+        if not np.all(np.isfinite(values)):
             return ClientFate(node, False, "non-finite", f"{key} holds NaN or Inf")
     return ClientFate(node, True, num_examples=int(n))
 
 
 def flatten_record(record: ArrayRecord) -> np.ndarray:
+    """All arrays of ``record`` as one float32 vector (read in place, one copy)."""
     return np.concatenate(
-        [a.numpy().astype(np.float32, copy=False).ravel() for a in record.values()]
+        [array_view(a).astype(np.float32, copy=False).ravel() for a in record.values()]
     )
 
 
