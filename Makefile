@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The demo's regions put nginx (the fleet-only proxy) in front of each SuperLink.
 demo: setup
-	$(VENV)/bin/fedgate demo
+	PATH="$$(.ci/nginx.sh):$$PATH" $(VENV)/bin/fedgate demo
 
 # Server binaries the integration tests start for real: PostgreSQL and nginx.
 # pytest's exit code 5 (no tests collected) is a failure too.

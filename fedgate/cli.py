@@ -15,7 +15,7 @@ region_app = typer.Typer(
     help="ML engineers and operators: run and manage one region.", no_args_is_help=True
 )
 client_app = typer.Typer(
-    help="Edge clients: enroll a device with its region.", no_args_is_help=True
+    help="Edge clients: enroll a device with its region, join training.", no_args_is_help=True
 )
 
 

@@ -87,7 +87,7 @@ def init_cmd(
     ),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write the default federation config (two regions, four devices each) to edit."""
+    """Write the default federation config (regions eu and us) to a file to edit."""
     if config.exists() and not force:
         err.print(f"[bold red]error:[/] {config} exists; pass --force to overwrite it")
         raise typer.Exit(1)
