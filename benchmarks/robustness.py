@@ -1,22 +1,26 @@
 """Robustness benchmark: every fedgate rule and Flower's built-ins under every attack profile.
 
-Protocol (issue 4): scikit-learn digits (the common 20 % test split), MLP 64-32-10, n = 20
-clients on Dirichlet(alpha) shards of the rest, f Byzantine clients (a seeded choice), 100
-rounds of full participation; each client trains like the ClientApp's "pi" profile (1 epoch,
-batch 32, at most 200 examples, SGD lr 0.1 momentum 0.9; see ``_fl_sim.BatchedTrainer``).
-Attacks come from :mod:`fedgate.clients.attacks` (colluding: the attackers see the round's
-honest updates; ``--agnostic`` for the non-colluding form). Every (rule, impl) is its own
-trajectory with the identical data, Byzantine ids, attack and seeds; fedgate rules come from
-``fedgate.strategies.aggregators.AGGREGATORS`` (plus ``nnm+`` compositions when the NNM
-pre-aggregator is registered), Flower's are its own strategies' ``aggregate_train``
-(FedTrimmedAvg with ``beta = (f + 0.5) / n``; MultiKrum selecting ``n - f``).
+Protocol (issue 4): scikit-learn digits, MLP 64-32-10, n = 20 clients, 100 rounds of full
+participation. The data are laid out like a region (``fedgate.models.data``): a common 20 %
+test split measures the reported accuracy; the server keeps a 15 % validation split of the rest
+(its own data: FLTrust's root data and the ensemble's scorer); the clients share the remaining
+pool by Dirichlet(alpha). Clients train exactly like the ClientApp's "phone" profile
+(``_fl_sim.BatchedTrainer`` = ``fedgate.models.train.train_local``). ``f`` clients (a seeded
+choice) run each attack of :mod:`fedgate.clients.attacks`, colluding (they see the round's
+honest updates; ``--agnostic``: they only know their own). Every (rule, impl) of a cell is its
+own trajectory on identical data, Byzantine ids, attack randomness and seeds. fedgate rules
+are built with ``fedgate.strategies.rules.build_rule`` (region defaults included); Flower's
+are its strategies' own ``aggregate_train`` on reply Messages (FedTrimmedAvg with
+``beta = (f + 0.5) / n``, MultiKrum selecting ``n - f``). A run *diverges* when its weights
+are not finite or its accuracy is below 0.2; it then counts as 0 in the worst case.
 
     python benchmarks/robustness.py --quick
-    python benchmarks/robustness.py --json results.json          # full grid
-    python benchmarks/robustness.py --client-momentum 0.9 --rules cc,nnm+cc,trimmed-mean
+    python benchmarks/robustness.py --json benchmarks/results/robustness.json \\
+        --text benchmarks/results/robustness.txt                       # full grid
+    python benchmarks/robustness.py --rules ensemble,cc --fs 4 --seeds 0,1,2
 
-Rows written with ``--json``: {alpha, f, attack, rule, impl, seed, accuracy} (+ backdoor_asr,
-diverged, client_momentum, error where relevant).
+Rows written with ``--json``: {alpha, f, attack, rule, impl, seed, accuracy} (+ diverged,
+client_momentum, backdoor_asr for the backdoor attack, error when a run failed).
 """
 
 from __future__ import annotations
@@ -32,51 +36,79 @@ import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _fl_sim import (  # noqa: E402
-    FLOWER_RULES,
-    RuleSpec,
-    Setting,
-    fedgate_step,
-    run_group,
-)
+from _fl_sim import FLOWER_KINDS, FLOWER_RULES, RuleSpec, Setting, fedgate_step, run_group  # noqa: E402
 
 from fedgate.clients.attacks import ATTACKS  # noqa: E402
 
 ALL_ATTACKS = list(ATTACKS)  # "none" first
-QUICK_ATTACKS = ["none", "sign-flip", "alie", "ipm-100", "min-max", "label-flip"]
+QUICK_ATTACKS = ["none", "sign-flip", "ipm-0.1", "ipm-100", "label-flip", "min-max"]
+QUICK_RULES = ["cc", "nnm+cc", "trimmed-mean", "multi-krum"]
+EXTRA_RULES = ["nnm+cc"]  # the region default's robust member, in the full grid too
+TARGETS = {(0.5, 4): 0.93, (0.1, 4): 0.80, (0.5, 6): 0.80}  # worst case of the region default
 
-# Parameters some rules need beyond ``f`` (keyed by registry name).
-RULE_PARAMS: dict[str, dict] = {}
+
+def default_label() -> str:
+    """The region default's label in the tables (``pre+aggregator``)."""
+    from fedgate.strategies.rules import REGION_DEFAULT
+
+    d = REGION_DEFAULT
+    return f"{d.pre}+{d.aggregator}" if d.pre else d.aggregator
 
 
-def fedgate_specs(names: list[str] | None = None, nnm: bool = True) -> list[RuleSpec]:
-    """One spec per registered fedgate rule, and ``nnm+rule`` when NNM is registered."""
-    from fedgate.strategies.aggregators import AGGREGATORS, PRE_AGGREGATORS
+def fedgate_specs(names: list[str] | None = None, nnm: bool = False) -> list[RuleSpec]:
+    """Every registered fedgate rule (``nnm+rule`` too with ``nnm``) and the region default;
+    ``names`` keeps only those labels."""
+    from fedgate.strategies.aggregators import AGGREGATORS
 
-    specs = []
-    for name in AGGREGATORS:
-        params = RULE_PARAMS.get(name, {})
-        specs.append(RuleSpec(name, "fedgate", fedgate_step(name, **params)))
-        if nnm and "nnm" in PRE_AGGREGATORS and name != "mean":
-            specs.append(RuleSpec(f"nnm+{name}", "fedgate", fedgate_step(name, "nnm", **params)))
+    labels = list(AGGREGATORS) + EXTRA_RULES
+    if nnm:
+        labels += [f"nnm+{n}" for n in AGGREGATORS if n not in ("mean", "ensemble", "cc")]
+    if default_label() not in labels:
+        labels.append(default_label())
     if names is not None:
-        specs = [s for s in specs if s.rule in names]
+        unknown = sorted(set(names) - set(labels) - {f"nnm+{n}" for n in AGGREGATORS})
+        if unknown:
+            raise SystemExit(f"unknown fedgate rule(s) {unknown}; known: {', '.join(labels)}")
+        labels = [n for n in dict.fromkeys(names)]
+    specs = []
+    for label in labels:
+        pre, _, name = label.rpartition("+")
+        specs.append(RuleSpec(label, "fedgate", fedgate_step(name, pre or None)))
     return specs
 
 
+def runnable(label: str, setting: Setting) -> bool:
+    """Whether the fedgate rule's preconditions hold for the setting (Bulyan: n >= 4f + 3);
+    rules that cannot run are left out of the tables ("n/a") rather than counted as 0."""
+    from fedgate.strategies.aggregators import AggregatorConfigError
+    from fedgate.strategies.rules import build_rule
+
+    pre, _, name = label.rpartition("+")
+    try:
+        build_rule(name, setting.f, pre or None).check(setting.n)
+    except AggregatorConfigError:
+        return False
+    return True
+
+
 def flower_specs(names: list[str] | None = None) -> list[RuleSpec]:
+    if names is not None:
+        unknown = sorted(set(names) - set(FLOWER_KINDS))
+        if unknown:
+            raise SystemExit(f"unknown Flower rule(s) {unknown}; known: {', '.join(FLOWER_KINDS)}")
     return [s for k, s in FLOWER_RULES.items() if names is None or k in names]
 
 
-def _group(args: tuple) -> list[dict]:
-    setting, attack, rule_names, flower_names = args
-    specs = fedgate_specs(rule_names) + flower_specs(flower_names)
-    specs = [s for s in specs if setting.n >= s.min_n(setting.f)]
+def _group(args: tuple) -> tuple[list[dict], float]:
+    setting, attack, rule_names, flower_names, nnm = args
+    specs = [s for s in fedgate_specs(rule_names, nnm) if runnable(s.rule, setting)]
+    specs += [s for s in flower_specs(flower_names) if setting.n >= s.min_n(setting.f)]
     t0 = time.perf_counter()
     results = run_group(setting, attack, specs)
     rows = []
@@ -97,13 +129,7 @@ def _group(args: tuple) -> list[dict]:
         if r.error:
             row["error"] = r.error
         rows.append(row)
-    print(
-        f"  alpha={setting.alpha} f={setting.f} seed={setting.seed} {attack:<11} "
-        f"{len(specs)} runs  {time.perf_counter() - t0:5.1f}s",
-        file=sys.stderr,
-        flush=True,
-    )
-    return rows
+    return rows, time.perf_counter() - t0
 
 
 def run_grid(
@@ -114,10 +140,13 @@ def run_grid(
     rounds,
     rule_names=None,
     flower_names=None,
+    *,
     client_momentum=0.0,
     colluding=True,
     workers=2,
+    nnm=False,
 ) -> list[dict]:
+    """Every (alpha, f, seed, attack) group, ``workers`` at a time; progress on stderr."""
     jobs = []
     for alpha, f, seed, attack in itertools.product(alphas, fs, seeds, attacks):
         setting = Setting(
@@ -128,152 +157,242 @@ def run_grid(
             client_momentum=client_momentum,
             colluding=colluding,
         )
-        jobs.append((setting, attack, rule_names, flower_names))
-    # Longest first: the groups are similar, so plain order balances well enough.
+        jobs.append((setting, attack, rule_names, flower_names, nnm))
+    rows: list[dict] = []
+
+    def report(job, dt):
+        s, attack = job[0], job[1]
+        print(
+            f"  alpha={s.alpha} f={s.f} seed={s.seed} {attack:<11} {dt:6.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
     if workers <= 1:
-        chunks = [_group(j) for j in jobs]
+        for job in jobs:
+            part, dt = _group(job)
+            rows += part
+            report(job, dt)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            chunks = list(pool.map(_group, jobs))
-    return [row for chunk in chunks for row in chunk]
+            futures = {pool.submit(_group, job): job for job in jobs}
+            for fut in as_completed(futures):
+                part, dt = fut.result()
+                rows += part
+                report(futures[fut], dt)
+    order = {a: i for i, a in enumerate(ALL_ATTACKS)}
+    rows.sort(
+        key=lambda r: (-r["alpha"], r["f"], r["seed"], order[r["attack"]], r["impl"], r["rule"])
+    )
+    return rows
+
+
+def _score(row: dict) -> float:
+    acc = row["accuracy"]
+    return 0.0 if acc is None or row["diverged"] else float(acc)
+
+
+def cells(rows: list[dict]) -> dict[tuple, float]:
+    """(impl, rule, alpha, f, attack) -> accuracy averaged over seeds (diverged = 0)."""
+    acc: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        acc[(r["impl"], r["rule"], r["alpha"], r["f"], r["attack"])].append(_score(r))
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def summarize(rows: list[dict]) -> dict[tuple, tuple[float, str, float | None]]:
+    """(impl, rule, alpha, f) -> (worst accuracy over attacks, worst attack, clean accuracy)."""
+    per: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for (impl, rule, alpha, f, attack), v in cells(rows).items():
+        per[(impl, rule, alpha, f)][attack] = v
+    out = {}
+    for key, attacks in per.items():
+        worst = min(attacks, key=attacks.get)
+        out[key] = (attacks[worst], worst, attacks.get("none"))
+    return out
+
+
+def _settings(rows: list[dict]) -> list[tuple[float, int]]:
+    return sorted({(r["alpha"], r["f"]) for r in rows}, key=lambda s: (-s[0], s[1]))
 
 
 def worst_case_table(rows: list[dict]):
-    """Per (impl, rule): worst accuracy over attacks (mean over seeds) for each (alpha, f)."""
+    """Per (impl, rule): worst accuracy over attacks (and its attack) and clean accuracy."""
     from rich.table import Table
 
-    settings = sorted({(r["alpha"], r["f"]) for r in rows}, key=lambda s: (-s[0], s[1]))
-    keys = sorted({(r["impl"], r["rule"]) for r in rows})
-    cell: dict = {}
-    for r in rows:
-        acc = r["accuracy"] if r["accuracy"] is not None and not r["diverged"] else 0.0
-        cell.setdefault((r["impl"], r["rule"], r["alpha"], r["f"], r["attack"]), []).append(acc)
-    table = Table(title="Final test accuracy: worst case over attacks (clean accuracy)")
+    summary = summarize(rows)
+    default = default_label()
+    keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], k[1] != default, k[1]))
+    seeds = sorted({r["seed"] for r in rows})
+    table = Table(
+        title="Final test accuracy: worst case over attacks, the worst attack, (clean accuracy); "
+        f"mean over seeds {seeds}"
+    )
     table.add_column("impl")
     table.add_column("rule")
-    for alpha, f in settings:
-        table.add_column(f"a={alpha} f={f}", justify="right")
-    summary = {}
+    for alpha, f in _settings(rows):
+        table.add_column(f"alpha={alpha} f={f}", justify="right")
     for impl, rule in keys:
         out = []
-        for alpha, f in settings:
-            per_attack = {
-                atk: sum(v) / len(v)
-                for (i, ru, al, ff, atk), v in cell.items()
-                if (i, ru, al, ff) == (impl, rule, alpha, f)
-            }
-            if not per_attack:
+        for alpha, f in _settings(rows):
+            hit = summary.get((impl, rule, alpha, f))
+            if hit is None:
                 out.append("n/a")
                 continue
-            worst_attack = min(per_attack, key=per_attack.get)
-            clean = per_attack.get("none")
-            summary[(impl, rule, alpha, f)] = (per_attack[worst_attack], worst_attack, clean)
-            text = f"{per_attack[worst_attack]:.3f} {worst_attack}"
-            if clean is not None:
-                text += f" ({clean:.3f})"
-            out.append(text)
-        table.add_row(impl, rule, *out)
-    return table, summary
+            worst, attack, clean = hit
+            out.append(f"{worst:.3f} {attack} ({'-' if clean is None else f'{clean:.3f}'})")
+        label = f"{rule} (region default)" if (impl, rule) == ("fedgate", default) else rule
+        table.add_row(impl, label, *out)
+    return table
 
 
 def per_attack_table(rows: list[dict], alpha: float, f: int):
     from rich.table import Table
 
+    c = cells(rows)
     attacks = [a for a in ALL_ATTACKS if any(r["attack"] == a for r in rows)]
-    keys = sorted({(r["impl"], r["rule"]) for r in rows if r["alpha"] == alpha and r["f"] == f})
-    table = Table(title=f"Accuracy per attack, alpha={alpha}, f={f} (mean over seeds)")
+    keys = sorted({(k[0], k[1]) for k in c if k[2:4] == (alpha, f)})
+    table = Table(title=f"Accuracy per attack, alpha={alpha}, f={f} (0 = diverged)")
     table.add_column("impl")
     table.add_column("rule")
     for a in attacks:
         table.add_column(a, justify="right")
     for impl, rule in keys:
-        vals = []
-        for a in attacks:
-            accs = [
-                (r["accuracy"] or 0.0) if not r["diverged"] else 0.0
-                for r in rows
-                if (r["impl"], r["rule"], r["alpha"], r["f"], r["attack"])
-                == (impl, rule, alpha, f, a)
-            ]
-            vals.append(f"{sum(accs) / len(accs):.3f}" if accs else "-")
-        table.add_row(impl, rule, *vals)
+        vals = [c.get((impl, rule, alpha, f, a)) for a in attacks]
+        table.add_row(impl, rule, *["-" if v is None else f"{v:.3f}" for v in vals])
     return table
+
+
+def verdict_lines(rows: list[dict]) -> list[str]:
+    """Per setting: the region default against each Flower built-in, clean vs FedAvg, targets."""
+    summary = summarize(rows)
+    default = default_label()
+    lines = []
+    for alpha, f in _settings(rows):
+        mine = summary.get(("fedgate", default, alpha, f))
+        if mine is None:
+            continue
+        worst, attack, clean = mine
+        line = [f"alpha={alpha} f={f}: default {default} worst {worst:.3f} ({attack})"]
+        target = TARGETS.get((alpha, f))
+        if target is not None:
+            line.append(f"target >= {target}: {'met' if worst >= target else 'MISSED'}")
+        fedavg = summary.get(("flower", "fedavg", alpha, f))
+        if clean is not None and fedavg is not None and fedavg[2] is not None:
+            gap = clean - fedavg[2]
+            ok = "within 1 point" if gap >= -0.01 else "MORE than 1 point below"
+            line.append(f"clean {clean:.3f} vs FedAvg {fedavg[2]:.3f} ({gap:+.3f}, {ok})")
+        lines.append("; ".join(line))
+        for kind in FLOWER_KINDS:
+            other = summary.get(("flower", kind, alpha, f))
+            if other is None:
+                lines.append(f"    vs Flower {kind:<14} n/a (precondition not met)")
+                continue
+            better = "better" if worst > other[0] else "NOT better"
+            lines.append(
+                f"    vs Flower {kind:<14} {other[0]:.3f} ({other[1]}): {better} "
+                f"by {worst - other[0]:+.3f}"
+            )
+    asr = [
+        f"alpha={r['alpha']} f={r['f']}: {r['backdoor_asr']:.2f}"
+        for r in rows
+        if (r["impl"], r["rule"]) == ("fedgate", default) and "backdoor_asr" in r
+    ]
+    if asr:
+        lines.append(
+            f"default backdoor success rate (triggered test images -> target): {'; '.join(asr)}"
+        )
+    diverged = [r for r in rows if r["diverged"] and (r["impl"], r["rule"]) == ("fedgate", default)]
+    lines.append(
+        f"default runs diverged (NaN or accuracy < 0.2): {len(diverged)}"
+        + "".join(f"\n    {r['alpha']} {r['f']} {r['attack']} seed {r['seed']}" for r in diverged)
+    )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a subset in under 3 minutes")
     parser.add_argument("--json", type=Path, help="write the result rows to this file")
+    parser.add_argument("--text", type=Path, help="also save the printed tables to this file")
     parser.add_argument("--alphas", default="0.5,0.1")
     parser.add_argument("--fs", default="4,6")
     parser.add_argument("--attacks", default=",".join(ALL_ATTACKS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--rules", help="comma-separated fedgate rules (default: all)")
-    parser.add_argument("--flower", help="comma-separated Flower rules (default: all)")
+    parser.add_argument("--flower", help="comma-separated Flower rules (default: all; '' none)")
+    parser.add_argument("--nnm", action="store_true", help="also run nnm+<rule> for every rule")
     parser.add_argument("--client-momentum", type=float, default=0.0)
     parser.add_argument("--agnostic", action="store_true", help="non-colluding attackers")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--per-attack", action="store_true", help="also print per-attack tables")
     args = parser.parse_args(argv)
 
-    alphas = [float(a) for a in args.alphas.split(",")]
-    fs = [int(f) for f in args.fs.split(",")]
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+        fs = [int(f) for f in args.fs.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as exc:
+        parser.error(f"--alphas, --fs and --seeds take comma-separated numbers ({exc})")
     attacks = args.attacks.split(",")
+    rules = args.rules.split(",") if args.rules else None
+    flower = None if args.flower is None else [k for k in args.flower.split(",") if k]
     if args.quick:
-        alphas, fs, attacks = [0.5], [4], QUICK_ATTACKS
+        alphas, fs, attacks, seeds = [0.5], [4], QUICK_ATTACKS, [0]
+        rules = rules or [default_label(), *QUICK_RULES]
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         parser.error(f"unknown attack(s) {sorted(unknown)}; known: {', '.join(ATTACKS)}")
-    rules = args.rules.split(",") if args.rules else None
-    flower = args.flower.split(",") if args.flower is not None else None
-    if flower == [""]:
-        flower = []
+    if args.rounds < 1 or args.workers < 1 or not all(a > 0 for a in alphas):
+        parser.error("need rounds >= 1, workers >= 1 and alphas > 0")
+    if not 0 <= args.client_momentum < 1:
+        parser.error("--client-momentum must be in [0, 1)")
 
     t0 = time.perf_counter()
     rows = run_grid(
         alphas,
         fs,
         attacks,
-        [int(s) for s in args.seeds.split(",")],
+        seeds,
         args.rounds,
         rules,
         flower,
-        args.client_momentum,
-        not args.agnostic,
-        args.workers,
+        client_momentum=args.client_momentum,
+        colluding=not args.agnostic,
+        workers=args.workers,
+        nnm=args.nnm,
     )
     elapsed = time.perf_counter() - t0
 
     from rich.console import Console
 
-    console = Console()
-    table, summary = worst_case_table(rows)
-    console.print(table)
-    if args.per_attack:
-        for alpha, f in sorted({(r["alpha"], r["f"]) for r in rows}, key=lambda s: (-s[0], s[1])):
-            console.print(per_attack_table(rows, alpha, f))
-    for alpha, f in sorted({(k[2], k[3]) for k in summary}, key=lambda s: (-s[0], s[1])):
-        fg = {k: v for k, v in summary.items() if k[0] == "fedgate" and k[2:] == (alpha, f)}
-        fl = {k: v for k, v in summary.items() if k[0] == "flower" and k[2:] == (alpha, f)}
-        if fg:
-            best = max(fg, key=lambda k: fg[k][0])
-            line = f"a={alpha} f={f}: best fedgate {best[1]} worst-case {fg[best][0]:.3f}"
-            if fl:
-                bfl = max(fl, key=lambda k: fl[k][0])
-                line += f"; best Flower {bfl[1]} {fl[bfl][0]:.3f}"
-            console.print(line)
+    console = Console(width=220, record=True)
+    console.print(worst_case_table(rows))
+    for alpha, f in _settings(rows):
+        console.print(per_attack_table(rows, alpha, f))
+    for line in verdict_lines(rows):
+        console.print(line, highlight=False, markup=False)
     errors = [r for r in rows if r.get("error")]
     for r in errors[:20]:
-        console.print(f"[red]error[/red] {r['impl']}/{r['rule']} {r['attack']}: {r['error']}")
-    diverged = [r for r in rows if r["diverged"] and not r.get("error")]
+        console.print(
+            f"error {r['impl']}/{r['rule']} {r['attack']}: {r['error']}",
+            highlight=False,
+            markup=False,
+        )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     console.print(
-        f"{len(rows)} runs in {elapsed:.0f} s; {len(diverged)} diverged (NaN or acc < 0.2), "
-        f"{len(errors)} failed"
+        f"{len(rows)} runs in {elapsed:.0f} s with {args.workers} worker(s) "
+        f"(1-min load average at the end: {load:.1f} on {os.cpu_count()} cores); "
+        f"{len(errors)} failed",
+        highlight=False,
     )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
-        console.print(f"wrote {len(rows)} rows to {args.json}")
+        console.print(f"wrote {len(rows)} rows to {args.json}", highlight=False)
+    if args.text:
+        args.text.parent.mkdir(parents=True, exist_ok=True)
+        args.text.write_text(console.export_text())
     return 0
 
 

@@ -1,4 +1,27 @@
-"""Aggregation rules, one per module, and the registry that builds them by name."""
+"""Aggregation rules, one per module, and the registry that builds them by name.
+
+============  ==========================================  ====================  =============
+name          rule                                        needs                 uses weights
+============  ==========================================  ====================  =============
+mean          FedAvg, optional cap on a client's share    any n                 yes
+median        coordinate-wise median (Yin 2018)           n >= 2f + 1           no
+trimmed-mean  drop exactly f per side per coordinate      n >= 2f + 1           no
+krum          lowest Krum score (Blanchard 2017)          n >= 2f + 3           no
+multi-krum    mean of the n - f lowest Krum scores        n >= 2f + 3           optional
+bulyan        iterated Krum + median-centred trim         n >= 4f + 3           no
+geomed        smoothed Weiszfeld (RFA, Pillutla 2019)     n >= 2f + 1           yes
+cc            centered clipping (Karimireddy 2021)        n >= 2f + 1           yes
+norm-bound    clip norms to the median norm (Sun 2019)    n >= 2f + 1           yes
+fltrust       root-data trust scores (Cao 2021)           a server update       no
+ensemble      per round, the member the server prefers    its members' needs    members'
+nnm+<rule>    nearest-neighbour mixing first (Allouah     n > f and the rule's  the rule's
+              2023), as the ``pre`` pre-aggregator
+============  ==========================================  ====================  =============
+
+Every rule checks its bound in ``check(n)`` (``AggregatorConfigError``), so a region fails at
+configuration time; pairwise distances come from one Gram product (``linalg``), coordinate
+rules from one sorted pass over column blocks (``coordinate``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +35,7 @@ from fedgate.strategies.aggregators.base import (
 )
 from fedgate.strategies.aggregators.bulyan import Bulyan
 from fedgate.strategies.aggregators.centered_clipping import CenteredClipping
+from fedgate.strategies.aggregators.ensemble import Ensemble
 from fedgate.strategies.aggregators.fltrust import FLTrust
 from fedgate.strategies.aggregators.geomed import GeoMed
 from fedgate.strategies.aggregators.krum import Krum, MultiKrum
@@ -32,6 +56,7 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "cc": CenteredClipping,
     "norm-bound": NormBound,
     "fltrust": FLTrust,
+    "ensemble": Ensemble,
 }
 
 _PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM}

@@ -1,11 +1,23 @@
-"""Shared types for aggregation rules: per-client diagnostics and the rule protocol."""
+"""Shared types for aggregation rules: per-client diagnostics and the rule protocol.
+
+Every rule is a small dataclass: constructed with ``f`` (the number of Byzantine clients it
+must tolerate) and its own parameters, ``check(n)`` raises :class:`AggregatorConfigError` when
+it cannot run on ``n`` updates (so a region fails at configuration time, not mid-round), and
+calling it on ``n`` updates returns the aggregate and one :class:`ClientDiagnostic` per client.
+Updates are deltas (new local weights minus the global weights); inputs are assumed finite
+(the strategy's screen rejects NaN/Inf before aggregation).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+Updates = np.ndarray | Sequence[np.ndarray]
+"""An ``(n, d)`` array, or per-layer arrays ``(n, *shape_l)`` sharing the client axis ``n``."""
 
 
 class AggregatorConfigError(ValueError):
@@ -29,10 +41,12 @@ class ClientDiagnostic:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    """The aggregated vector and one diagnostic per input row."""
+    """The aggregated vector, one diagnostic per input row and an optional round-level note
+    (e.g. which member an ensemble chose)."""
 
     vector: np.ndarray
     diagnostics: tuple[ClientDiagnostic, ...]
+    note: str = ""
 
 
 class Aggregator(Protocol):
@@ -44,16 +58,52 @@ class Aggregator(Protocol):
     def check(self, n: int) -> None:
         """Raise ``AggregatorConfigError`` if the rule cannot run with ``n`` updates."""
 
-    def __call__(
-        self, updates: np.ndarray, weights: np.ndarray | None = None
-    ) -> AggregationResult: ...
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
+        """Aggregate ``n`` updates; ``weights`` are example counts (``None``: all equal)."""
 
 
-def as_matrix(updates: np.ndarray) -> np.ndarray:
-    """Validate and return ``updates`` as a 2-D float array with at least one row."""
-    arr = np.asarray(updates)
-    if arr.ndim != 2 or arr.shape[0] == 0:
+def stack_layers(layers: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-layer arrays ``(n, *shape_l)`` as one ``(n, sum_l prod(shape_l))`` matrix.
+
+    Layer ``l`` of client ``i`` is ``layers[l][i]``; the result's row ``i`` is client ``i``'s
+    layers flattened and concatenated in order (split it back with :func:`split_layers`).
+    """
+    if len(layers) == 0:
+        raise ValueError("updates: got an empty list of layers")
+    arrs = [np.asarray(a) for a in layers]
+    n = arrs[0].shape[0] if arrs[0].ndim else 0
+    for i, a in enumerate(arrs):
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(
+                f"updates: layer {i} has shape {a.shape}; every layer needs the client axis "
+                f"first with the same length ({n})"
+            )
+    return np.concatenate([a.reshape(n, -1) for a in arrs], axis=1)
+
+
+def split_layers(vector: np.ndarray, layers: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """An aggregated flat vector cut back into arrays shaped like one client's layers."""
+    out, pos = [], 0
+    for a in layers:
+        shape = np.asarray(a).shape[1:]
+        size = int(np.prod(shape))
+        out.append(np.asarray(vector[pos : pos + size]).reshape(shape))
+        pos += size
+    if pos != len(vector):
+        raise ValueError(f"vector has {len(vector)} values, the layers need {pos}")
+    return out
+
+
+def as_matrix(updates: Updates) -> np.ndarray:
+    """Validate and return ``updates`` as a 2-D array with at least one row.
+
+    A list or tuple is read as per-layer arrays (see :func:`stack_layers`).
+    """
+    arr = stack_layers(updates) if isinstance(updates, list | tuple) else np.asarray(updates)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"updates must be a non-empty (n, d) array, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"updates must be numeric, got dtype {arr.dtype}")
     return arr
 
 
@@ -70,7 +120,7 @@ def normalized_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
 FATES = ("kept", "trimmed", "clipped", "down-weighted", "dropped")
 
 
-def as_float_matrix(updates: np.ndarray) -> np.ndarray:
+def as_float_matrix(updates: Updates) -> np.ndarray:
     """``as_matrix`` that keeps float32/float64 as they are and casts anything else to float64."""
     arr = as_matrix(updates)
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
+    Updates,
     as_float_matrix,
     require_clients,
     require_f,
@@ -18,8 +19,8 @@ from fedgate.strategies.aggregators.coordinate import (
     coordinate_diagnostics,
     reduce_sorted,
 )
-from fedgate.strategies.aggregators.krum import krum_scores
-from fedgate.strategies.aggregators.linalg import pairwise_sq_distances
+from fedgate.strategies.aggregators.krum import krum_order, krum_scores
+from fedgate.strategies.aggregators.linalg import pairwise_sq_distances, serial_blas
 
 
 def bulyan_select(dist: np.ndarray, f: int, theta: int) -> np.ndarray:
@@ -28,27 +29,44 @@ def bulyan_select(dist: np.ndarray, f: int, theta: int) -> np.ndarray:
     chosen: list[int] = []
     for _ in range(theta):
         sub = dist[np.ix_(remaining, remaining)]
-        chosen.append(remaining.pop(int(np.argmin(krum_scores(sub, f)))))
+        chosen.append(remaining.pop(int(krum_order(sub, krum_scores(sub, f))[0])))
     return np.asarray(chosen, dtype=np.intp)
 
 
 def closest_to_median_kernel(beta: int) -> Kernel:
     """Mean of the ``beta`` values nearest the median of each sorted coordinate.
 
-    Those values form a contiguous window of the sorted row: the window of length ``beta``
-    with the smallest radius around the median (first such window on ties).
+    Those values form a contiguous window ``s[j : j + beta]`` of the sorted row: a window
+    with the smallest radius ``max(med - s[j], s[j + beta - 1] - med)``. One that holds a value
+    nearest the median, ``s[(k - 1) // 2]`` or ``s[k // 2]``, always qualifies, so only starts
+    ``j`` in ``[(k - 1) // 2 - beta + 1, k // 2]`` are searched (the first of them on ties).
+    The needed columns of the sorted block are transposed once, so each step is a vector
+    operation across all coordinates of the block.
     """
 
     def kernel(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        b, k = s.shape
-        med = (0.5 * (s[:, (k - 1) // 2] + s[:, k // 2]))[:, None]
-        radius = np.maximum(med - s[:, : k - beta + 1], s[:, beta - 1 :] - med)
-        start = np.argmin(radius, axis=1)
-        csum = np.zeros((b, k + 1))
-        np.cumsum(s, axis=1, out=csum[:, 1:])
-        rows = np.arange(b)
-        mean = (csum[rows, start + beta] - csum[rows, start]) / beta
-        return mean.astype(s.dtype), s[rows, start], s[rows, start + beta - 1]
+        k = s.shape[1]
+        first = max(0, (k - 1) // 2 - beta + 1)
+        last = min(k // 2, k - beta)
+        starts = last - first + 1
+        # (rows, B): row i holds the (first + i)-th smallest values
+        t = np.ascontiguousarray(s[:, first : last + beta].T)
+        cols = np.arange(t.shape[1])
+        med = (s[:, (k - 1) // 2] + s[:, k // 2]) * np.asarray(0.5, s.dtype)
+        radius = np.maximum(med - t[:starts], t[beta - 1 :] - med)  # (starts, B)
+        smallest = np.minimum.reduce(radius, axis=0)
+        # the first start reaching the smallest radius: weights starts, starts - 1, ..., 1
+        rank = np.arange(starts, 0, -1, dtype=s.dtype)[:, None]
+        start = starts - np.maximum.reduce((radius == smallest) * rank, axis=0).astype(np.intp)
+        band = np.zeros((starts, len(t)), dtype=s.dtype)  # row j sums t[j : j + beta]
+        for j in range(starts):
+            band[j, j : j + beta] = 1.0
+        sums = band @ t  # (starts, B)
+        return (
+            sums[start, cols] / np.asarray(beta, s.dtype),
+            t[start, cols],
+            t[start + beta - 1, cols],
+        )
 
     return kernel
 
@@ -82,7 +100,8 @@ class Bulyan:
     def check(self, n: int) -> None:
         require_clients(self.name, n, 4 * self.f + 3, f"n >= 4f+3 (f={self.f})")
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n, d = x.shape
         self.check(n)

@@ -10,6 +10,7 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     normalized_weights,
@@ -17,7 +18,17 @@ from fedgate.strategies.aggregators.base import (
     require_f,
     share,
 )
-from fedgate.strategies.aggregators.linalg import combine, gram
+from fedgate.strategies.aggregators.linalg import (
+    cached_gram,
+    combine,
+    gram,
+    gram_and_projections,
+    seed_gram,
+    serial_blas,
+)
+
+CLIP_SLACK = 1.0 + 1e-9
+"""A distance must exceed the radius by this factor to count as clipped."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,8 @@ def centered_clip_path(
         v_sq = a * a * center_sq + 2 * a * (c @ p) + c @ gc
         dist = np.sqrt(np.maximum(diag - 2 * a * p - 2 * gc + v_sq, 0.0))
         radius = float(np.median(dist)) if tau is None else tau
-        scale = np.where(dist > radius, radius / np.maximum(dist, 1e-300), 1.0)
+        # distances within rounding of the radius (the median client itself) are not clipped
+        scale = np.where(dist > radius * CLIP_SLACK, radius / np.maximum(dist, 1e-300), 1.0)
         ws = weights * scale
         a, c = a * (1 - ws.sum()), c * (1 - ws.sum()) + ws
     return ClipPath(a, c, dist, scale)
@@ -67,13 +79,18 @@ def centered_clip(
     """Centered-clipping aggregate of ``updates`` around ``center`` (zero when ``None``)."""
     x = as_float_matrix(updates)
     w = normalized_weights(weights, len(x))
-    g = gram(x)
     if center is None:
-        p, center_sq = np.zeros(len(x)), 0.0
+        g, p, center_sq = gram(x), np.zeros(len(x)), 0.0
     else:
         center = np.asarray(center, dtype=x.dtype)
-        p = (x @ center).astype(np.float64)
-        center_sq = float(center @ center)
+        g = cached_gram(x)
+        if g is None:
+            g, proj = gram_and_projections(x, center[None, :])
+            seed_gram(x, g)
+            p = proj[:, 0]
+        else:
+            p = (x @ center).astype(np.float64)
+        center_sq = float(np.dot(center.astype(np.float64), center))
     path = centered_clip_path(g, p, center_sq, w, tau, iterations)
     out = combine(path.c, x)
     if center is not None and path.a != 0.0:
@@ -114,7 +131,8 @@ class CenteredClipping:
         """Forget the center (the next round starts from zero)."""
         self.center = None
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n, d = x.shape
         self.check(n)

@@ -11,12 +11,13 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     require_clients,
     require_f,
 )
-from fedgate.strategies.aggregators.linalg import combine, sq_norms
+from fedgate.strategies.aggregators.linalg import combine, serial_blas, sq_norms
 
 
 def trust_coefficients(
@@ -84,7 +85,8 @@ class FLTrust:
             raise AggregatorConfigError(f"fltrust reference must be {d} finite values")
         return ref
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n, d = x.shape
         self.check(n)

@@ -10,13 +10,14 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     normalized_weights,
     require_clients,
     require_f,
 )
-from fedgate.strategies.aggregators.linalg import combine, gram
+from fedgate.strategies.aggregators.linalg import combine, gram, serial_blas
 
 
 def distances_to_combination(g: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -87,7 +88,8 @@ class GeoMed:
     def check(self, n: int) -> None:
         require_clients(self.name, n, 2 * self.f + 1, f"n >= 2f+1 (f={self.f})")
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n = len(x)
         self.check(n)

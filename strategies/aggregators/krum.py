@@ -10,13 +10,14 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     normalized_weights,
     require_clients,
     require_f,
 )
-from fedgate.strategies.aggregators.linalg import combine, pairwise_sq_distances
+from fedgate.strategies.aggregators.linalg import combine, pairwise_sq_distances, serial_blas
 
 
 def krum_scores(dist: np.ndarray, f: int) -> np.ndarray:
@@ -34,10 +35,19 @@ def krum_scores(dist: np.ndarray, f: int) -> np.ndarray:
     return np.partition(others, k - 1, axis=1)[:, :k].sum(axis=1)
 
 
+def krum_order(dist: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row indices by Krum score, ties broken by the sum of all distances, then by index.
+
+    Mutual nearest neighbours tie structurally when few neighbours are scored (Bulyan's
+    last iterations), so the secondary key keeps the choice independent of client order.
+    """
+    return np.lexsort((np.arange(len(scores)), dist.sum(axis=1), scores))
+
+
 def krum_select(dist: np.ndarray, f: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the ``m`` lowest Krum scores (ties: lower index first) and all scores."""
+    """Indices of the ``m`` lowest Krum scores (see :func:`krum_order`) and all scores."""
     scores = krum_scores(dist, f)
-    return np.argsort(scores, kind="stable")[:m], scores
+    return krum_order(dist, scores)[:m], scores
 
 
 def _check_krum(rule: str, f: int, n: int) -> None:
@@ -61,7 +71,8 @@ class Krum:
     def check(self, n: int) -> None:
         _check_krum(self.name, self.f, n)
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n = len(x)
         self.check(n)
@@ -95,7 +106,8 @@ class MultiKrum:
         if self.m is not None and self.m > n:
             raise AggregatorConfigError(f"{self.name}: cannot select m={self.m} of n={n} updates")
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n = len(x)
         self.check(n)

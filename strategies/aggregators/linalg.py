@@ -7,11 +7,13 @@ float64: only the small ``(n, n)`` results are promoted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
 
 import numpy as np
@@ -37,6 +39,31 @@ def single_blas() -> AbstractContextManager:
     return _BLAS.limit(limits=1, user_api="blas") if _BLAS is not None else nullcontext()
 
 
+_SERIAL = threading.local()
+
+
+def serial_blas(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` with single-threaded BLAS; the rules thread their big products themselves.
+
+    Multi-threaded OpenBLAS on a busy machine can spin for a second on a product that takes
+    half a millisecond on one thread, so rules never leave BLAS threading on. Nested calls
+    (a pre-aggregator around a rule) enter the limit once.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if getattr(_SERIAL, "active", False):
+            return fn(*args, **kwargs)
+        _SERIAL.active = True
+        try:
+            with single_blas():
+                return fn(*args, **kwargs)
+        finally:
+            _SERIAL.active = False
+
+    return wrapper
+
+
 def column_spans(d: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ``[start, stop)`` column ranges covering ``range(d)``."""
     edges = np.linspace(0, d, max(1, parts) + 1).astype(int)
@@ -48,21 +75,113 @@ def map_columns(fn: Callable[[int, int], T], d: int, block: int, size: int) -> l
     spans = [(s, min(s + block, d)) for s in range(0, d, block)]
     if size < PARALLEL_MIN or WORKERS == 1 or len(spans) == 1:
         return [fn(a, b) for a, b in spans]
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return list(pool.map(lambda span: fn(*span), spans))
+    return list(_pool().map(lambda span: fn(*span), spans))
+
+
+def map_spans(fn: Callable[[int, int], tuple], d: int, block: int) -> list[tuple]:
+    """Per worker, the elementwise sum of ``fn(start, stop)`` over its share of the column
+    blocks (each worker walks a contiguous run of blocks); one result per worker."""
+    spans = [(s, min(s + block, d)) for s in range(0, d, block)]
+    edges = np.linspace(0, len(spans), WORKERS + 1).astype(int)
+    shares = [spans[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+    def run(share: list[tuple[int, int]]) -> tuple:
+        total = None
+        for a, b in share:
+            part = fn(a, b)
+            total = (
+                part
+                if total is None
+                else tuple(None if t is None else t + q for t, q in zip(total, part, strict=True))
+            )
+        return total
+
+    return list(_pool().map(run, shares))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The module's worker threads, created on first use and kept for the process."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(WORKERS, thread_name_prefix="fedgate-agg")
+    return _POOL
+
+
+_CACHE = threading.local()
+
+
+@contextmanager
+def gram_cache() -> Iterator[None]:
+    """Within the block, :func:`gram` of the same array object is computed once.
+
+    Entries hold their array, so an address cannot be reused by another array while cached;
+    inputs are never modified in place by the rules. Used when several rules see one input.
+    """
+    outer = getattr(_CACHE, "entries", None)
+    _CACHE.entries = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _CACHE.entries = None
+
+
+def seed_gram(x: np.ndarray, g: np.ndarray) -> None:
+    """Record ``g`` as the Gram matrix of ``x`` in the active :func:`gram_cache` (if any)."""
+    entries = getattr(_CACHE, "entries", None)
+    if entries is not None:
+        entries[id(x)] = (x, g)
+
+
+def cached_gram(x: np.ndarray) -> np.ndarray | None:
+    """The Gram matrix of ``x`` recorded in the active :func:`gram_cache`, if any."""
+    entries = getattr(_CACHE, "entries", None)
+    hit = None if entries is None else entries.get(id(x))
+    return hit[1] if hit is not None and hit[0] is x else None
 
 
 def gram(x: np.ndarray) -> np.ndarray:
     """``x @ x.T`` as float64, computed in ``x``'s dtype over column slices in parallel."""
+    g = cached_gram(x)
+    if g is None:
+        g = gram_and_projections(x)[0]
+        seed_gram(x, g)
+    return g
+
+
+GRAM_BLOCK = 1 << 14
+"""Columns per block of the threaded Gram product (the block is reused from cache for the
+optional projections)."""
+
+
+def gram_and_projections(
+    x: np.ndarray, extra: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x @ x.T`` and ``x @ extra.T`` (``extra``: ``(m, d)``) as float64, in one pass over x.
+
+    Column blocks are multiplied in ``x``'s dtype on a thread pool (BLAS single-threaded per
+    block) and summed in float64; the projections reuse each block while it is in cache.
+    """
+    d = x.shape[1]
+    e = None if extra is None else np.asarray(extra, dtype=x.dtype).reshape(-1, d)
+
+    def work(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        blk = x[:, a:b]
+        g = (blk @ blk.T).astype(np.float64)
+        p = None if e is None else (blk @ e[:, a:b].T).astype(np.float64)
+        return g, p
+
     if x.size < PARALLEL_MIN or WORKERS == 1:
-        g = (x @ x.T).astype(np.float64)
+        g, p = work(0, d)
     else:
-        with single_blas(), ThreadPoolExecutor(WORKERS) as pool:
-            parts = pool.map(
-                lambda s: x[:, s[0] : s[1]] @ x[:, s[0] : s[1]].T, column_spans(x.shape[1], WORKERS)
-            )
-            g = np.sum([p.astype(np.float64) for p in parts], axis=0)
-    return (g + g.T) / 2
+        with single_blas():
+            parts = map_spans(work, d, GRAM_BLOCK)
+        g = np.sum([q[0] for q in parts], axis=0)
+        p = None if e is None else np.sum([q[1] for q in parts], axis=0)
+    return (g + g.T) / 2, p
 
 
 def sq_distances_from_gram(g: np.ndarray) -> np.ndarray:
@@ -85,6 +204,23 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
 
 
 def combine(coef: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``sum_i coef_i x_i`` in ``x``'s dtype (one BLAS gemv, no float64 copy of ``x``)."""
+    """``sum_i coef_i x_i`` in ``x``'s dtype (BLAS gemv per column span, no float64 copy)."""
+    return mix_rows(np.asarray(coef)[None, :], x)[0]
+
+
+def mix_rows(mix: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``mix @ x`` (``(m, n) @ (n, d)``) in ``x``'s dtype, split over column spans on the
+    worker threads when ``x`` is big."""
     dtype = x.dtype if x.dtype.kind == "f" else np.float64
-    return np.asarray(coef, dtype=dtype) @ x
+    m = np.asarray(mix, dtype=dtype)
+    d = x.shape[1]
+    if x.size < PARALLEL_MIN or WORKERS == 1:
+        return m @ x.astype(dtype, copy=False)
+    out = np.empty((len(m), d), dtype=dtype)
+
+    def work(a: int, b: int) -> None:
+        np.matmul(m, x[:, a:b], out=out[:, a:b])
+
+    with single_blas():
+        list(_pool().map(lambda span: work(*span), column_spans(d, WORKERS)))
+    return out

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
+    Updates,
     as_float_matrix,
     require_clients,
     require_f,
@@ -18,6 +19,7 @@ from fedgate.strategies.aggregators.coordinate import (
     reduce_sorted,
     trimmed_kernel,
 )
+from fedgate.strategies.aggregators.linalg import serial_blas
 
 
 def coordinate_median(updates: np.ndarray) -> np.ndarray:
@@ -42,7 +44,8 @@ class Median:
     def check(self, n: int) -> None:
         require_clients(self.name, n, 2 * self.f + 1, f"n >= 2f+1 (f={self.f})")
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n, d = x.shape
         self.check(n)

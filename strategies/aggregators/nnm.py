@@ -9,11 +9,19 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     require_clients,
 )
-from fedgate.strategies.aggregators.linalg import pairwise_sq_distances
+from fedgate.strategies.aggregators.linalg import (
+    gram,
+    gram_cache,
+    mix_rows,
+    seed_gram,
+    serial_blas,
+    sq_distances_from_gram,
+)
 
 
 def nnm_matrix(dist: np.ndarray, f: int) -> np.ndarray:
@@ -30,10 +38,23 @@ def nnm_matrix(dist: np.ndarray, f: int) -> np.ndarray:
 
 
 def nearest_neighbor_mixing(updates: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every update replaced by the mean of its ``n - f`` nearest neighbours; also the matrix."""
+    """Every update replaced by the mean of its ``n - f`` nearest neighbours; also the matrix.
+
+    Inside a :func:`gram_cache` block the mixed rows' Gram matrix ``M G M^T`` is recorded, so
+    a Gram-based inner rule does not recompute it from the ``(n, d)`` mixed rows.
+    """
     x = as_float_matrix(updates)
-    mix = nnm_matrix(pairwise_sq_distances(x), f)
-    return mix.astype(x.dtype) @ x, mix
+    g = gram(x)
+    mix = nnm_matrix(sq_distances_from_gram(g), f)
+    mixed = mix_rows(mix, x)
+    # Rows with the same neighbour set get bit-identical values (the product's rounding
+    # depends on row order), so rules that break ties see them as the ties they are.
+    _, first, inverse = np.unique(mix, axis=0, return_index=True, return_inverse=True)
+    source = first[inverse.ravel()]
+    for i in np.flatnonzero(source != np.arange(len(x))):
+        mixed[i] = mixed[source[i]]
+    seed_gram(mixed, mix @ g @ mix.T)
+    return mixed, mix
 
 
 @dataclass
@@ -63,16 +84,25 @@ class NNM:
             raise AttributeError(item)
         return getattr(self.inner, item)
 
+    def __setattr__(self, item: str, value) -> None:
+        """Attributes other than ``inner`` are the inner rule's (e.g. a CC ``center``)."""
+        if item == "inner":
+            object.__setattr__(self, item, value)
+        else:
+            setattr(self.inner, item, value)
+
     def check(self, n: int) -> None:
         require_clients(self.name, n, self.f + 1, f"n > f (f={self.f})")
         self.inner.check(n)
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n = len(x)
         self.check(n)
-        mixed, mix = nearest_neighbor_mixing(x, self.f)
-        res = self.inner(mixed, weights)
+        with gram_cache():
+            mixed, mix = nearest_neighbor_mixing(x, self.f)
+            res = self.inner(mixed, weights)
         inner = sorted(res.diagnostics, key=lambda diag: diag.index)
         share = np.array([diag.weight for diag in inner]) @ mix
         total = share.sum()

@@ -10,6 +10,7 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
+    Updates,
     as_float_matrix,
     make_diagnostics,
     normalized_weights,
@@ -17,12 +18,12 @@ from fedgate.strategies.aggregators.base import (
     require_f,
     share,
 )
-from fedgate.strategies.aggregators.linalg import combine, sq_norms
+from fedgate.strategies.aggregators.linalg import combine, serial_blas, sq_norms
 
 
 def clip_factors(norms: np.ndarray, bound: float) -> np.ndarray:
     """``min(1, bound / norm)`` per update (1 for updates already within the bound)."""
-    return np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
+    return np.where(norms > bound * (1 + 1e-9), bound / np.maximum(norms, 1e-300), 1.0)
 
 
 @dataclass
@@ -47,12 +48,14 @@ class NormBound:
     def check(self, n: int) -> None:
         require_clients(self.name, n, 2 * self.f + 1, f"n >= 2f+1 (f={self.f})")
 
-    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> AggregationResult:
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         n = len(x)
         self.check(n)
         norms = np.sqrt(sq_norms(x))
         bound = float(np.median(norms)) if self.bound is None else self.bound
-        coef = normalized_weights(weights, n) * clip_factors(norms, bound)
-        fates = ["clipped" if norms[i] > bound else "kept" for i in range(n)]
+        scale = clip_factors(norms, bound)
+        coef = normalized_weights(weights, n) * scale
+        fates = ["clipped" if scale[i] < 1 else "kept" for i in range(n)]
         return AggregationResult(combine(coef, x), make_diagnostics(fates, norms, share(coef)))
