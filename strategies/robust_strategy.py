@@ -97,6 +97,8 @@ class NotEnoughNodesError(RuntimeError):
 
 
 Screen = Callable[[Message, int, ArrayRecord], ClientFate]
+Scorer = Callable[[ArrayRecord], float]
+"""The server's loss of a candidate global model on its own held-out data (lower is better)."""
 
 
 def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
@@ -163,6 +165,8 @@ class RobustStrategy(FedAvg):
     ``min_clients`` to connect), screen every reply (``screen``), aggregate the accepted
     updates' deltas with ``aggregator`` and keep the previous global model when fewer than
     ``min_clients`` updates survive. Every client's fate lands in ``rounds``.
+    With ``scorer`` (the server's loss of a candidate model on its own data), aggregators
+    that choose between candidates (the validated ensemble) get it before every round.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class RobustStrategy(FedAvg):
         screen: Screen = structural_screen,
         signer: RoundSigner | None = None,
         on_round_opened: Callable[[int, dict], None] | None = None,
+        scorer: Scorer | None = None,
         wait_timeout: float = 60.0,
         seed: int = 0,
     ) -> None:
@@ -192,6 +197,7 @@ class RobustStrategy(FedAvg):
         self.screen = screen
         self.signer = signer
         self.on_round_opened = on_round_opened
+        self.scorer = scorer
         self.wait_timeout = wait_timeout
         self.rounds: list[RoundRecord] = []
         self._sampled: dict[int, list[int]] = {}  # round -> nodes sent a train message
@@ -344,7 +350,13 @@ class RobustStrategy(FedAvg):
             ]
         )
         weights = np.array([f.num_examples for f, _ in accepted], dtype=np.float64)
+        if self.scorer is not None and hasattr(self.aggregator, "set_scorer"):
+            scorer, like = self.scorer, self._current
+            self.aggregator.set_scorer(lambda delta: scorer(unflatten_record(base + delta, like)))
         result = self.aggregator(deltas, weights)
+        if result.note:
+            record.note = result.note
+            log(INFO, "round %s: %s", server_round, result.note)
         for diag in result.diagnostics:
             fate = accepted[diag.index][0]
             fate.fate, fate.score, fate.weight = diag.fate, diag.score, float(diag.weight)

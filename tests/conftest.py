@@ -9,6 +9,7 @@ PostgreSQL binaries FAIL the PostgreSQL cases with a clear message; run
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,8 +54,8 @@ def processes_mentioning(text: str) -> list[str]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            raw = open(f"/proc/{entry}/cmdline", "rb").read()
-            state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[-1].split()[0]
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
         if state != "Z" and text.encode() in raw:
