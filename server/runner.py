@@ -98,12 +98,22 @@ def to_toml(config: Mapping[str, Any]) -> str:
     return "\n".join(f"{k} = {toml_value(v)}" for k, v in config.items()) + "\n"
 
 
-def write_app(home: Path, defaults: Mapping[str, Any]) -> Path:
-    """Write the Flower App directory (just its pyproject) under ``home``."""
+def write_app(home: Path, config: Mapping[str, Any]) -> Path:
+    """Write the Flower App directory (just its pyproject) under ``home``.
+
+    The app declares ``config``'s keys with neutral values (0, 0.0, ""): every run passes its
+    real values with ``--run-config``, so the app, and the FAB hash that SuperNodes install
+    by, is the same for every run and region of a home, and nothing per run is baked in.
+    """
     app_dir = Path(home) / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
-    text = APP_PYPROJECT.format(version=__version__, config=to_toml(defaults))
-    (app_dir / "pyproject.toml").write_text(text)
+    neutral = {k: type(v)() for k, v in config.items()}
+    text = APP_PYPROJECT.format(version=__version__, config=to_toml(neutral))
+    path = app_dir / "pyproject.toml"
+    if not path.exists() or path.read_text() != text:  # regions submit concurrently
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return app_dir
 
 
@@ -137,6 +147,12 @@ class Submission:
     def finished(self) -> dict[str, Any] | None:
         return next((e for e in reversed(self.events) if e["kind"] == "finished"), None)
 
+    @property
+    def ended(self) -> dict[str, Any] | None:
+        """The run's final record: ``finished`` or ``failed``."""
+        kinds = ("finished", "failed")
+        return next((e for e in reversed(self.events) if e["kind"] in kinds), None)
+
     def poll(self) -> list[dict[str, Any]]:
         new, self.offset = read_progress(self.out_dir, self.offset)
         self.events.extend(new)
@@ -164,6 +180,31 @@ def submit(fed: FederationConfig, region: RegionConfig, home: Path) -> Submissio
     return Submission(region.name, Path(home), out_dir, log, proc)
 
 
+FINAL_RECORD_GRACE = 15.0  # seconds a started run gets to write its final record
+
+
+def _no_result(sub: Submission) -> str:
+    """One line: which run ended how, what of it is kept, and which logs to read."""
+    started = next((e for e in sub.events if e["kind"] == "started"), {})
+    rounds = [e["round"] for e in sub.events if e["kind"] == "round"]
+    failed = sub.ended
+    why = (
+        f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
+        if failed
+        else f"no final record from the ServerApp; flwr run exit code {sub.proc.returncode}"
+    )
+    kept = "no round was recorded"
+    if rounds:
+        first, last = rounds[0], rounds[-1]
+        span = f"round {last} stays" if first == last else f"rounds {first}-{last} stay"
+        kept = f"{span} recorded in the region database"
+    superlink_log = sub.home / "logs" / f"superlink-{sub.region}.log"
+    return (
+        f"region {sub.region}: run {started.get('run_id', '?')} ended without a result "
+        f"({why}); {kept}; read {sub.log} and {superlink_log}"
+    )
+
+
 def follow(
     subs: list[Submission],
     on_event: Callable[[Submission, dict[str, Any]], None],
@@ -185,15 +226,15 @@ def follow(
                 if sub.finished is not None:
                     pending.remove(sub)
                 elif sub.proc.poll() is not None:
-                    time.sleep(0.3)  # the final record may land just after the CLI exits
-                    for event in sub.poll():
-                        on_event(sub, event)
+                    # The final record may land after the CLI exits (a ServerApp stopped
+                    # because its SuperLink went away records that within a few seconds).
+                    grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
+                    while sub.ended is None and time.monotonic() < grace:
+                        time.sleep(poll)
+                        for event in sub.poll():
+                            on_event(sub, event)
                     if sub.finished is None:
-                        raise RunFailedError(
-                            f"region {sub.region}: the run ended without a result "
-                            f"(flwr run exit code {sub.proc.returncode}); read {sub.log} and "
-                            f"{sub.home / 'logs' / f'superlink-{sub.region}.log'}"
-                        )
+                        raise RunFailedError(_no_result(sub))
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
                 raise RunFailedError(

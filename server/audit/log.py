@@ -24,7 +24,7 @@ from fedgate.server.audit.chain import (
     head_message,
     now_ts,
 )
-from fedgate.server.db.engine import write_txn
+from fedgate.server.db.engine import run_write
 from fedgate.server.db.models import AuditChain, Event, SignedHead
 
 CHAIN = AuditChain.__table__
@@ -63,11 +63,14 @@ class AuditLog:
     def append_many(self, items: Iterable[Item], *, sign: bool = False) -> list[EventRecord]:
         """Append ``(kind, payload)`` pairs in one transaction; ``sign`` also signs the head."""
         prepared = _prepare(items)
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> list[EventRecord]:
             records = self._append_prepared(conn, prepared)
             if sign:
                 self.sign_in(conn)
-        return records
+            return records
+
+        return run_write(self.engine, write, f"appending {len(prepared)} audit event(s)")
 
     def append_in(self, conn: Connection, items: Iterable[Item]) -> list[EventRecord]:
         """Append inside the caller's write transaction (see ``write_txn``)."""
@@ -114,8 +117,7 @@ class AuditLog:
 
     def sign_head(self) -> HeadRecord | None:
         """Sign the current head (None while the chain is empty)."""
-        with write_txn(self.engine) as conn:
-            return self.sign_in(conn)
+        return run_write(self.engine, self.sign_in, "signing the audit chain head")
 
     def sign_in(self, conn: Connection) -> HeadRecord | None:
         if self.signer is None:

@@ -5,7 +5,9 @@ Binaries (``initdb``, ``pg_ctl``, ``postgres``) are looked up on ``PATH``, in
 them). initdb refuses to run as root, so under root the cluster runs as the ``postgres``
 system user via ``runuser`` with its data and socket directories handed to that user.
 The server listens on 127.0.0.1 at a free port, trusts local connections for the
-superuser ``fedgate``, and is stopped (``-m immediate``) and deleted by ``stop``.
+superuser ``fedgate``, and is stopped (``-m immediate``) and deleted by ``stop``;
+``stop_server``/``start_server`` take it down and bring it back on the same data and port
+(for fault tests: a database that is unavailable for a moment).
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ class PgCluster:
             "--no-locale",
         )
         self.port = self.port or free_port()
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """(Re)start the server process on the existing data directory and port."""
+        assert self.root is not None, "start() creates the cluster first"
         opts = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -128,7 +136,18 @@ class PgCluster:
             "60",
             "start",
         )
-        return self
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server process but keep its data (``start_server`` brings it back).
+
+        ``fast`` ends every session (clients see "terminating connection due to
+        administrator command"); ``immediate`` is a crash without shutdown checkpoint, which
+        on a ``fast`` (asynchronous-commit) cluster may lose the last commits.
+        """
+        if mode not in ("smart", "fast", "immediate"):
+            raise PgClusterError(f"unknown pg_ctl stop mode {mode!r}")
+        assert self.root is not None, "no cluster to stop"
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
     def stop(self) -> None:
         if self.root is None:

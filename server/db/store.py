@@ -4,6 +4,9 @@ Each write updates its tables and appends the matching audit events in one trans
 so the tables and the chain never disagree. ``record_round`` also signs the chain head
 when the audit log has a signing key (the design asks for one signature per round).
 Round records are duck-typed: dataclasses (``RoundRecord``/``ClientFate``) or dicts.
+Every write runs through ``run_write``: a database that is unavailable for a moment is
+retried (the whole transaction, so the chain is never half-written), then a clear
+``DatabaseError`` names it.
 Devices and enrollment tokens are written, by the same rules, by the region's device
 registry (``fedgate.server.enrollment.DatabaseDeviceRegistry``) on a ``Store``.
 """
@@ -20,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from fedgate.server.audit.log import AuditLog, Item
-from fedgate.server.db.engine import open_database, write_txn
+from fedgate.server.db.engine import open_database, run_write
 from fedgate.server.db.models import Approval, Artifact, Metric, Round, Run, Update
 
 RUNS, ROUNDS = Run.__table__, Round.__table__
@@ -110,7 +113,8 @@ class Store:
         self, run_id: int | str, region: str, launched_by: str, config: Mapping[str, Any]
     ) -> str:
         run = str(run_id)
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             conn.execute(
                 insert(RUNS).values(
                     id=run,
@@ -136,11 +140,14 @@ class Store:
                 ],
                 sign=True,
             )
+
+        run_write(self.engine, write, f"recording run {run}")
         return run
 
     def finish_run(self, run_id: int | str, status: str = "finished", note: str = "") -> None:
         run = str(run_id)
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             done = conn.execute(
                 update(RUNS).where(RUNS.c.id == run).values(status=status, finished_at=_now())
             )
@@ -150,9 +157,16 @@ class Store:
                 conn, [("run.finished", {"run": run, "status": status, "note": note})], sign=True
             )
 
+        run_write(self.engine, write, f"finishing run {run}")
+
     def open_round(self, run_id: int | str, round_no: int, **details: Any) -> None:
         """Audit that a round was opened (its nonce, sampled nodes, ...)."""
-        self.audit.append("round.opened", {"run": str(run_id), "round": int(round_no), **details})
+        event = ("round.opened", {"run": str(run_id), "round": int(round_no), **details})
+        run_write(
+            self.engine,
+            lambda conn: self.audit.append_in(conn, [event]),
+            f"opening round {round_no} of run {run_id}",
+        )
 
     def record_round(self, run_id: int | str, record: Any, *, sign: bool = True) -> None:
         """Store one ``RoundRecord``-like outcome: round row, every client's fate, metrics."""
@@ -219,7 +233,8 @@ class Store:
                 },
             )
         )
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             conn.execute(
                 insert(ROUNDS).values(
                     run_id=run,
@@ -243,13 +258,16 @@ class Store:
                 conn.execute(insert(METRICS), finite)
             self._write(conn, events, sign=sign)
 
+        run_write(self.engine, write, f"recording round {rnd} of run {run}")
+
     def record_metrics(
         self, run_id: int | str, round_no: int | None, metrics: Mapping[str, float]
     ) -> None:
         """Audit and store evaluation metrics (``round_no`` None: whole-run metrics)."""
         run = str(run_id)
         values = {str(k): _finite(v) for k, v in metrics.items()}
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             rows = [
                 {"run_id": run, "round": round_no, "name": k, "value": v}
                 for k, v in values.items()
@@ -258,6 +276,8 @@ class Store:
             if rows:
                 conn.execute(insert(METRICS), rows)
             self._write(conn, [("evaluation", {"run": run, "round": round_no, "metrics": values})])
+
+        run_write(self.engine, write, f"recording metrics of run {run}")
 
     # -- artifacts and approvals -----------------------------------------------------------
     def record_artifact(
@@ -269,7 +289,8 @@ class Store:
         run_id: int | str | None = None,
     ) -> None:
         run = None if run_id is None else str(run_id)
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             conn.execute(
                 insert(ARTIFACTS).values(
                     sha256=sha256,
@@ -291,6 +312,8 @@ class Store:
                 sign=True,
             )
 
+        run_write(self.engine, write, f"recording artifact {sha256[:12]}")
+
     def record_approval(
         self,
         artifact_sha256: str,
@@ -300,7 +323,8 @@ class Store:
         signature: str | None = None,
     ) -> None:
         decision = "approved" if approved else "refused"
-        with write_txn(self.engine) as conn:
+
+        def write(conn: Connection) -> None:
             conn.execute(
                 insert(APPROVALS).values(
                     artifact_sha256=artifact_sha256,
@@ -326,6 +350,8 @@ class Store:
                 ],
                 sign=True,
             )
+
+        run_write(self.engine, write, f"recording approval of {artifact_sha256[:12]}")
 
     def artifact(self, sha256: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -1,0 +1,404 @@
+"""Scale figure: round time in one region as the number of clients per round grows.
+
+Two engines run the same regional ServerApp (``fedgate.server.app.run_region``: signed
+instructions, envelope verification, aggregation, central evaluation, audit DB writes):
+
+* ``simulation``: Flower's simulation engine (Ray) with N virtual clients, every client
+  sampled every round (clients-per-round = N). Each virtual client is an enrolled device
+  training on a fixed-size sample of the region's digits pool (``--examples``, its own
+  ``data-dir``), so the work per client is the same at every N and the growth is the cost
+  of more clients. ``--stock-data`` adds rows through ``submit_simulation`` unchanged, whose
+  devices split the pool N ways (Dirichlet shards: fewer examples per client as N grows,
+  and infeasible once the pool cannot give every client 2 examples).
+* ``deployment``: ``fedgate up`` with N real SuperNodes (TLS, node auth, fleet proxy, one
+  ClientApp worker per node) and ``flwr run``; the nodes hold Dirichlet shards of the pool.
+
+Seconds per round is the steady state: the time between the round records of rounds 1 and
+R-1 divided by R-2 (the round loop is pipelined, so that span holds R-2 whole rounds; round
+1 also pays start-up: Ray workers, FAB install, imports, and is reported on its own). The
+ratio is to the smallest N of the same engine and rule in this run. Every case runs in a
+fresh temporary home and everything it started is stopped after.
+
+    python benchmarks/scale.py                                  # 10/100/1000 and 2/4/8
+    python benchmarks/scale.py --limit 2000,5000,10000          # then look for the ceiling
+    python benchmarks/scale.py --json benchmarks/results/scale.json --robust
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
+from fedgate.server.local_devices import enroll_region_devices
+from fedgate.server.processes import ProcessTable, flower_env, free_port_block
+from fedgate.server.runner import RunFailedError, Submission, follow, run_config, submit
+from fedgate.server.simulation import sim_profiles, submit_simulation
+from fedgate.server.topology import down, region_dir, up
+from fedgate.strategies.rules import REGION_DEFAULT
+
+RULES = {
+    "mean": ("mean", 0, ""),
+    "robust": (REGION_DEFAULT.aggregator, REGION_DEFAULT.f, REGION_DEFAULT.pre),
+}
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured case."""
+
+    engine: str  # simulation | simulation-stock | deployment
+    rule: str  # mean | robust
+    clients: int
+    rounds: int
+    status: str = "ok"  # ok | failed | infeasible
+    seconds_per_round: float | None = None
+    first_round_s: float | None = None
+    wall_s: float = 0.0
+    peak_rss_mib: float | None = None
+    all_accepted: bool = False
+    ratio: float | None = None
+    note: str = ""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def federation(clients: int, rule: str, rounds: int, timeout: float, port: int) -> FederationConfig:
+    """One region ``eu``: all ``clients`` sampled every round, as many SuperNodes."""
+    aggregator, f, pre = RULES[rule]
+    nodes = json.dumps(list(sim_profiles(clients)))
+    text = f"""
+[federation]
+name = "scale"
+seed = 0
+alpha = 0.5
+[regions.eu]
+rounds = {rounds}
+clients-per-round = {clients}
+min-clients = {clients}
+aggregator = "{aggregator}"
+f = {f}
+pre = "{pre}"
+round-timeout = {timeout}
+port = {port}
+nodes = {nodes}
+"""
+    return parse_federation(tomllib.loads(text), "scale benchmark")
+
+
+# -- the simulation engine with fixed-size client data -----------------------------------------
+
+
+def write_client_data(home: Path, fed: FederationConfig, clients: int, examples: int) -> Path:
+    """``<home>/client-data/<i>/data.npz``: ``examples`` digits per client, drawn (seeded by
+    the client id, without replacement) from the region's training pool."""
+    from fedgate.models.data import region_pool
+
+    pool = region_pool("eu", fed.region_names, fed.seed)
+    root = home / "client-data"
+    for i in range(clients):
+        idx = np.random.default_rng([fed.seed, i]).choice(len(pool), examples, replace=False)
+        (root / str(i)).mkdir(parents=True)
+        np.savez(root / str(i) / "data.npz", x=pool.x[idx], y=pool.y[idx])
+    return root
+
+
+def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> None:
+    """Child process: the region's ServerApp and ``clients`` virtual devices, each device
+    ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.simulation.simulate``)."""
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedgate.clients import app as real
+    from fedgate.clients.device import NODE_CONFIG_KEY
+    from fedgate.server.app import run_region
+    from fedgate.server.local_devices import device_dir
+
+    home, region = Path(config["home"]), str(config["region"])
+    server_app, client_app = ServerApp(), ClientApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_region(grid, config, context.run_id)
+
+    def as_device(context: Context) -> Context:
+        pid = int(context.node_config["partition-id"])
+        context.node_config[NODE_CONFIG_KEY] = str(device_dir(home, region, pid, "sim"))
+        context.node_config["profile"] = "phone" if pid % 2 == 0 else "pi"
+        context.node_config["data-dir"] = str(data_root / str(pid))
+        return context
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return real.train(msg, as_device(context))
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return real.evaluate_local(msg, as_device(context))
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        },
+    )
+
+
+def submit_fixed(
+    fed: FederationConfig, region: RegionConfig, home: Path, clients: int, examples: int
+) -> Submission:
+    """Start ``simulate_fixed`` in its own session; ``follow`` tracks it like any run."""
+    out_dir = region_dir(home, region.name) / "runs" / f"scale-{clients}"
+    out_dir.mkdir(parents=True)
+    enroll_region_devices(home, region, sim_profiles(clients), kind="sim")
+    data_root = write_client_data(home, fed, clients, examples)
+    config = run_config(fed, region, home, out_dir.resolve())
+    (out_dir / "run-config.json").write_text(json.dumps(config, indent=2))
+    log = out_dir / "simulation.log"
+    cmd = [sys.executable, __file__, "--child", str(out_dir / "run-config.json"),
+           "--child-clients", str(clients), "--child-data", str(data_root)]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=flower_env({"RAY_DEDUP_LOGS": "0"}), cwd=out_dir, start_new_session=True,
+        )  # fmt: skip
+    return Submission(region.name, Path(home), out_dir, log, proc)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory (MiB) of some processes and all their descendants (every 0.5 s)."""
+
+    def __init__(self, roots: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.peak, self.stop = roots, 0.0, threading.Event()
+
+    def _tree_rss(self) -> float:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(stat[1]), []).append(int(entry))
+                rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        total, todo, seen = 0, list(self.roots), set()
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                total += rss.get(pid, 0)
+                todo += children.get(pid, [])
+        return total / 2**20
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.peak = max(self.peak, self._tree_rss())
+
+
+def measure(sub: Submission, row: Row, timeout: float) -> Row:
+    """Follow ``sub`` to the end and fill ``row`` from its round records; peak memory
+    counts the run's process tree and every process ``fedgate up`` started."""
+    topology = [p.pid for p in ProcessTable(sub.home).load()]
+    sampler = RssSampler([sub.proc.pid, *topology])
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        follow([sub], lambda s, e: None, timeout)
+    except RunFailedError as exc:
+        row.status, row.note = "failed", str(exc)
+    finally:
+        sampler.stop.set()
+        row.wall_s = time.monotonic() - t0
+        row.peak_rss_mib = round(sampler.peak, 1)
+    ts = {e["round"]: e["ts"] for e in sub.events if e["kind"] == "round"}
+    initial = next((e["ts"] for e in sub.events if e["kind"] == "initial"), None)
+    rounds = [e for e in sub.events if e["kind"] == "round"]
+    row.all_accepted = bool(rounds) and all(e["accepted"] == e["sampled"] for e in rounds)
+    if initial is not None and 1 in ts:
+        row.first_round_s = ts[1] - initial
+    if row.rounds - 1 in ts and 1 in ts and row.rounds >= 3:
+        row.seconds_per_round = (ts[row.rounds - 1] - ts[1]) / (row.rounds - 2)
+    if row.status == "ok" and not row.all_accepted:
+        row.note = "not every sampled client was accepted in every round"
+    return row
+
+
+def infeasible(engine: str, clients: int, fed: FederationConfig) -> str:
+    """Why the stock data split cannot serve ``clients`` virtual devices ('' if it can)."""
+    if engine != "simulation-stock":
+        return ""
+    from fedgate.models.data import dirichlet_partition, region_pool
+
+    pool = region_pool("eu", fed.region_names, fed.seed)
+    try:
+        dirichlet_partition(pool.y, clients, fed.alpha, seed=fed.seed)
+    except ValueError as exc:
+        return f"data split: {exc}"
+    return ""
+
+
+def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> Row:
+    """One case in a fresh home; everything it started is stopped before returning."""
+    row = Row(engine, rule, clients, args.rounds)
+    port = free_port_block(clients + 16) if engine == "deployment" else 20000
+    try:
+        fed = federation(clients, rule, args.rounds, args.round_timeout, port)
+    except ValueError as exc:  # e.g. the robust rule needs more clients than this
+        row.status, row.note = "infeasible", str(exc)
+        return row
+    if why := infeasible(engine, clients, fed):
+        row.status, row.note = "infeasible", why
+        return row
+    eu = fed.region("eu")
+    home = Path(tempfile.mkdtemp(prefix=f"fedgate-scale-{engine}-{clients}-"))
+    try:
+        if engine == "simulation":
+            sub = submit_fixed(fed, eu, home, clients, args.examples)
+        elif engine == "simulation-stock":
+            sub = submit_simulation(fed, eu, home, clients)
+        else:
+            up(fed, home, timeout=max(120.0, 10.0 * clients), echo=lambda *_: None)
+            sub = submit(fed, eu, home)
+        measure(sub, row, args.run_timeout)
+    except Exception as exc:  # a case that cannot even start is a measured failure too
+        row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        down(home)  # no-op unless `fedgate up` started processes under this home
+        if row.status == "ok" or not args.keep_failed:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            row.note += f" (home kept: {home})"
+    return row
+
+
+def baseline(rows: list[Row], row: Row) -> Row | None:
+    """The smallest measured case of ``row``'s engine and rule."""
+    same = [r for r in rows if (r.engine, r.rule) == (row.engine, row.rule)
+            and r.seconds_per_round and r.status == "ok"]  # fmt: skip
+    return min(same, key=lambda r: r.clients) if same else None
+
+
+def add_ratios(rows: list[Row]) -> None:
+    for row in rows:
+        base = baseline(rows, row)
+        if row.seconds_per_round and base and row.status == "ok":
+            row.ratio = row.seconds_per_round / base.seconds_per_round
+
+
+def table(rows: list[Row]) -> str:
+    head = (f"{'engine':<17}{'rule':<7}{'clients':>8}{'s/round':>10}{'ratio':>9}"
+            f"{'x clients':>10}{'round 1 s':>10}{'wall s':>8}{'peak MiB':>9}  status")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        base = baseline(rows, r)
+        scale = f"{r.clients / base.clients:.0f}" if base and r.status == "ok" else "-"
+        spr = f"{r.seconds_per_round:.2f}" if r.seconds_per_round else "-"
+        ratio = f"{r.ratio:.2f}" if r.ratio else "-"
+        first = f"{r.first_round_s:.1f}" if r.first_round_s else "-"
+        rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "-"
+        status = r.status + (f": {r.note}" if r.note else "")
+        lines.append(
+            f"{r.engine:<17}{r.rule:<7}{r.clients:>8}{spr:>10}{ratio:>9}"
+            f"{scale:>10}{first:>10}{r.wall_s:>8.0f}{rss:>9}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    import flwr
+    import torch
+
+    load = os.getloadavg()
+    aggregator, f, pre = RULES["robust"]
+    return (
+        f"python {platform.python_version()}, flwr {flwr.__version__}, torch {torch.__version__},"
+        f" {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};"
+        f" robust = {aggregator} f={f} pre={pre or '-'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sim", default="10,100,1000", help="virtual clients per case")
+    parser.add_argument("--nodes", default="2,4,8", help="real SuperNodes per case")
+    parser.add_argument("--limit", default="", help="larger populations to try after --sim, "
+                        "in order, until one fails or exceeds --max-round-seconds")  # fmt: skip
+    parser.add_argument("--max-round-seconds", type=float, default=600.0)
+    parser.add_argument("--stock-data", action="store_true",
+                        help="also run --sim through submit_simulation's data split")  # fmt: skip
+    parser.add_argument("--robust", action="store_true", help="also the region's robust rule")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per run (>= 3)")
+    parser.add_argument("--examples", type=int, default=32, help="examples per virtual client")
+    parser.add_argument("--round-timeout", type=float, default=1800.0)
+    parser.add_argument("--run-timeout", type=float, default=7200.0)
+    parser.add_argument("--keep-failed", action="store_true", help="keep a failed case's home")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        config = json.loads(Path(args.child).read_text())
+        simulate_fixed(config, args.child_clients, Path(args.child_data))
+        return 0
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3 (round 1 is start-up, the last is short)")
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    rules = ["mean", "robust"] if args.robust else ["mean"]
+    plan = [("simulation", n, rule) for rule in rules for n in ints(args.sim)]
+    if args.stock_data:
+        plan += [("simulation-stock", n, "mean") for n in ints(args.sim)]
+    plan += [("deployment", n, rule) for rule in rules for n in ints(args.nodes)]
+    print(f"== scale benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {environment()}", flush=True)
+    rows: list[Row] = []
+    for engine, n, rule in plan:
+        rows.append(run_case(engine, n, rule, args))
+        print(f"   {engine} {rule} {n}: {rows[-1].status}, "
+              f"{rows[-1].seconds_per_round or 0:.2f} s/round", flush=True)  # fmt: skip
+    for n in ints(args.limit):
+        row = run_case("simulation", n, "mean", args)
+        rows.append(row)
+        print(f"   limit search {n}: {row.status}, {row.seconds_per_round or 0:.2f} s/round",
+              flush=True)  # fmt: skip
+        too_slow = (row.seconds_per_round or 0) > args.max_round_seconds
+        if row.status != "ok" or not row.all_accepted or too_slow:
+            break
+    add_ratios(rows)
+    print(table(rows))
+    print(f"== done; load average now {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"environment": environment(), "rows": [dataclasses.asdict(r) for r in rows]}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.status != "failed" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
