@@ -4,7 +4,8 @@ Every split is a pure function of (regions, seed, alpha, ...), so a SuperNode, t
 ServerApp and the tests all derive the same shards without shipping data around.
 
 Layout of the digits data (1,797 real 8x8 images):
-- a common **test** split (``TEST_FRACTION``), never seen by any region;
+- a common **test** split (``TEST_FRACTION``), never trained on: regions and the
+  coordinator only report accuracy on it;
 - the rest is dealt to the regions (disjoint, stratified); inside each region a held-out
   **validation** split for the regional server and a **training pool** that is partitioned
   across the region's devices with a Dirichlet(alpha) label skew.
@@ -171,8 +172,21 @@ def device_shard(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
     pool = region_pool(region, regions, seed)
-    parts = dirichlet_partition(pool.y, num_partitions, alpha, seed=seed)
+    parts = _region_partition(tuple(regions), region, num_partitions, alpha, seed)
     return pool.take(parts[partition_id])
+
+
+@lru_cache(maxsize=32)
+def _region_partition(
+    regions: tuple[str, ...], region: str, num_partitions: int, alpha: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    """The region pool's Dirichlet split, drawn once per process (warm ClientApps and the
+    simulation serve many partitions of the same split)."""
+    pool = region_pool(region, regions, seed)
+    parts = dirichlet_partition(pool.y, num_partitions, alpha, seed=seed)
+    for part in parts:
+        part.setflags(write=False)
+    return tuple(parts)
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,26 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.exit import add_exit_handler
 
-from fedgate.models.data import region_validation
+from fedgate.models.data import common_test_split, region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.db import BlobStore, Store, resolve_url
+from fedgate.server.db.engine import RetryPolicy, retry_policy
 from fedgate.server.enrollment import DatabaseDeviceRegistry
 from fedgate.server.fast_grid import FastPollGrid
 from fedgate.server.nonces import ReplayGuard, RoundNonces
 from fedgate.server.progress import ProgressWriter
 from fedgate.strategies.envelope import signature_screen
-from fedgate.strategies.robust_strategy import RobustStrategy, RoundSigner, structural_screen
-from fedgate.strategies.rules import build_rule
+from fedgate.strategies.robust_strategy import (
+    RobustStrategy,
+    RoundSigner,
+    Scorer,
+    structural_screen,
+)
+from fedgate.strategies.rules import REGION_DEFAULT, build_rule
 
 app = ServerApp()
 
@@ -55,8 +62,11 @@ class RegionContext:
         return store, DatabaseDeviceRegistry(store, self.region)
 
 
-def build_strategy(cfg: dict[str, Any], run_id: str, store: Store, registry: Any):
-    """The region's strategy: signed instructions, envelope screening, the configured rule."""
+def build_strategy(
+    cfg: dict[str, Any], run_id: str, store: Store, registry: Any, scorer: Scorer | None = None
+):
+    """The region's strategy: signed instructions, envelope screening, the configured rule;
+    ``scorer`` (the server's validation loss of a candidate model) feeds the ensemble."""
     region = str(cfg["region"])
     nonces = RoundNonces()
     key = store.audit.signer
@@ -67,9 +77,9 @@ def build_strategy(cfg: dict[str, Any], run_id: str, store: Store, registry: Any
 
     return RobustStrategy(
         build_rule(
-            str(cfg.get("aggregator", "mean")),
-            int(cfg.get("f", 0)),
-            str(cfg.get("pre", "")) or None,
+            str(cfg.get("aggregator", REGION_DEFAULT.aggregator)),
+            int(cfg.get("f", REGION_DEFAULT.f)),
+            str(cfg.get("pre", REGION_DEFAULT.pre)) or None,
         ),
         clients_per_round=int(cfg["clients-per-round"]),
         min_clients=int(cfg["min-clients"]),
@@ -79,6 +89,7 @@ def build_strategy(cfg: dict[str, Any], run_id: str, store: Store, registry: Any
         ),
         signer=RoundSigner(key, region, run_id, nonces),
         on_round_opened=opened,
+        scorer=scorer,
         wait_timeout=float(cfg.get("round-timeout", 120.0)),
         seed=int(cfg.get("seed", 0)),
     )
@@ -103,6 +114,34 @@ def _save_model(out_dir: Path, home: Path, arrays: ArrayRecord) -> str:
     return sha
 
 
+@dataclass
+class RunEnd:
+    """Records, once, how a run ended early: ``failed`` (an error) or ``interrupted``."""
+
+    store: Store
+    run_id: str
+    progress: ProgressWriter
+    done: bool = False
+
+    def failed(self, status: str, error: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:  # the database may be what failed: try briefly, the progress record still lands
+            with retry_policy(RetryPolicy(budget=3.0)):
+                self.store.finish_run(self.run_id, status=status, note=error[:500])
+        except Exception as exc:
+            error = f"{error}; marking the run {status} in the database failed too: {exc}"
+        self.progress.write("failed", status=status, error=error)
+
+    def interrupted(self) -> None:
+        self.failed(
+            "interrupted",
+            "interrupted: the ServerApp was stopped by a signal (its SuperLink went away, "
+            "or the run was stopped)",
+        )
+
+
 def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
     """Train one region for ``rounds`` rounds; returns (and writes) the run summary."""
     cfg = dict(run_config)
@@ -114,12 +153,16 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
     progress = ProgressWriter(out_dir)
     store, registry = where.open()
     store.record_run(run_id, where.region, str(cfg.get("launched-by", "unknown")), cfg)
+    end = RunEnd(store, run_id, progress)
+    # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
+    # force-exits 5 s later, before any ``except`` below could run: record that first.
+    add_exit_handler(end.interrupted, run_before_force_exit=True)
     try:
         summary = _train(grid, cfg, run_id, store, registry, progress, out_dir, where.home)
     except BaseException as exc:
-        store.finish_run(run_id, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
-        progress.write("failed", error=f"{type(exc).__name__}: {exc}")
+        end.failed("failed", f"{type(exc).__name__}: {exc}")
         raise
+    end.done = True
     store.finish_run(run_id, status="finished", note=json.dumps(summary["rejected_by_reason"]))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     progress.write("finished", **summary)
@@ -139,15 +182,26 @@ def _train(
     region = str(cfg["region"])
     regions = tuple(str(cfg.get("regions", region)).split(","))
     model_id, seed = str(cfg["model"]), int(cfg.get("seed", 0))
-    validation = region_validation(region, regions, seed)
+    validation, test = region_validation(region, regions, seed), common_test_split(seed)
     model = build_model(model_id, seed=seed)
-    strategy = build_strategy(cfg, run_id, store, registry)
+
+    def validation_loss(arrays: ArrayRecord) -> float:
+        """The ensemble's scorer: a candidate model's loss on the region's validation split."""
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(model, validation).loss
+
+    strategy = build_strategy(cfg, run_id, store, registry, scorer=validation_loss)
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Evaluate on the region's validation split; the last step of every round."""
+        """Evaluate on the region's validation split and on the common test split (which
+        nothing in training sees); the last step of every round."""
         model.load_state_dict(arrays.to_torch_state_dict())
-        stats = evaluate(model, validation)
-        metrics = {"val-loss": stats.loss, "val-acc": stats.accuracy}
+        stats, held_out = evaluate(model, validation), evaluate(model, test)
+        metrics = {
+            "val-loss": stats.loss,
+            "val-acc": stats.accuracy,
+            "test-acc": held_out.accuracy,
+        }
         record = strategy.record_for(server_round)
         if record is not None:
             record.metrics.update(metrics)
@@ -182,13 +236,14 @@ def _train(
     )
     final = result.evaluate_metrics_serverapp.get(int(cfg["rounds"]), {})
     val_acc = float(final.get("val-acc", float("nan")))
+    test_acc = float(final.get("test-acc", float("nan")))
     sha = _save_model(out_dir, home, result.arrays)
     store.record_artifact(
         sha,
         str(out_dir / "model.safetensors"),
         "regional-model",
         {"region": region, "run": run_id, "model": model_id, "rounds": int(cfg["rounds"]),
-         "val_acc": val_acc},
+         "val_acc": val_acc, "test_acc": test_acc},
         run_id=run_id,
     )  # fmt: skip
     return {
@@ -200,6 +255,7 @@ def _train(
         "rejected": sum(r.rejected for r in strategy.rounds),
         "rejected_by_reason": _reasons(strategy),
         "val_acc": val_acc,
+        "test_acc": test_acc,
         "model_sha256": sha,
         "seconds": time.monotonic() - t0,
     }
