@@ -72,7 +72,10 @@ def fedgate_specs(names: list[str] | None = None, nnm: bool = False) -> list[Rul
     if default_label() not in labels:
         labels.append(default_label())
     if names is not None:
-        unknown = sorted(set(names) - set(labels) - {f"nnm+{n}" for n in AGGREGATORS})
+        from fedgate.strategies.aggregators import PRE_AGGREGATORS
+
+        composed = {f"{p}+{n}" for p in PRE_AGGREGATORS for n in AGGREGATORS}
+        unknown = sorted(set(names) - set(labels) - composed)
         if unknown:
             raise SystemExit(f"unknown fedgate rule(s) {unknown}; known: {', '.join(labels)}")
         labels = [n for n in dict.fromkeys(names)]

@@ -15,6 +15,7 @@ from fedgate.strategies.aggregators import AGGREGATORS, Aggregator, make_aggrega
 RULE_DEFAULTS: dict[str, dict] = {
     "ensemble": {"members": ("cc", "nnm+cc"), "fallback": -1},
     "cc": {"tau": None, "iterations": 3},
+    "zeno": {"step": 0.1, "rho": 0.0},
 }
 """Per-rule parameters a region gets unless the caller overrides them (the measured ones)."""
 

@@ -398,8 +398,9 @@ def test_per_layer_input_equals_flat_input(name):
     layers = [rng.normal(size=(9, 4, 3)), rng.normal(size=(9, 5))]
     flat = stack_layers(layers)
     assert flat.shape == (9, 17)
-    a = make_aggregator(name, 1)(layers).vector
-    b = make_aggregator(name, 1)(flat).vector
+    params = {"scorer_fn": lambda d: float(np.sum((d - 0.1) ** 2))} if name == "zeno" else {}
+    a = make_aggregator(name, 1, **params)(layers).vector
+    b = make_aggregator(name, 1, **params)(flat).vector
     np.testing.assert_allclose(a, b)
     parts = split_layers(a, layers)
     assert [p.shape for p in parts] == [(4, 3), (5,)]
@@ -408,7 +409,10 @@ def test_per_layer_input_equals_flat_input(name):
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_diagnostics_cover_every_client_with_weights_summing_to_one(name):
     x = rng_updates(0, 11, 8)
-    params = {"reference_fn": lambda: x.mean(0)} if name == "fltrust" else {}
+    params = {
+        "fltrust": {"reference_fn": lambda: x.mean(0)},
+        "zeno": {"scorer_fn": lambda d: float(np.sum((d - 0.1) ** 2))},
+    }.get(name, {})
     for pre in (None, "nnm"):
         res = make_aggregator(name, 2, pre=pre, **params)(x, np.arange(1.0, 12.0))
         assert [c.index for c in res.diagnostics] == list(range(11))

@@ -13,9 +13,12 @@ geomed        smoothed Weiszfeld (RFA, Pillutla 2019)     n >= 2f + 1           
 cc            centered clipping (Karimireddy 2021)        n >= 2f + 1           yes
 norm-bound    clip norms to the median norm (Sun 2019)    n >= 2f + 1           yes
 fltrust       root-data trust scores (Cao 2021)           a server update       no
+zeno          n - f best validation descents (Xie 2019)   a server scorer       yes
 ensemble      per round, the member the server prefers    its members' needs    members'
 nnm+<rule>    nearest-neighbour mixing first (Allouah     n > f and the rule's  the rule's
               2023), as the ``pre`` pre-aggregator
+zeno+<rule>   drop the f worst validation descents, then  a server scorer, the  the rule's
+              the rule on the rest (``pre`` = zeno)        rule's bound on n - f
 ============  ==========================================  ====================  =============
 
 Every rule checks its bound in ``check(n)`` (``AggregatorConfigError``), so a region fails at
@@ -44,6 +47,7 @@ from fedgate.strategies.aggregators.median import Median
 from fedgate.strategies.aggregators.nnm import NNM
 from fedgate.strategies.aggregators.norm_bound import NormBound
 from fedgate.strategies.aggregators.trimmed_mean import TrimmedMean
+from fedgate.strategies.aggregators.zeno import Zeno, ZenoFilter
 
 AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "mean": Mean,
@@ -57,9 +61,10 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "norm-bound": NormBound,
     "fltrust": FLTrust,
     "ensemble": Ensemble,
+    "zeno": Zeno,
 }
 
-_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM}
+_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM, "zeno": ZenoFilter}
 PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 
 

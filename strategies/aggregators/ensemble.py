@@ -98,6 +98,9 @@ class Ensemble:
         x = as_float_matrix(updates)
         self.check(len(x))
         scorer, self._scorer = self._scorer or self.scorer_fn, None
+        for rule in self.rules:  # members that judge by server data (Zeno) share the scorer
+            if scorer is not None and hasattr(rule, "set_scorer"):
+                rule.set_scorer(scorer)
         with gram_cache():
             results = [rule(x, weights) for rule in self.rules]
         if scorer is None:
