@@ -2,7 +2,10 @@
 
 Every message's instruction is checked against the region server's key (the device's trust
 anchor) before anything runs; every trained update leaves with an envelope signed by the
-device key (``fedgate.strategies.envelope``). Per SuperNode settings come from
+device key (``fedgate.strategies.envelope``). A training reply also rates the global model
+it started from on the device's local test split (``eval-loss``, ``eval-acc``,
+``eval-examples``): that is the federated evaluation of the previous round's model, so only
+the last model needs an evaluate message. Per SuperNode settings come from
 ``--node-config`` (kebab-case keys):
 
 - ``device-dir``: the enrolled device directory (key, enrollment, trust anchor); required
@@ -150,11 +153,12 @@ def train(msg: Message, context: Context) -> Message:
     setup = resolve_setup(dict(context.node_config), cfg)
     attack = str(context.node_config.get("attack", "") or "")
     seed = setup.seed + 1000 * instruction.server_round + setup.partition_id
-    train_data, _ = local_data(setup)
+    train_data, test_data = local_data(setup)
     if attack and attack not in SIGNING_FAULTS:
         train_data = poison_dataset(attack, train_data, np.random.default_rng(seed))
     base = msg.content["arrays"]
     model = _model_from(base, str(cfg["model"]))
+    rated = evaluate(model, test_data)  # the received global model, before local training
     stats = train_local(
         model,
         train_data,
@@ -168,7 +172,13 @@ def train(msg: Message, context: Context) -> Message:
     arrays = ArrayRecord(model.state_dict())
     if attack and attack not in SIGNING_FAULTS and attack != "none":
         arrays = _poisoned(attack, base, arrays, cfg, seed)
-    metrics = {"train-loss": stats.loss, "num-examples": stats.num_examples}
+    metrics = {
+        "train-loss": stats.loss,
+        "num-examples": stats.num_examples,
+        "eval-loss": rated.loss,
+        "eval-acc": rated.accuracy,
+        "eval-examples": rated.num_examples,
+    }
     envelope = signed_reply(
         attack if attack in SIGNING_FAULTS else "",
         device.key,

@@ -63,10 +63,16 @@ class RegionContext:
 
 
 def build_strategy(
-    cfg: dict[str, Any], run_id: str, store: Store, registry: Any, scorer: Scorer | None = None
+    cfg: dict[str, Any],
+    run_id: str,
+    store: Store,
+    registry: Any,
+    scorer: Scorer | None = None,
+    progress: ProgressWriter | None = None,
 ):
     """The region's strategy: signed instructions, envelope screening, the configured rule;
-    ``scorer`` (the server's validation loss of a candidate model) feeds the ensemble."""
+    ``scorer`` (the server's validation loss of a candidate model) feeds the ensemble, and
+    every federated evaluation is stored, audited and reported to ``progress``."""
     region = str(cfg["region"])
     nonces = RoundNonces()
     key = store.audit.signer
@@ -74,6 +80,11 @@ def build_strategy(
 
     def opened(server_round: int, details: dict) -> None:
         store.open_round(run_id, server_round, **details)
+
+    def evaluated(server_round: int, metrics: dict[str, float]) -> None:
+        store.record_metrics(run_id, server_round, metrics)
+        if progress is not None:
+            progress.write("evaluated", round=server_round, **metrics)
 
     return RobustStrategy(
         build_rule(
@@ -89,6 +100,7 @@ def build_strategy(
         ),
         signer=RoundSigner(key, region, run_id, nonces),
         on_round_opened=opened,
+        on_evaluated=evaluated,
         scorer=scorer,
         wait_timeout=float(cfg.get("round-timeout", 120.0)),
         seed=int(cfg.get("seed", 0)),
@@ -190,7 +202,7 @@ def _train(
         model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(model, validation).loss
 
-    strategy = build_strategy(cfg, run_id, store, registry, scorer=validation_loss)
+    strategy = build_strategy(cfg, run_id, store, registry, validation_loss, progress)
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate on the region's validation split and on the common test split (which

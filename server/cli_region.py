@@ -183,7 +183,8 @@ def overridden(region: RegionConfig, **changes: Any) -> RegionConfig:
 
 
 def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
-    """Per region: devices, rounds, accepted and rejected updates, accuracy, and why."""
+    """Per region: devices, rounds, accepted and rejected updates, accuracy on the region's
+    validation split and on the common test split, and why updates were rejected."""
     table = Table(title=title)
     for col in (
         "region",
@@ -192,6 +193,7 @@ def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
         "accepted",
         "rejected",
         "val acc",
+        "test",
         "rejected because",
     ):
         table.add_column(col, justify="left" if col in ("region", "rejected because") else "right")
@@ -201,6 +203,7 @@ def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
             region, str(s.get("devices", "-")), str(s.get("rounds", "-")),
             str(s.get("accepted", "-")), str(s.get("rejected", "-")),
             f"{s['val_acc']:.3f}" if "val_acc" in s else "-",
+            f"{s['test_acc']:.3f}" if "test_acc" in s else "-",
             "\n".join(f"{k} x{v}" for k, v in reasons.items()) or "-",
         )  # fmt: skip
     return table

@@ -25,7 +25,8 @@ class RegionRow:
     accepted: int = 0
     rejected: int = 0
     train_loss: float | None = None
-    fed_acc: float | None = None
+    fed_acc: float | None = None  # devices' rating of the model of round ``fed_round``
+    fed_round: int | None = None
     val_acc: float | None = None
     status: str = "starting"
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -59,7 +60,8 @@ class RunBoard:
         for row in self.rows.values():
             t.add_row(
                 row.region, f"{row.round}/{row.rounds}", str(row.accepted), str(row.rejected),
-                _fmt(row.train_loss), _fmt(row.fed_acc), _fmt(row.val_acc), row.status,
+                _fmt(row.train_loss), _fmt(row.fed_acc) + _of(row.fed_round), _fmt(row.val_acc),
+                row.status,
             )  # fmt: skip
         return t
 
@@ -77,13 +79,17 @@ class RunBoard:
             row.accepted += event.get("accepted", 0)
             row.rejected += event.get("rejected", 0)
             row.train_loss = event.get("train-loss", row.train_loss)
-            row.fed_acc = event.get("fed-eval-acc", row.fed_acc)
             row.val_acc = event.get("val-acc", row.val_acc)
             row.history.append(
-                {k: event.get(k) for k in ("round", "train-loss", "fed-eval-acc", "val-acc")}
+                {k: event.get(k) for k in ("round", "train-loss", "val-acc", "test-acc")}
             )
             if event.get("note"):
                 row.status = event["note"]
+        elif kind == "evaluated":  # arrives with the next round's updates
+            row.fed_acc, row.fed_round = event.get("fed-eval-acc"), event.get("round")
+            for entry in row.history:
+                if entry.get("round") == row.fed_round:
+                    entry["fed-eval-acc"] = row.fed_acc
         elif kind == "finished":
             row.status = "done"
         if self._live is not None:
@@ -92,6 +98,12 @@ class RunBoard:
             self.console.print(
                 f"[{time.monotonic() - self.t0:5.1f} s] {region}: round {row.round}/{row.rounds} "
                 f"accepted {event.get('accepted', '-')} rejected {event.get('rejected', '-')} "
-                f"train loss {_fmt(row.train_loss)} fed acc {_fmt(row.fed_acc)} "
-                f"val acc {_fmt(row.val_acc)}" + (" (done)" if kind == "finished" else "")
+                f"train loss {_fmt(row.train_loss)} val acc {_fmt(row.val_acc)} "
+                f"fed acc {_fmt(row.fed_acc)}{_of(row.fed_round)}"
+                + (" (done)" if kind == "finished" else "")
             )
+
+
+def _of(server_round: int | None) -> str:
+    """Which round's model a federated accuracy rates (it lags one round behind)."""
+    return "" if server_round is None else f" (r{server_round})"

@@ -179,6 +179,7 @@ class RobustStrategy(FedAvg):
         screen: Screen = structural_screen,
         signer: RoundSigner | None = None,
         on_round_opened: Callable[[int, dict], None] | None = None,
+        on_evaluated: Callable[[int, dict[str, float]], None] | None = None,
         scorer: Scorer | None = None,
         wait_timeout: float = 60.0,
         seed: int = 0,
@@ -197,6 +198,8 @@ class RobustStrategy(FedAvg):
         self.screen = screen
         self.signer = signer
         self.on_round_opened = on_round_opened
+        self.on_evaluated = on_evaluated
+        self._result: Result | None = None
         self.scorer = scorer
         self.wait_timeout = wait_timeout
         self.rounds: list[RoundRecord] = []
@@ -225,16 +228,20 @@ class RobustStrategy(FedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Flower's round loop, pipelined: round r's evaluation goes out with round r+1's
-        training, so a device pulls both in one poll.
+        """Flower's round loop, with federated evaluation folded into training.
 
-        Same steps and hooks as ``Strategy.start`` (configure/aggregate train and evaluate,
-        then ``evaluate_fn``), but Flower's SuperNode sleeps 3 s after every empty pull, and
-        the sequential loop pays that wait twice per round.
+        Same steps and hooks as ``Strategy.start`` (configure/aggregate train, ``evaluate_fn``
+        after every round, one federated evaluation per model), but a device rates the global
+        model it receives for training on its local test split before it trains and returns
+        that with its update: round r's model is rated by round r+1's replies, and only the
+        last model needs an evaluate exchange. Flower's SuperNode sleeps 3 s after every empty
+        pull and a message costs one request per object, so separate evaluate messages would
+        nearly double a round's latency.
         """
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = Result()
+        self._result = result
         if evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
             result.evaluate_metrics_serverapp[0] = res
         arrays = initial_arrays
@@ -248,16 +255,14 @@ class RobustStrategy(FedAvg):
                 arrays = result.arrays = new_arrays
             if train_metrics is not None:
                 result.train_metrics_clientapp[current] = train_metrics
-            batch = list(self.configure_evaluate(current, arrays, evaluate_config, grid))
-            if current < num_rounds:
-                batch += self.configure_train(current + 1, arrays, train_config, grid)
-            received = list(grid.send_and_receive(batch, timeout=timeout))
-            evaluated = [m for m in received if m.metadata.message_type == MessageType.EVALUATE]
-            replies = [m for m in received if m.metadata.message_type == MessageType.TRAIN]
-            if (fed := self.aggregate_evaluate(current, evaluated)) is not None:
-                result.evaluate_metrics_clientapp[current] = fed
             if evaluate_fn is not None and (res := evaluate_fn(current, arrays)) is not None:
                 result.evaluate_metrics_serverapp[current] = res
+            if current < num_rounds:
+                batch = self.configure_train(current + 1, arrays, train_config, grid)
+            else:
+                batch = self.configure_evaluate(current, arrays, evaluate_config, grid)
+            replies = list(grid.send_and_receive(batch, timeout=timeout))
+        self.aggregate_evaluate(num_rounds, replies)
         if not len(result.arrays):
             result.arrays = arrays
         return result
@@ -333,6 +338,11 @@ class RobustStrategy(FedAvg):
                     fate.reason,
                     fate.detail,
                 )
+        self._federated_evaluation(
+            server_round - 1,
+            [next(iter(m.content.metric_records.values())) for _, m in accepted],
+            weight_key="eval-examples",
+        )
         if len(accepted) < self.min_clients:
             record.note = (
                 f"only {len(accepted)} accepted update(s) (< min-clients {self.min_clients}); "
@@ -388,13 +398,41 @@ class RobustStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Weighted federated evaluation, also kept on the round's record."""
-        agg = super().aggregate_evaluate(server_round, replies)
-        if agg is not None and self.rounds and self.rounds[-1].round == server_round:
-            self.rounds[-1].metrics.update(
-                {f"fed-{k}": float(v) for k, v in agg.items() if k != "num-examples"}
-            )
-        return agg
+        """Federated evaluation of the last model, from the final evaluate exchange."""
+        records = []
+        for reply in replies:
+            if reply.metadata.message_type != MessageType.EVALUATE or reply.has_error():
+                continue
+            if len(reply.content.metric_records) == 1:
+                records.append(next(iter(reply.content.metric_records.values())))
+        return self._federated_evaluation(server_round, records, weight_key="num-examples")
+
+    def _federated_evaluation(
+        self, server_round: int, records: list[MetricRecord], weight_key: str
+    ) -> MetricRecord | None:
+        """Example-weighted ``eval-loss``/``eval-acc`` of round ``server_round``'s model;
+        kept on the round's record and reported to ``on_evaluated``."""
+        rated = [
+            (r, float(r[weight_key]))
+            for r in records
+            if all(isinstance(r.get(k), int | float) for k in ("eval-loss", "eval-acc", weight_key))
+            and float(r[weight_key]) > 0
+        ]
+        if not rated:
+            return None
+        total = sum(w for _, w in rated)
+        metrics = {
+            f"fed-{k}": sum(float(r[k]) * w for r, w in rated) / total
+            for k in ("eval-loss", "eval-acc")
+        }
+        metrics["fed-eval-devices"] = float(len(rated))
+        if (record := self.record_for(server_round)) is not None:
+            record.metrics.update(metrics)
+        if self._result is not None:
+            self._result.evaluate_metrics_clientapp[server_round] = MetricRecord(metrics)
+        if self.on_evaluated is not None:
+            self.on_evaluated(server_round, metrics)
+        return MetricRecord(metrics)
 
     def record_for(self, server_round: int) -> RoundRecord | None:
         for rec in reversed(self.rounds):

@@ -4,8 +4,10 @@ One region, ten SuperNodes: six honest devices, two model-poisoning attackers, o
 device and one that signs with a key other than its enrolled one. Run 1 trains with all of
 them; then the operator revokes the two attackers and run 2 trains again ("clean": only the
 six honest devices get through). Signing must reject exactly the bad envelopes, every round
-must still complete, and the robust default must keep the attacked model within 3 points of
-the clean one.
+must still complete, and the region's rule must keep the attacked model within 3 points of
+the clean one. The rule is ``zeno``: with ten small, label-skewed shards a sign-flipped update
+is as typical as an honest one, and only the server's validation data tells them apart (the
+distance-based default ensemble ends 23 points below clean here; see the robustness notes).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.integration
 HONEST = [0, 1, 2, 3, 4, 5]
 ATTACKERS = {6: "ipm-100", 7: "sign-flip"}
 REVOKED, WRONG_KEY = 8, 9
-ROUNDS = 6
+ROUNDS = 10
 
 cli._register()
 
@@ -42,6 +44,7 @@ def fedgate(*args: object) -> str:
 def region(local_topology):
     toml = region_toml(
         "eu", free_port_block(24), rounds=ROUNDS, clients_per_round=10, min_clients=6, f=2,
+        aggregator="zeno",
         nodes=["phone", "pi"] * 5,
         attacks={**{str(k): v for k, v in ATTACKERS.items()}, str(WRONG_KEY): "wrong-key"},
         revoked=[REVOKED],
@@ -100,10 +103,11 @@ def test_defended_model_stays_within_three_points_of_clean(region, attacked) -> 
     clean_done, rounds = _run(home, fed)
     for r in rounds:
         assert r["accepted"] == len(HONEST), r
-    assert clean_done["val_acc"] > 0.8, clean_done
-    assert abs(attacked_done["val_acc"] - clean_done["val_acc"]) <= 0.03, (
-        attacked_done["val_acc"],
-        clean_done["val_acc"],
+    # Accuracy on the common test split (360 digits no region trains or validates on).
+    assert clean_done["test_acc"] > 0.8, clean_done
+    assert abs(attacked_done["test_acc"] - clean_done["test_acc"]) <= 0.03, (
+        attacked_done["test_acc"],
+        clean_done["test_acc"],
     )
     store = Store(open_readonly(resolve_url(None, home, "eu")))
     assert [run.status for run in store.runs()] == ["finished", "finished"]

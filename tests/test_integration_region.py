@@ -33,7 +33,12 @@ def test_two_rounds_on_real_superlink_and_supernodes(local_topology) -> None:
     initial = next(e for e in events if e["kind"] == "initial")["val-acc"]
     assert initial < 0.25  # an untrained model: chance level on 10 classes
     assert done["val_acc"] > 0.5, done  # clearly above chance after two rounds
-    assert rounds[-1]["fed-eval-acc"] > 0.4
+    # Federated evaluation: every model rated by the devices, the last by an evaluate exchange.
+    rated = {e["round"]: e for e in events if e["kind"] == "evaluated"}
+    assert sorted(rated) == [0, 1, 2], rated
+    assert rated[0]["fed-eval-acc"] < 0.3 and rated[2]["fed-eval-acc"] > 0.4, rated
+    assert all(e["fed-eval-devices"] == 3 for e in rated.values()), rated
+    assert done["test_acc"] > 0.5, done
     summary = json.loads((sub.out_dir / "summary.json").read_text())
     assert summary["devices"] == 3 and summary["rounds"] == 2
     assert (sub.out_dir / "model.safetensors").stat().st_size > 0

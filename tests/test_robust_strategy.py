@@ -1,25 +1,27 @@
-"""The region strategy hands its server-side scorer to the validated ensemble each round."""
+"""The region strategy: the ensemble's server-side scorer, and federated evaluation folded
+into the training replies."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
 
 from fedgate.strategies.aggregators import make_aggregator
-from fedgate.strategies.robust_strategy import RobustStrategy
+from fedgate.strategies.robust_strategy import RobustStrategy, RoundRecord
 
 
-def _reply(node: int, value: float) -> Message:
+def _reply(node: int, value: float, **metrics: float) -> Message:
     meta = Metadata(
         run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
         reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
         message_type="train",
     )  # fmt: skip
     arrays = ArrayRecord({"w": Array(np.full(4, value, np.float32))})
-    metrics = MetricRecord({"train-loss": 1.0, "num-examples": 10})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), metadata=meta)
+    record = MetricRecord({"train-loss": 1.0, "num-examples": 10, **metrics})
+    return Message(RecordDict({"arrays": arrays, "metrics": record}), metadata=meta)
 
 
 def _round(scorer) -> tuple[RobustStrategy, ArrayRecord]:
@@ -58,3 +60,38 @@ def test_without_a_scorer_the_ensemble_says_it_used_its_fallback() -> None:
     strategy, arrays = _round(None)
     np.testing.assert_allclose(arrays["w"].numpy(), 1.0)  # fallback: the last member
     assert "no scorer set" in strategy.rounds[-1].note
+
+
+def test_training_replies_rate_the_previous_model_weighted_by_their_examples() -> None:
+    reported: list[tuple[int, dict]] = []
+    strategy = RobustStrategy(
+        make_aggregator("mean", 0), clients_per_round=3, min_clients=2,
+        on_evaluated=lambda r, m: reported.append((r, m)),
+    )  # fmt: skip
+    strategy._current = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+    strategy.rounds.append(RoundRecord(round=1, sampled=3))  # round 1's record, already kept
+    replies = [
+        _reply(1, 1.0, **{"eval-loss": 1.0, "eval-acc": 0.5, "eval-examples": 30}),
+        _reply(2, 1.0, **{"eval-loss": 2.0, "eval-acc": 0.9, "eval-examples": 10}),
+        _reply(3, 1.0),  # a device that sent no rating is left out, not counted as zero
+    ]
+    strategy.aggregate_train(2, replies)
+    assert [r for r, _ in reported] == [1]
+    metrics = reported[0][1]
+    assert metrics["fed-eval-acc"] == pytest.approx(0.6)  # (0.5*30 + 0.9*10) / 40
+    assert metrics["fed-eval-loss"] == pytest.approx(1.25)
+    assert metrics["fed-eval-devices"] == 2
+    assert strategy.record_for(1).metrics["fed-eval-acc"] == pytest.approx(0.6)
+
+
+def test_rejected_updates_do_not_rate_the_model() -> None:
+    reported: list[tuple[int, dict]] = []
+    strategy = RobustStrategy(
+        make_aggregator("mean", 0), clients_per_round=2, min_clients=1,
+        on_evaluated=lambda r, m: reported.append((r, m)),
+    )  # fmt: skip
+    strategy._current = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+    bad = _reply(2, float("nan"), **{"eval-loss": 0.0, "eval-acc": 1.0, "eval-examples": 99})
+    good = _reply(1, 1.0, **{"eval-loss": 1.0, "eval-acc": 0.4, "eval-examples": 5})
+    strategy.aggregate_train(1, [good, bad])
+    assert reported == [(0, {"fed-eval-loss": 1.0, "fed-eval-acc": 0.4, "fed-eval-devices": 1.0})]
