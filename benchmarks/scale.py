@@ -121,37 +121,20 @@ def write_client_data(home: Path, fed: FederationConfig, clients: int, examples:
 def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> None:
     """Child process: the region's ServerApp and ``clients`` virtual devices, each device
     ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.simulation.simulate``)."""
-    from flwr.app import Context, Message
-    from flwr.clientapp import ClientApp
+    from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedgate.clients import app as real
-    from fedgate.clients.device import NODE_CONFIG_KEY
     from fedgate.server.app import run_region
-    from fedgate.server.local_devices import device_dir
+    from fedgate.server.simulation import virtual_client_app
 
     home, region = Path(config["home"]), str(config["region"])
-    server_app, client_app = ServerApp(), ClientApp()
+    server_app = ServerApp()
+    client_app = virtual_client_app(home, region, data_root)
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run_region(grid, config, context.run_id)
-
-    def as_device(context: Context) -> Context:
-        pid = int(context.node_config["partition-id"])
-        context.node_config[NODE_CONFIG_KEY] = str(device_dir(home, region, pid, "sim"))
-        context.node_config["profile"] = "phone" if pid % 2 == 0 else "pi"
-        context.node_config["data-dir"] = str(data_root / str(pid))
-        return context
-
-    @client_app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        return real.train(msg, as_device(context))
-
-    @client_app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        return real.evaluate_local(msg, as_device(context))
 
     run_simulation(
         server_app=server_app,

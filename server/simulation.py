@@ -23,8 +23,9 @@ from fedgate.server.runner import Submission, run_config
 from fedgate.server.topology import region_dir
 
 
-def _virtual_client_app(home: Path, region: str):
-    """fedgate's ClientApp, each virtual device acting as its enrolled ``sim-<i>`` device."""
+def virtual_client_app(home: Path, region: str, data_root: Path | None = None):
+    """fedgate's ClientApp, each virtual device acting as its enrolled ``sim-<i>`` device
+    (with ``data_root``: reading its own ``.npz`` data from ``data_root/<i>``)."""
     from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
@@ -38,6 +39,8 @@ def _virtual_client_app(home: Path, region: str):
         pid = int(context.node_config["partition-id"])
         context.node_config[NODE_CONFIG_KEY] = str(device_dir(home, region, pid, "sim"))
         context.node_config.setdefault("profile", "phone" if pid % 2 == 0 else "pi")
+        if data_root is not None:
+            context.node_config["data-dir"] = str(data_root / str(pid))
         return context
 
     @client_app.train()
@@ -65,7 +68,7 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     def _main(grid: Grid, context: Context) -> None:
         run_region(grid, config, context.run_id)
 
-    client_app = _virtual_client_app(Path(config["home"]), str(config["region"]))
+    client_app = virtual_client_app(Path(config["home"]), str(config["region"]))
 
     run_simulation(
         server_app=server_app,
