@@ -17,7 +17,6 @@ address, never through the device-facing proxy (which refuses every Control rout
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgate.crypto import sha256_hex
+from fedgate.server.pki import write_atomic
 
 if TYPE_CHECKING:
     from flwr.supercore.control import ControlHttpClient
@@ -91,19 +91,6 @@ def public_key_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
 def load_node_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load a node key exactly as ``flower-supernode`` does (OpenSSH format, NIST curve)."""
     try:
@@ -156,7 +143,7 @@ def ensure_node_key(directory: Path, *, force: bool = False, comment: str = "") 
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    _write_private(node.private_path, pem)
+    write_atomic(node.private_path, pem, 0o600)
     node.public_path.write_bytes(_ssh_public_line(key, comment))
     return node
 

@@ -138,7 +138,7 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     )
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Atomically write ``data`` to ``path`` with ``mode`` (set before any byte is written)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -367,8 +367,8 @@ def ensure_region_pki(
     created_ca = force or not (tls.ca_cert.exists() or tls.ca_key.exists())
     if created_ca:
         ca_key, ca_cert = make_ca(region, now, ca_days)
-        _write(tls.ca_key, _key_pem(ca_key), 0o600)
-        _write(tls.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(tls.ca_key, _key_pem(ca_key), 0o600)
+        write_atomic(tls.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     else:
         ca_key, ca_cert = load_ca(tls, now)
 
@@ -384,8 +384,8 @@ def ensure_region_pki(
         reason = "new CA"
     if reason:
         key, cert = make_server_cert(region, names, ca_key, ca_cert, now, server_days)
-        _write(tls.server_key, _key_pem(key), 0o600)
-        _write(tls.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(tls.server_key, _key_pem(key), 0o600)
+        write_atomic(tls.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     else:
         cert = _load_cert(tls.server_cert)
         names = certificate_names(cert)
