@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,9 +44,14 @@ import numpy as np
 
 from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
 from fedgate.server.local_devices import enroll_region_devices
-from fedgate.server.processes import ProcessTable, flower_env, free_port_block
-from fedgate.server.runner import RunFailedError, Submission, follow, run_config, submit
-from fedgate.server.simulation import sim_profiles, submit_simulation
+from fedgate.server.processes import ProcessTable, free_port_block
+from fedgate.server.runner import RunFailedError, Submission, follow, submit
+from fedgate.server.simulation import (
+    sim_profiles,
+    start_simulation,
+    submit_simulation,
+    write_run_config,
+)
 from fedgate.server.topology import down, region_dir, up
 from fedgate.strategies.rules import REGION_DEFAULT
 
@@ -155,17 +159,10 @@ def submit_fixed(
     out_dir.mkdir(parents=True)
     enroll_region_devices(home, region, sim_profiles(clients), kind="sim")
     data_root = write_client_data(home, fed, clients, examples)
-    config = run_config(fed, region, home, out_dir.resolve())
-    (out_dir / "run-config.json").write_text(json.dumps(config, indent=2))
-    log = out_dir / "simulation.log"
-    cmd = [sys.executable, __file__, "--child", str(out_dir / "run-config.json"),
-           "--child-clients", str(clients), "--child-data", str(data_root)]  # fmt: skip
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=flower_env({"RAY_DEDUP_LOGS": "0"}), cwd=out_dir, start_new_session=True,
-        )  # fmt: skip
-    return Submission(region.name, Path(home), out_dir, log, proc)
+    config_path = write_run_config(fed, region, home, out_dir)
+    child = [__file__, "--child", str(config_path), "--child-clients", str(clients),
+             "--child-data", str(data_root)]  # fmt: skip
+    return start_simulation(region, home, out_dir, child)
 
 
 # -- measuring ---------------------------------------------------------------------------------

@@ -97,17 +97,32 @@ def submit_simulation(
     )
     out_dir.mkdir(parents=True)
     enroll_region_devices(home, region, sim_profiles(num_supernodes), kind="sim")
-    config = run_config(fed, region, home, out_dir.resolve())
-    (out_dir / "run-config.json").write_text(json.dumps(config, indent=2))
+    config_path = write_run_config(fed, region, home, out_dir)
+    child = ["-m", "fedgate.server.simulation", "--config", str(config_path),
+             "--num-supernodes", str(num_supernodes)]  # fmt: skip
+    return start_simulation(region, home, out_dir, child)
+
+
+def write_run_config(
+    fed: FederationConfig, region: RegionConfig, home: Path, out_dir: Path
+) -> Path:
+    """The run config a simulated run's child process reads, as ``out_dir/run-config.json``."""
+    path = out_dir / "run-config.json"
+    path.write_text(json.dumps(run_config(fed, region, home, out_dir.resolve()), indent=2))
+    return path
+
+
+def start_simulation(
+    region: RegionConfig, home: Path, out_dir: Path, child_args: list[str]
+) -> Submission:
+    """Run ``python <child_args>`` (a simulation) in its own session, logging to
+    ``out_dir/simulation.log``; ``follow`` tracks it like any run."""
     log = out_dir / "simulation.log"
-    cmd = [
-        sys.executable, "-m", "fedgate.server.simulation",
-        "--config", str(out_dir / "run-config.json"), "--num-supernodes", str(num_supernodes),
-    ]  # fmt: skip
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=flower_env({"RAY_DEDUP_LOGS": "0"}), cwd=out_dir, start_new_session=True,
+            [sys.executable, *child_args], stdout=fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=flower_env({"RAY_DEDUP_LOGS": "0"}), cwd=out_dir,
+            start_new_session=True,
         )  # fmt: skip
     return Submission(region.name, Path(home), out_dir, log, proc)
 
