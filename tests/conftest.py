@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fedgate.server.db.pgcluster import PgCluster, PgClusterError
 
+if TYPE_CHECKING:
+    from flwr.app import Message, RecordDict
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
+
+def running_pg_cluster() -> Iterator[PgCluster]:
+    """A started throwaway cluster, stopped afterwards; missing binaries fail the test."""
     try:
         cluster = PgCluster(fast=True).start()
     except PgClusterError as exc:
@@ -26,6 +30,11 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    yield from running_pg_cluster()
 
 
 @pytest.fixture
@@ -40,6 +49,42 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fedgate.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# -- helpers shared by test modules --------------------------------------------------------
+
+
+def train_reply(node: int, content: RecordDict) -> Message:
+    """A Flower train reply from ``node`` carrying ``content`` (a ``RecordDict``), as the
+    region strategy receives it."""
+    import time
+
+    from flwr.app import Message, Metadata
+
+    meta = Metadata(
+        run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
+        reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
+        message_type="train",
+    )  # fmt: skip
+    return Message(content, metadata=meta)
+
+
+_CLI_READY = False
+
+
+def fedgate_cli(*args: object) -> str:
+    """Run a ``fedgate`` verb in-process and return its output; fail on a non-zero exit."""
+    global _CLI_READY
+    from typer.testing import CliRunner
+
+    from fedgate import cli
+
+    if not _CLI_READY:
+        cli._register()
+        _CLI_READY = True
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 # -- real local topologies (SuperLink + SuperNodes on loopback) ------------------------------

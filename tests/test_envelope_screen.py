@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from conftest import train_reply as reply
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedgate.crypto import fingerprint, generate_key, public_bytes
 from fedgate.server.enrollment import region_registry
@@ -18,21 +18,6 @@ from fedgate.strategies.envelope import Reason, sign_update, signature_screen
 from fedgate.strategies.robust_strategy import RobustStrategy, structural_screen
 
 RUN = "run-42"
-
-
-def reply(node: int, content: RecordDict) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type="train",
-    )
-    return Message(content, metadata=meta)
 
 
 def model(value: float) -> ArrayRecord:

@@ -14,12 +14,12 @@ The registry here is a plain dict (``DeviceLookup``), independent of the region 
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from conftest import train_reply
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -319,19 +319,8 @@ def test_every_envelope_counts_once_and_only_in_its_round(rounds: list) -> None:
 
 
 def _reply(node: int, arrays: ArrayRecord, envelope: Any) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type="train",
-    )
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(METRICS), "envelope": envelope})
-    return Message(content, metadata=meta)
+    return train_reply(node, content)
 
 
 def test_a_payload_that_lies_about_its_shape_is_rejected_before_aggregation() -> None:

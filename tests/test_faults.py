@@ -30,16 +30,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import region_toml
-from typer.testing import CliRunner
+from conftest import fedgate_cli as fedgate
+from conftest import region_toml, running_pg_cluster
 
-from fedgate import cli
 from fedgate.clients.identity import read_enrollment
 from fedgate.crypto import generate_key
 from fedgate.server.audit import AuditLog, verify_database
 from fedgate.server.db import DatabaseError, Store, open_readonly, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
-from fedgate.server.db.pgcluster import PgCluster, PgClusterError
 from fedgate.server.local_devices import device_dir
 from fedgate.server.node_auth import list_nodes
 from fedgate.server.processes import ManagedProcess, ProcessTable, alive, free_port_block, port_open
@@ -51,14 +49,6 @@ pytestmark = pytest.mark.integration
 
 ROUND_TIMEOUT = 10.0  # s: a healthy exchange takes 2-6 s here (SuperNodes poll every 3 s)
 HEARTBEAT_PATIENCE = 2 * 30.0  # s: Flower 1.41 marks a silent SuperNode offline after this
-
-cli._register()
-
-
-def fedgate(*args: object) -> str:
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 # -- the topology and its processes -----------------------------------------------------------
@@ -272,14 +262,7 @@ def test_status_reports_the_killed_supernode(region, killed) -> None:
 @pytest.fixture(scope="module")
 def pg_own():
     """A cluster of this module's own: the tests stop and restart it."""
-    try:
-        cluster = PgCluster(fast=True).start()
-    except PgClusterError as exc:
-        pytest.fail(f"PostgreSQL is required for these tests: {exc}", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running_pg_cluster()
 
 
 def round_record(node: int = 7) -> dict:

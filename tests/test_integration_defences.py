@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import fedgate_cli as fedgate
 from conftest import region_toml
-from typer.testing import CliRunner
 
-from fedgate import cli
 from fedgate.server.db import Store, open_readonly, resolve_url
 from fedgate.server.local_devices import device_dir
 from fedgate.server.processes import free_port_block
@@ -30,14 +29,6 @@ HONEST = [0, 1, 2, 3, 4, 5]
 ATTACKERS = {6: "ipm-100", 7: "sign-flip"}
 REVOKED, WRONG_KEY = 8, 9
 ROUNDS = 10
-
-cli._register()
-
-
-def fedgate(*args: object) -> str:
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,19 @@ into the training replies."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from conftest import train_reply
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedgate.strategies.aggregators import make_aggregator
 from fedgate.strategies.robust_strategy import RobustStrategy, RoundRecord
 
 
 def _reply(node: int, value: float, **metrics: float) -> Message:
-    meta = Metadata(
-        run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
-        reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
-        message_type="train",
-    )  # fmt: skip
     arrays = ArrayRecord({"w": Array(np.full(4, value, np.float32))})
     record = MetricRecord({"train-loss": 1.0, "num-examples": 10, **metrics})
-    return Message(RecordDict({"arrays": arrays, "metrics": record}), metadata=meta)
+    return train_reply(node, RecordDict({"arrays": arrays, "metrics": record}))
 
 
 def _round(scorer) -> tuple[RobustStrategy, ArrayRecord]:
