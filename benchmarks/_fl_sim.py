@@ -249,10 +249,11 @@ class Server:
     root: Dataset
     root_delta: np.ndarray  # the server's own training update on ``root`` (FLTrust)
 
-    def loss(self, weights: np.ndarray) -> float:
-        """Cross-entropy of the flat MLP ``weights`` on the root data."""
+    def losses(self, weights: np.ndarray) -> np.ndarray:
+        """Per-example cross-entropy of the flat MLP ``weights`` on the root data (the region
+        server's scorer: ``fedgate.models.train.example_losses`` on its validation split)."""
         w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)[None, :])
-        return float(batched_loss(w, self.root)[0])
+        return batched_loss(w, self.root, reduction="none")[0].numpy().astype(np.float64)
 
 
 # An aggregation step: (deltas (n, d) float32, global weights (d,), example counts (n,),
@@ -283,7 +284,7 @@ def fedgate_step(name: str, pre: str | None = None, **params) -> Callable[[Setti
             if hasattr(agg, "set_reference"):
                 agg.set_reference(server.root_delta)  # FLTrust: the server's root update
             if hasattr(agg, "set_scorer"):
-                agg.set_scorer(lambda delta: server.loss(glob + delta))
+                agg.set_scorer(lambda delta: server.losses(glob + delta))
             return glob + np.asarray(agg(deltas, counts).vector, dtype=np.float32)
 
         return step
@@ -491,8 +492,9 @@ def run_group(
     return results
 
 
-def batched_loss(weights: torch.Tensor, data: Dataset) -> torch.Tensor:
-    """Mean cross-entropy (R,) of R flat MLP weight vectors on ``data``."""
+def batched_loss(weights: torch.Tensor, data: Dataset, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of R flat MLP weight vectors on ``data``: (R,) means, or (R, m) per
+    example with ``reduction="none"``."""
     w1, b1, w2, b2 = (
         p.reshape(-1, *s)
         for p, s in zip(
@@ -503,7 +505,9 @@ def batched_loss(weights: torch.Tensor, data: Dataset) -> torch.Tensor:
     h = torch.relu(torch.matmul(xt, w1.transpose(-1, -2)) + b1.unsqueeze(-2))
     logits = torch.matmul(h, w2.transpose(-1, -2)) + b2.unsqueeze(-2)
     y = torch.from_numpy(data.y)
-    return torch.stack([torch.nn.functional.cross_entropy(lg, y) for lg in logits])
+    return torch.stack(
+        [torch.nn.functional.cross_entropy(lg, y, reduction=reduction) for lg in logits]
+    )
 
 
 def _accuracy(glob: np.ndarray, test: Dataset) -> np.ndarray:

@@ -78,6 +78,17 @@ def evaluate(model: nn.Module, data: Dataset) -> EvalStats:
     return EvalStats(loss=loss, accuracy=acc, num_examples=len(data))
 
 
+def example_losses(model: nn.Module, data: Dataset) -> np.ndarray:
+    """Per-example cross-entropy of ``model`` on ``data`` (float64, one entry per example)."""
+    if len(data) == 0:
+        raise ValueError("no evaluation examples")
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.x))
+        losses = nn.functional.cross_entropy(logits, torch.from_numpy(data.y), reduction="none")
+    return losses.numpy().astype(np.float64)
+
+
 def flatten(weights: list[np.ndarray]) -> np.ndarray:
     """Concatenate arrays into one float32 vector (the aggregators' view of a model)."""
     return np.concatenate([np.asarray(w, dtype=np.float32).ravel() for w in weights])

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import add_exit_handler
 
 from fedgate.models.data import common_test_split, region_validation
 from fedgate.models.nets import build_model
-from fedgate.models.train import evaluate
+from fedgate.models.train import evaluate, example_losses
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.db import BlobStore, Store, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
@@ -197,12 +198,12 @@ def _train(
     validation, test = region_validation(region, regions, seed), common_test_split(seed)
     model = build_model(model_id, seed=seed)
 
-    def validation_loss(arrays: ArrayRecord) -> float:
-        """The ensemble's scorer: a candidate model's loss on the region's validation split."""
+    def validation_losses(arrays: ArrayRecord) -> np.ndarray:
+        """The aggregators' scorer: a candidate model's loss on each validation example."""
         model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate(model, validation).loss
+        return example_losses(model, validation)
 
-    strategy = build_strategy(cfg, run_id, store, registry, validation_loss, progress)
+    strategy = build_strategy(cfg, run_id, store, registry, validation_losses, progress)
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate on the region's validation split and on the common test split (which

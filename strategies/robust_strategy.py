@@ -97,8 +97,9 @@ class NotEnoughNodesError(RuntimeError):
 
 
 Screen = Callable[[Message, int, ArrayRecord], ClientFate]
-Scorer = Callable[[ArrayRecord], float]
-"""The server's loss of a candidate global model on its own held-out data (lower is better)."""
+Scorer = Callable[[ArrayRecord], "float | np.ndarray"]
+"""The server's loss of a candidate global model on its own held-out data (lower is better):
+one number, or one loss per held-out example (the ensemble then tests its choice's margin)."""
 
 
 def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:

@@ -10,7 +10,8 @@ Updates are deltas (new local weights minus the global weights); inputs are assu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +19,19 @@ import numpy as np
 
 Updates = np.ndarray | Sequence[np.ndarray]
 """An ``(n, d)`` array, or per-layer arrays ``(n, *shape_l)`` sharing the client axis ``n``."""
+
+
+Scorer = Callable[[np.ndarray], "float | np.ndarray"]
+"""The server's judge of a candidate delta: the loss of ``global + delta`` on its own
+validation data, one number or one loss per validation example (lower is better)."""
+
+
+def loss_summary(losses: float | np.ndarray) -> tuple[float, np.ndarray]:
+    """A scorer's answer as (mean loss, per-example losses); non-finite means ``inf``."""
+    per = np.atleast_1d(np.asarray(losses, dtype=np.float64)).ravel()
+    if per.size == 0 or not np.all(np.isfinite(per)):
+        return math.inf, per
+    return float(per.mean()), per
 
 
 class AggregatorConfigError(ValueError):

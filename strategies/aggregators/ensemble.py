@@ -2,27 +2,35 @@
 
 Under strong label skew no single rule is best against every attack: centered clipping keeps
 FedAvg's clean accuracy and shrugs off in-distribution attacks (IPM-0.1, ALIE, Min-Max/Sum)
-but a few sign-flipped or hugely scaled updates still drag it, while nearest-neighbour mixing
-in front of it stops those at a clean-accuracy cost, because it also pulls honest outliers
-(the clients holding a rare class) towards the crowd. Each round the ensemble computes every
-member's aggregate and keeps the one whose model has the lowest loss on the server's own
-held-out data (``scorer``), in the spirit of Zeno (Xie et al., ICML 2019), which scores
-*updates* on server data; here only whole robust aggregates compete, so every output is one
-robust rule's, and the server data only chooses among them.
+but a few sign-flipped or hugely scaled updates still drag it; nearest-neighbour mixing in
+front of it stops those at a clean-accuracy cost, because it also pulls honest outliers (the
+clients holding a rare class) towards the crowd; and with few devices holding tiny skewed
+shards a sign-flipped update is as typical as an honest one, so only Zeno (which judges each
+update by what it does to the server's data) tells them apart. Each round the ensemble
+computes every member's aggregate and keeps the one whose model has the lowest loss on the
+server's own held-out data (``scorer``); every output is one robust rule's, and the server
+data only chooses among them.
 
-The server must supply ``scorer(delta) -> loss`` (lower is better: the loss of
-``global + delta`` on its validation data): ``set_scorer(fn)`` before an aggregation (used
-once, like FLTrust's reference), or ``scorer_fn`` at construction (used every time). Without
-one the ensemble uses its ``fallback`` member (default: the last, most robust one) and says so
-in the result's ``note``. Stateful members (centered clipping) are re-centred on the chosen
-aggregate after every round, so all of them follow the model the server actually applies.
-Diagnostics are the chosen member's; ``note`` names the choice and every member's loss.
+Members that pick updates with the server's data themselves (Zeno, ``zeno+<rule>``) are
+judged on the data they were fitted to, so their aggregate looks better than it is. Such a
+member replaces the best of the others only when its per-example validation loss is lower by
+more than ``confidence`` standard errors of the paired difference; a mere fit to the noise of
+a small validation split (dropping honest rare-class devices in a clean round) does not pass.
+
+The server supplies ``scorer(delta)``: the loss of ``global + delta`` on its validation data,
+as one number or (better) one loss per validation example, lower is better. Give it with
+``set_scorer(fn)`` before an aggregation (used once, like FLTrust's reference) or
+``scorer_fn`` at construction (used every time). A scalar scorer gives no noise estimate, so
+its values are compared as they are. Without a scorer the ensemble runs only its ``fallback``
+member (default: the last member that needs no scorer) and says so in the result's ``note``.
+Stateful members (centered clipping) are re-centred on the chosen aggregate after every
+round, so all of them follow the model the server actually applies. Diagnostics are the
+chosen member's; ``note`` names the choice and every member's loss.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -32,13 +40,13 @@ from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
     AggregatorConfigError,
+    Scorer,
     Updates,
     as_float_matrix,
+    loss_summary,
     require_f,
 )
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
-
-Scorer = Callable[[np.ndarray], float]
 
 
 def parse_member(spec: str) -> tuple[str | None, str]:
@@ -47,13 +55,43 @@ def parse_member(spec: str) -> tuple[str | None, str]:
     return (pre or None), name
 
 
+def beats(challenger: np.ndarray, incumbent: np.ndarray, confidence: float) -> bool:
+    """Whether per-example losses ``challenger`` are lower than ``incumbent``'s by more than
+    ``confidence`` standard errors of the paired difference (scalars: plainly lower)."""
+    c_mean, c = loss_summary(challenger)
+    i_mean, i = loss_summary(incumbent)
+    if not math.isfinite(c_mean):
+        return False
+    if not math.isfinite(i_mean):
+        return True
+    if c.size != i.size or c.size < 2:
+        return c_mean < i_mean
+    diff = i - c
+    se = float(diff.std(ddof=1)) / math.sqrt(diff.size)
+    return float(diff.mean()) > confidence * se
+
+
+def choose(losses: list[np.ndarray], judged: list[bool], confidence: float) -> int:
+    """Index of the member to keep: the lowest mean loss among the members not ``judged``
+    (ties: the earlier), replaced by a judged member only when it :func:`beats` the choice."""
+    means = [loss_summary(loss)[0] for loss in losses]
+    plain = [i for i, j in enumerate(judged) if not j]
+    pool = plain or list(range(len(losses)))
+    best = min(pool, key=lambda i: (means[i], i))
+    for i, is_judged in enumerate(judged):
+        if is_judged and plain and beats(losses[i], losses[best], confidence):
+            best = i
+    return best
+
+
 @dataclass
 class Ensemble:
     """Per round, the member aggregate with the lowest server-side loss (see module doc)."""
 
     f: int = 0
-    members: tuple[str, ...] = ("cc", "nnm+cc")
-    fallback: int = -1
+    members: tuple[str, ...] = ("cc", "nnm+cc", "zeno")
+    fallback: int | None = None
+    confidence: float = 2.0
     scorer_fn: Scorer | None = field(default=None, repr=False)
     name: ClassVar[str] = "ensemble"
 
@@ -66,21 +104,44 @@ class Ensemble:
             raise AggregatorConfigError(f"{self.name}: needs at least one member rule")
         if any(parse_member(m)[1] == self.name for m in self.members):
             raise AggregatorConfigError(f"{self.name}: members cannot be ensembles")
-        if not -len(self.members) <= self.fallback < len(self.members):
+        if not (math.isfinite(self.confidence) and self.confidence >= 0):
             raise AggregatorConfigError(
-                f"{self.name}: fallback={self.fallback} is not a member index"
+                f"{self.name}: confidence must be >= 0, got {self.confidence}"
             )
         self.rules: list[Aggregator] = []
         for spec in self.members:
             pre, name = parse_member(spec)
             self.rules.append(make_aggregator(name, self.f, pre=pre))
+        self.judged = [hasattr(rule, "set_scorer") for rule in self.rules]
+        self.fallback = self._fallback_index()
         self._scorer: Scorer | None = None
         self.last_choice: str = ""
         self.last_scores: tuple[float, ...] = ()
 
+    def _fallback_index(self) -> int:
+        unjudged = [i for i, j in enumerate(self.judged) if not j]
+        if self.fallback is None:
+            if not unjudged:
+                raise AggregatorConfigError(
+                    f"{self.name}: every member needs the server's scorer; add one that does "
+                    "not (e.g. cc) to fall back on"
+                )
+            return unjudged[-1]
+        if not -len(self.members) <= self.fallback < len(self.members):
+            raise AggregatorConfigError(
+                f"{self.name}: fallback={self.fallback} is not a member index"
+            )
+        k = self.fallback % len(self.members)
+        if self.judged[k]:
+            raise AggregatorConfigError(
+                f"{self.name}: fallback member {self.members[k]} needs the server's scorer, "
+                "which is what the fallback is for"
+            )
+        return k
+
     def set_scorer(self, fn: Scorer) -> None:
-        """``fn(delta)``: the loss of the current global model plus ``delta`` on server data,
-        for the next aggregation only."""
+        """``fn(delta)``: the loss of the current global model plus ``delta`` on server data
+        (per validation example, or one number), for the next aggregation only."""
         self._scorer = fn
 
     def set_reference(self, vector: np.ndarray) -> None:
@@ -98,22 +159,23 @@ class Ensemble:
         x = as_float_matrix(updates)
         self.check(len(x))
         scorer, self._scorer = self._scorer or self.scorer_fn, None
-        for rule in self.rules:  # members that judge by server data (Zeno) share the scorer
-            if scorer is not None and hasattr(rule, "set_scorer"):
-                rule.set_scorer(scorer)
-        with gram_cache():
-            results = [rule(x, weights) for rule in self.rules]
         if scorer is None:
-            k = self.fallback % len(self.rules)
+            k = self.fallback
+            chosen = self.rules[k](x, weights)
             scores: tuple[float, ...] = ()
             note = f"{self.name}: no scorer set, used fallback {self.members[k]}"
         else:
-            scores = tuple(float(scorer(r.vector)) for r in results)
-            finite = [s if math.isfinite(s) else math.inf for s in scores]
-            k = int(np.argmin(finite))  # ties: the earlier member
+            for rule in self.rules:  # members that judge by server data (Zeno) share it
+                if hasattr(rule, "set_scorer"):
+                    rule.set_scorer(scorer)
+            with gram_cache():
+                results = [rule(x, weights) for rule in self.rules]
+            losses = [np.asarray(scorer(r.vector), dtype=np.float64) for r in results]
+            k = choose(losses, self.judged, self.confidence)
+            chosen = results[k]
+            scores = tuple(loss_summary(loss)[0] for loss in losses)
             listed = ", ".join(f"{m} {s:.4g}" for m, s in zip(self.members, scores, strict=True))
             note = f"{self.name}: chose {self.members[k]} (server loss: {listed})"
-        chosen = results[k]
         for rule in self.rules:
             if hasattr(rule, "center"):  # follow the model the server applies
                 rule.center = np.array(chosen.vector, copy=True)

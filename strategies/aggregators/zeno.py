@@ -19,7 +19,6 @@ aggregate's coefficients.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -29,8 +28,10 @@ from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
     AggregatorConfigError,
+    Scorer,
     Updates,
     as_float_matrix,
+    loss_summary,
     make_diagnostics,
     normalized_weights,
     require_clients,
@@ -39,19 +40,17 @@ from fedgate.strategies.aggregators.base import (
 )
 from fedgate.strategies.aggregators.linalg import combine, serial_blas
 
-Scorer = Callable[[np.ndarray], float]
-
 
 def descent_scores(
     updates: np.ndarray, scorer: Scorer, step: float = 1.0, rho: float = 0.0
 ) -> tuple[np.ndarray, float]:
     """Per update, ``loss(0) - loss(step x_i) - rho step^2 ||x_i||^2`` (non-finite losses
     score ``-inf``); also the loss of the unchanged model."""
-    before = float(scorer(np.zeros(updates.shape[1], dtype=updates.dtype)))
+    before = loss_summary(scorer(np.zeros(updates.shape[1], dtype=updates.dtype)))[0]
     norms = np.einsum("ij,ij->i", updates, updates, dtype=np.float64) * step * step
     scores = np.empty(len(updates))
     for i, row in enumerate(updates):
-        loss = float(scorer(step * row))
+        loss = loss_summary(scorer(step * row))[0]
         scores[i] = before - loss - rho * norms[i] if np.isfinite(loss) else -np.inf
     return scores, before
 
@@ -61,7 +60,7 @@ class Zeno:
     """Average of the ``n - f`` updates with the best validation descent (see module doc)."""
 
     f: int = 0
-    step: float = 1.0
+    step: float = 0.1
     rho: float = 0.0
     clip: bool = True
     scorer_fn: Scorer | None = field(default=None, repr=False)
