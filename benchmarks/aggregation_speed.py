@@ -13,8 +13,9 @@ FedAvg, FedMedian, FedTrimmedAvg (``beta = (f + 0.5) / n``), Krum, MultiKrum (``
 selected) and Bulyan. Their time includes turning each record back into numpy (Flower's
 ``Array.numpy()``); the row ``flower / records-to-numpy`` measures that part alone.
 
-The ensemble is given a stand-in scorer (an L1 norm): the real one evaluates the model on the
-server's validation data, a cost of the model, not of aggregation.
+The ensemble and Zeno are given a stand-in scorer (an L1 norm, one call per update for Zeno):
+the real one evaluates the model on the server's validation data, a cost of the model, not of
+aggregation.
 
 A second table times the fedgate rules for ``n`` in {10, 50, 200} x ``d`` in {1e5, 1e6}
 (``f = n // 5``; ``n = 200, d = 1e6`` is 800 MB of float32).
