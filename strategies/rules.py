@@ -1,7 +1,8 @@
 """Bridge from a region's config (aggregator name, f, pre-aggregator) to an aggregator.
 
 A region config names only ``aggregator``, ``f`` and ``pre``; every other parameter comes from
-:data:`RULE_DEFAULTS` (then the rule's own dataclass defaults), so the configuration that
+``RULE_DEFAULTS`` (then the rule's own dataclass defaults), which ``make_aggregator`` applies
+to every rule it builds, ensemble members included, so the configuration that
 ``benchmarks/robustness.py`` measured is exactly what a region gets. ``check_rule`` fails at
 configuration time when the rule cannot run with the region's client counts.
 """
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedgate.strategies.aggregators import AGGREGATORS, Aggregator, make_aggregator
+from fedgate.strategies.aggregators import (
+    AGGREGATORS,
+    RULE_DEFAULTS,
+    Aggregator,
+    make_aggregator,
+)
 
-RULE_DEFAULTS: dict[str, dict] = {
-    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0},
-    "cc": {"tau": None, "iterations": 3},
-    "zeno": {"step": 0.1, "rho": 0.0},
-}
-"""Per-rule parameters a region gets unless the caller overrides them (the measured ones)."""
+__all__ = ["REGION_DEFAULT", "RULE_DEFAULTS", "RuleConfig", "build_rule", "check_rule"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def build_rule(name: str, f: int = 0, pre: str | None = None, **params) -> Aggre
     """The configured aggregator; unknown names raise ``ValueError`` listing the known ones."""
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
-    return make_aggregator(name, f, pre=pre or None, **{**RULE_DEFAULTS.get(name, {}), **params})
+    return make_aggregator(name, f, pre=pre or None, **params)
 
 
 def check_rule(

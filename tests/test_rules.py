@@ -33,6 +33,15 @@ def test_rule_defaults_reach_a_bare_config():
             assert getattr(rule, key) == value, (name, key)
 
 
+def test_rule_defaults_reach_ensemble_members_and_wrapped_rules():
+    ensemble = build_rule("ensemble", 1)
+    for member in ensemble.rules:
+        inner = getattr(member, "inner", member)  # nnm+cc: the cc behind the mixing
+        for key, value in RULE_DEFAULTS.get(inner.name, {}).items():
+            assert getattr(inner, key) == value, (member.name, key)
+    assert [m.name for m in ensemble.rules] == ["cc", "nnm+cc", "zeno"]
+
+
 def test_explicit_parameters_override_the_defaults():
     rule = build_rule("cc", 1, tau=0.5, iterations=2)
     assert (rule.tau, rule.iterations) == (0.5, 2)

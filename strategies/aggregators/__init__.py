@@ -64,6 +64,14 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "zeno": Zeno,
 }
 
+RULE_DEFAULTS: dict[str, dict] = {
+    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0},
+    "cc": {"tau": None, "iterations": 3},
+    "zeno": {"step": 0.1, "rho": 0.0},
+}
+"""The measured parameters every rule built by :func:`make_aggregator` gets unless the caller
+overrides them: a standalone rule, an ensemble member and a rule behind a pre-aggregator alike."""
+
 _PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM, "zeno": ZenoFilter}
 PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 
@@ -71,8 +79,8 @@ PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 def make_aggregator(name: str, f: int = 0, *, pre: str | None = None, **params) -> Aggregator:
     """Build the rule ``name`` tolerating ``f`` Byzantine clients, optionally behind ``pre``.
 
-    ``params`` go to the rule's constructor (e.g. ``tau`` for ``cc``, ``reference_fn`` for
-    ``fltrust``); unknown ones raise ``AggregatorConfigError``.
+    ``params`` go to the rule's constructor over :data:`RULE_DEFAULTS` (e.g. ``tau`` for
+    ``cc``, ``reference_fn`` for ``fltrust``); unknown ones raise ``AggregatorConfigError``.
     """
     if name not in AGGREGATORS:
         raise AggregatorConfigError(
@@ -85,7 +93,7 @@ def make_aggregator(name: str, f: int = 0, *, pre: str | None = None, **params) 
             f"unknown pre-aggregator {pre!r}; known: {', '.join(PRE_AGGREGATORS) or 'none'}"
         )
     try:
-        rule = AGGREGATORS[name](f=f, **params)
+        rule = AGGREGATORS[name](f=f, **{**RULE_DEFAULTS.get(name, {}), **params})
     except TypeError as exc:
         raise AggregatorConfigError(f"{name}: bad parameters {sorted(params)}: {exc}") from exc
     return _PRE[pre](rule) if pre else rule
@@ -94,6 +102,7 @@ def make_aggregator(name: str, f: int = 0, *, pre: str | None = None, **params) 
 __all__ = [
     "AGGREGATORS",
     "PRE_AGGREGATORS",
+    "RULE_DEFAULTS",
     "AggregationResult",
     "Aggregator",
     "AggregatorConfigError",
