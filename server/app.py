@@ -4,8 +4,10 @@ Run config keys (``[tool.flwr.app.config]`` of the generated app, or ``--run-con
 ``region``, ``regions`` (comma list), ``rounds``, ``clients-per-round``, ``min-clients``,
 ``aggregator``, ``f``, ``pre``, ``model``, ``lr``, ``alpha``, ``seed``, ``max-examples``,
 ``round-timeout``, ``home`` (the fedgate home: region key, registry, database),
-``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, and ``out-dir``
-(where progress and results are written).
+``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, ``out-dir``
+(where progress and results are written), ``init-model`` (SHA-256 of the starting model in
+the blob store; empty: fresh initialisation from ``seed``), ``first-round`` (1, or the round
+a resumed run continues with) and ``resume-from`` (the run it continues).
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ def _reasons(strategy: RobustStrategy) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A blob's named arrays as the torch state dict ``load_state_dict`` takes."""
+    import torch
+
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
 def _save_model(out_dir: Path, home: Path, arrays: ArrayRecord) -> str:
     """Write the regional model as safetensors, content-addressed; returns its SHA-256."""
     tensors = {k: v.numpy() for k, v in arrays.items()}
@@ -165,6 +174,11 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressWriter(out_dir)
     store, registry = where.open()
+    earlier = store.run(run_id)
+    if earlier is not None and earlier.status == "stopped":
+        progress.write("failed", status="stopped", error=f"run {run_id} was stopped before it "
+                       "started; it is not started now")  # fmt: skip
+        return {}
     store.record_run(run_id, where.region, str(cfg.get("launched-by", "unknown")), cfg)
     end = RunEnd(store, run_id, progress)
     # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
@@ -197,6 +211,10 @@ def _train(
     model_id, seed = str(cfg["model"]), int(cfg.get("seed", 0))
     validation, test = region_validation(region, regions, seed), common_test_split(seed)
     model = build_model(model_id, seed=seed)
+    blobs = BlobStore(home / "blobs")
+    if str(cfg.get("init-model", "")):
+        model.load_state_dict(_tensors(blobs.get_tensors(str(cfg["init-model"]))))
+    first_round = int(cfg.get("first-round", 1) or 1)
 
     def validation_losses(arrays: ArrayRecord) -> np.ndarray:
         """The aggregators' scorer: a candidate model's loss on each validation example."""
@@ -218,9 +236,10 @@ def _train(
         record = strategy.record_for(server_round)
         if record is not None:
             record.metrics.update(metrics)
-            store.record_round(run_id, record)
-            progress.round(record)
-        elif server_round == 0:
+            sha = blobs.put_tensors({k: v.numpy() for k, v in arrays.items()})
+            store.record_round(run_id, record, model_sha256=sha)
+            progress.round(record, model=sha)
+        elif server_round == first_round - 1:
             store.record_metrics(run_id, 0, metrics)
             progress.write("initial", **metrics)
         return MetricRecord(metrics)
@@ -236,7 +255,8 @@ def _train(
             "clients-per-round": int(cfg["clients-per-round"]),
         }
     )
-    progress.write("started", region=region, run_id=run_id, config=cfg)
+    progress.write("started", region=region, run_id=run_id, config=cfg,
+                   init_model=str(cfg.get("init-model", "")), first_round=first_round)  # fmt: skip
     t0 = time.monotonic()
     result = strategy.start(
         grid=FastPollGrid(grid),
@@ -246,6 +266,7 @@ def _train(
         train_config=train_config,
         evaluate_config=ConfigRecord(dict(train_config)),
         evaluate_fn=central_eval,
+        first_round=first_round,
     )
     final = result.evaluate_metrics_serverapp.get(int(cfg["rounds"]), {})
     val_acc = float(final.get("val-acc", float("nan")))
@@ -270,6 +291,9 @@ def _train(
         "val_acc": val_acc,
         "test_acc": test_acc,
         "model_sha256": sha,
+        "first_round": first_round,
+        "init_model": str(cfg.get("init-model", "")),
+        "resumed_from": str(cfg.get("resume-from", "")),
         "seconds": time.monotonic() - t0,
     }
 

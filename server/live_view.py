@@ -92,6 +92,10 @@ class RunBoard:
                     entry["fed-eval-acc"] = row.fed_acc
         elif kind == "finished":
             row.status = "done"
+        elif kind == "failed":
+            row.status = f"[red]{event.get('status', 'failed')}[/]"
+        elif kind == "note":  # from the follower, not the ServerApp (e.g. a reopened stream)
+            self.console.print(f"[{time.monotonic() - self.t0:5.1f} s] {region}: {event['note']}")
         if self._live is not None:
             self._live.update(self.table())
         elif kind in ("round", "finished"):

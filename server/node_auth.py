@@ -180,7 +180,7 @@ def control_client(target: ControlTarget) -> ControlHttpClient:
 
 
 @contextlib.contextmanager
-def _control(target: ControlTarget, action: str) -> Iterator[ControlHttpClient]:
+def control_session(target: ControlTarget, action: str) -> Iterator[ControlHttpClient]:
     """A Control API client whose failures surface as one clear ``NodeAuthError``."""
     from flwr.supercore.error import FlowerError
 
@@ -207,7 +207,7 @@ def list_nodes(target: ControlTarget) -> list[RegisteredNode]:
     """Every node the SuperLink knows (registered, online, offline or unregistered)."""
     from flwr.proto.control_pb2 import ListNodesRequest  # type: ignore[attr-defined]
 
-    with _control(target, "listing SuperNodes") as client:
+    with control_session(target, "listing SuperNodes") as client:
         res = client.ListNodes(ListNodesRequest())
     return [
         RegisteredNode(n.node_id, n.status, n.name, sha256_hex(n.public_key))
@@ -242,7 +242,7 @@ def register_node(target: ControlTarget, node: NodeKey, name: str = "") -> int:
     if name:
         request.name = name
     try:
-        with _control(target, f"registering node key {node.public_path}") as client:
+        with control_session(target, f"registering node key {node.public_path}") as client:
             res = client.RegisterNode(request)
     except NodeAuthError as exc:
         if f"[code {ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE}]" in str(exc):
@@ -259,7 +259,7 @@ def unregister_node(target: ControlTarget, node_id: int) -> None:
     """Unregister (revoke) a node: the SuperLink refuses its key from then on."""
     from flwr.proto.control_pb2 import UnregisterNodeRequest  # type: ignore[attr-defined]
 
-    with _control(target, f"unregistering node {node_id}") as client:
+    with control_session(target, f"unregistering node {node_id}") as client:
         client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
 
 

@@ -9,9 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+_TABLE_LOCK = threading.Lock()
 
 
 class TopologyError(RuntimeError):
@@ -140,40 +143,113 @@ class ProcessTable:
             except FileNotFoundError as exc:
                 raise TopologyError(f"cannot start {name}: {exc}") from None
         mp = ManagedProcess(name, proc.pid, os.getpgid(proc.pid), cmd, str(log), time.time())
-        self.save([*self.load(), mp])
+        with _TABLE_LOCK:  # regions come up concurrently
+            self.save([*self.load(), mp])
         return mp
 
     def stop_all(self, grace: float = 4.0) -> list[str]:
-        """Stop every recorded process group; returns the names stopped.
+        """Stop every recorded process and everything it started; returns the names stopped.
 
-        Clients go first (workers, SuperNodes), then the SuperLinks they would otherwise keep
-        retrying: each wave gets SIGTERM and ``grace`` seconds, then SIGKILL.
+        Clients go first (workers, SuperNodes), then the executors with their ServerApps,
+        then the SuperLinks the others would otherwise keep retrying: each wave gets SIGTERM
+        and ``grace`` seconds, then SIGKILL. Descendants are collected before anything is
+        signalled, so a helper that started its own session (Flower's SuperExec, Ray) is
+        stopped too.
         """
         procs = [p for p in self.load() if alive(p.pid) and self._is_ours(p)]
+        order = ("superlink", "executor")
         waves = [
-            [p for p in procs if not p.name.startswith("superlink")],
+            [p for p in procs if not p.name.startswith(order)],
+            [p for p in procs if p.name.startswith("executor")],
             [p for p in procs if p.name.startswith("superlink")],
         ]
         for wave in waves:
-            _stop_wave(wave, grace)
+            stop_trees([p.pid for p in wave], grace)
         if self.path.exists():
             self.path.unlink()
         return [p.name for p in procs]
 
+    def status(self, tail: int = 5) -> list[ProcessStatus]:
+        """Every recorded process, alive or dead; a dead one with its log's last lines."""
+        rows = []
+        for p in self.load():
+            up = alive(p.pid) and self._is_ours(p)
+            children = () if not up else tuple(_child_names(p.pid))
+            rows.append(ProcessStatus(p, up, children, () if up else last_lines(p.log, tail)))
+        return rows
 
-def _stop_wave(procs: list[ManagedProcess], grace: float) -> None:
-    for p in procs:
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One managed process as ``fedgate status`` shows it."""
+
+    process: ManagedProcess
+    alive: bool
+    children: tuple[str, ...]  # e.g. the ServerApps an executor runs
+    last_log: tuple[str, ...]  # a dead process's last log lines
+
+
+def last_lines(path: str | Path, n: int = 5, max_bytes: int = 16384) -> tuple[str, ...]:
+    """The last ``n`` non-empty lines of a log file (ANSI colours removed)."""
+    import re
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return tuple(line for line in text.splitlines() if line.strip())[-n:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first found, recursively)."""
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _child_names(pid: int) -> list[str]:
+    import psutil
+
+    names = []
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cmd = child.cmdline()
+                script = Path(cmd[1]).name if len(cmd) > 1 else child.name()
+                if script.startswith(("flwr-serverapp", "flwr-clientapp")):
+                    names.append(f"{script} (pid {child.pid})")
+    except psutil.Error:
+        pass
+    return names
+
+
+def stop_trees(pids: list[int], grace: float) -> None:
+    """SIGTERM each process, its process group and every descendant; SIGKILL what is left
+    after ``grace`` seconds; reap what are our children."""
+    targets = {pid for root in pids for pid in (root, *descendants(root))}
+    for root in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pgid, signal.SIGTERM)
+            os.killpg(os.getpgid(root), signal.SIGTERM)
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for p in procs:
-        while alive(p.pid) and time.monotonic() < deadline:
-            _reap(p.pid)
-            time.sleep(0.05)
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pgid, signal.SIGKILL)
-        _reap(p.pid)
+    while time.monotonic() < deadline and any(alive(p) for p in targets):
+        for pid in targets:
+            _reap(pid)
+        time.sleep(0.05)
+    for pid in targets:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:

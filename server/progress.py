@@ -29,9 +29,10 @@ class ProgressWriter:
             fh.write(line + "\n")
             fh.flush()
 
-    def round(self, record: RoundRecord) -> None:
+    def round(self, record: RoundRecord, model: str = "") -> None:
         self.write(
             "round",
+            model=model,
             round=record.round,
             sampled=record.sampled,
             accepted=record.accepted,

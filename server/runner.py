@@ -132,16 +132,26 @@ def cli_env(home: Path, region: RegionConfig) -> dict[str, str]:
 
 @dataclass
 class Submission:
-    """One region's run in flight: the ``flwr run --stream`` process and where it reports."""
+    """One region's run in flight and where it reports.
+
+    ``proc`` is the process whose output goes to ``log``: for a simulated run the run itself;
+    for a deployment run the ``flwr log --stream`` follower, which is only a view (a broken
+    stream is reopened, never taken for the run's end). A deployment run has ``run_id`` and
+    ``control`` (its SuperLink's operator address): its state is asked from there.
+    """
 
     region: str
     home: Path
     out_dir: Path
     log: Path
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None
     started: float = field(default_factory=time.monotonic)
     offset: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str = ""
+    control: Any = None  # ControlTarget of a deployment run
+    region_config: RegionConfig | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> dict[str, Any] | None:
@@ -159,50 +169,202 @@ class Submission:
         return new
 
 
-def submit(fed: FederationConfig, region: RegionConfig, home: Path) -> Submission:
-    """Start ``flwr run`` for ``region`` against its running SuperLink."""
+def _flwr(home: Path, region: RegionConfig, args: list[str], log, timeout: float):
+    """Run one ``flwr`` CLI command against the region's SuperLink, output to ``log``."""
+    return subprocess.run(
+        [_bin("flwr"), *args], stdout=subprocess.PIPE, stderr=log, env=cli_env(home, region),
+        timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _log_stream(sub: Submission) -> subprocess.Popen:
+    """``flwr log RUN --stream`` appending the ServerApp's log to ``sub.log``."""
+    assert sub.region_config is not None
+    with sub.log.open("ab") as fh:
+        return subprocess.Popen(
+            [_bin("flwr"), "log", sub.run_id, sub.region, "--stream"], stdout=fh,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=cli_env(sub.home, sub.region_config), cwd=sub.out_dir, start_new_session=True,
+        )  # fmt: skip
+
+
+def submit(
+    fed: FederationConfig,
+    region: RegionConfig,
+    home: Path,
+    extra: Mapping[str, Any] | None = None,
+    submit_timeout: float = 180.0,
+) -> Submission:
+    """Submit ``region``'s run to its running SuperLink (``flwr run``, which returns once
+    the SuperLink has the run) and start following its log; ``extra`` adds run-config keys
+    (a warm start, a resumed run)."""
+    import json
+
+    from fedgate.server.transport import load_transport
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = region_dir(home, region.name) / "runs" / f"{stamp}-{time.monotonic_ns() % 10**6}"
     out_dir.mkdir(parents=True)
-    config = run_config(fed, region, home, out_dir.resolve())
+    config = {**run_config(fed, region, home, out_dir.resolve()), **(extra or {})}
     app_dir = write_app(home, config)
     (out_dir / "run-config.toml").write_text(to_toml(config))
     log = out_dir / "flwr-run.log"
-    cmd = [
-        _bin("flwr"), "run", str(app_dir), region.name,
-        "--run-config", str(out_dir / "run-config.toml"), "--stream",
-    ]  # fmt: skip
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=cli_env(home, region),
-            cwd=out_dir, start_new_session=True,
-        )  # fmt: skip
-    return Submission(region.name, Path(home), out_dir, log, proc)
+    args = ["run", str(app_dir), region.name, "--run-config", str(out_dir / "run-config.toml"),
+            "--format", "json"]  # fmt: skip
+    with log.open("ab") as fh:
+        try:
+            done = _flwr(home, region, args, fh, submit_timeout)
+        except subprocess.TimeoutExpired:
+            raise RunFailedError(
+                f"region {region.name}: the SuperLink did not accept the run within "
+                f"{submit_timeout:.0f} s; read {log}"
+            ) from None
+    try:
+        answer = json.loads(done.stdout.decode() or "{}")
+    except ValueError:
+        answer = {}
+    run_id = str(answer.get("run-id") or "")
+    if not answer.get("success") or not run_id:
+        detail = answer.get("error-message") or done.stdout.decode().strip()[-300:]
+        raise RunFailedError(
+            f"region {region.name}: the SuperLink refused the run ({detail or 'no answer'}); "
+            f"read {log}"
+        )
+    target = load_transport(home).control(region)
+    sub = Submission(
+        region.name, Path(home), out_dir, log, None, run_id=run_id, control=target,
+        region_config=region,
+    )  # fmt: skip
+    (out_dir / "run-id").write_text(run_id + "\n")
+    sub.proc = _log_stream(sub)
+    return sub
+
+
+def attach(home: Path, region: RegionConfig, run_id: str, out_dir: Path) -> Submission:
+    """Follow an already submitted run (``fedgate region attach``) from its progress file."""
+    from fedgate.server.transport import load_transport
+
+    sub = Submission(region.name, Path(home), out_dir, out_dir / "flwr-run.log", None,
+                     run_id=str(run_id), control=load_transport(home).control(region),
+                     region_config=region)  # fmt: skip
+    return sub
 
 
 FINAL_RECORD_GRACE = 15.0  # seconds a started run gets to write its final record
+CHECK_EVERY = 1.0  # seconds between questions to the SuperLink about a run's state
 
 
-def _no_result(sub: Submission) -> str:
+def _no_result(sub: Submission, why: str = "") -> str:
     """One line: which run ended how, what of it is kept, and which logs to read."""
     started = next((e for e in sub.events if e["kind"] == "started"), {})
     rounds = [e["round"] for e in sub.events if e["kind"] == "round"]
     failed = sub.ended
-    why = (
-        f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
-        if failed
-        else f"no final record from the ServerApp; flwr run exit code {sub.proc.returncode}"
-    )
+    if failed:
+        why = f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
+    elif not why:
+        code = None if sub.proc is None else sub.proc.returncode
+        why = f"no final record from the ServerApp; its process exit code {code}"
     kept = "no round was recorded"
     if rounds:
         first, last = rounds[0], rounds[-1]
         span = f"round {last} stays" if first == last else f"rounds {first}-{last} stay"
         kept = f"{span} recorded in the region database"
     superlink_log = sub.home / "logs" / f"superlink-{sub.region}.log"
+    run_id = started.get("run_id") or sub.run_id or "?"
     return (
-        f"region {sub.region}: run {started.get('run_id', '?')} ended without a result "
-        f"({why}); {kept}; read {sub.log} and {superlink_log}"
+        f"region {sub.region}: run {run_id} ended without a result ({why}); {kept}; "
+        f"read {sub.log} and {superlink_log}"
     )
+
+
+@dataclass
+class Watch:
+    """What the follower last learned about a deployment run from outside its progress
+    file: the SuperLink's state of it and whether the processes it needs are alive."""
+
+    next_check: float = 0.0
+    link_ended_at: float | None = None
+    link_label: str = ""
+    link_details: str = ""
+
+
+def _processes_problem(sub: Submission) -> str:
+    """Why the run cannot go on (a dead executor or SuperLink), or ''."""
+    from fedgate.server.processes import ProcessTable, alive, last_lines
+
+    procs = {p.name: p for p in ProcessTable(sub.home).load()}
+    for name, what in ((f"superlink-{sub.region}", "SuperLink"),
+                       (f"executor-{sub.region}", "executor (flower-superexec)")):  # fmt: skip
+        p = procs.get(name)
+        if p is not None and not alive(p.pid):
+            tail = " | ".join(last_lines(p.log, 2)) or "no log output"
+            return (
+                f"the region's {what} (pid {p.pid}) died: {tail[:300]}; restart the topology "
+                f"with `fedgate down --home {sub.home}` then `fedgate up --home {sub.home}`"
+            )
+    return ""
+
+
+def _check(sub: Submission, watch: Watch, on_note: Callable[[str], None]) -> str:
+    """Ask the SuperLink and the process table about a deployment run; returns a reason to
+    stop following ('' to go on)."""
+    from fedgate.server.node_auth import NodeAuthError
+    from fedgate.server.superlink_runs import link_run
+
+    now = time.monotonic()
+    if now < watch.next_check:
+        return ""
+    watch.next_check = now + CHECK_EVERY
+    problem = _processes_problem(sub)
+    if problem:
+        if watch.link_ended_at is None:
+            watch.link_ended_at = now  # the ServerApp may still record how it ended
+        return problem if now - watch.link_ended_at > FINAL_RECORD_GRACE else ""
+    try:
+        state = link_run(sub.control, sub.run_id)
+    except NodeAuthError as exc:
+        return "" if "cannot reach" in str(exc) else str(exc)
+    if state is None:
+        return f"the SuperLink has no run {sub.run_id}"
+    if state.active:
+        watch.link_ended_at = None
+    elif watch.link_ended_at is None:
+        watch.link_ended_at = now
+        watch.link_label, watch.link_details = state.label, state.details
+    elif now - watch.link_ended_at > FINAL_RECORD_GRACE:
+        detail = f": {state.details}" if state.details else ""
+        return f"the SuperLink reports the run {state.label}{detail}"
+    if sub.proc is not None and sub.proc.poll() is not None and state.active:
+        on_note("log stream closed; reopened (the run is followed by its state)")
+        sub.proc = _log_stream(sub)
+    return ""
+
+
+def _end_unfinished(sub: Submission, status: str, note: str) -> None:
+    """Make the region database agree with the outcome: a run it still calls running is
+    marked ``status`` (the ServerApp could not record its end)."""
+    from fedgate.server.run_records import mark_ended
+
+    if sub.region_config is None or not sub.run_id:
+        return
+    with contextlib.suppress(Exception):  # the outcome is reported either way
+        mark_ended(sub.home, sub.region_config, sub.run_id, status, note[:500])
+
+
+def stop_submission(sub: Submission, by: str, note: str) -> None:
+    """Stop a deployment run at its SuperLink and record it stopped (never to start later)."""
+    from fedgate.server.run_records import region_store
+    from fedgate.server.superlink_runs import stop_link_run
+
+    if sub.control is None or not sub.run_id or sub.region_config is None:
+        return
+    with contextlib.suppress(Exception):
+        stop_link_run(sub.control, sub.run_id)
+    with contextlib.suppress(Exception):
+        store = region_store(sub.home, sub.region_config)
+        info = store.run(sub.run_id)
+        if info is None or info.status == "running":
+            store.stop_run(sub.run_id, sub.region, by, note)
 
 
 def follow(
@@ -210,24 +372,47 @@ def follow(
     on_event: Callable[[Submission, dict[str, Any]], None],
     timeout: float,
     poll: float = 0.2,
+    detach_on_interrupt: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Wait for every submission, feeding each progress record to ``on_event``.
 
-    Returns each region's ``finished`` record. A run whose ``flwr run`` exits without one,
-    or that exceeds ``timeout`` seconds, raises ``RunFailedError`` naming its logs.
+    A deployment run is followed by its own state -- its progress records, the SuperLink's
+    status of it and the liveness of the region's SuperLink and executor -- never by the
+    life of a ``flwr`` process. Returns each region's ``finished`` record. A run that ends
+    without one, or exceeds ``timeout`` seconds, raises ``RunFailedError`` naming its logs;
+    Ctrl-C or a timeout stops unfinished runs at their SuperLink and records them stopped
+    (with ``detach_on_interrupt``, Ctrl-C only stops following).
     """
     deadline = time.monotonic() + timeout
     pending = list(subs)
+    watches = {id(s): Watch() for s in subs}
+
+    def note(sub: Submission, text: str) -> None:
+        sub.notes.append(text)
+        on_event(sub, {"kind": "note", "ts": time.time(), "note": text})
+
     try:
         while pending:
             for sub in list(pending):
                 for event in sub.poll():
                     on_event(sub, event)
-                if sub.finished is not None:
+                if sub.ended is not None:
+                    if sub.finished is None:
+                        _end_unfinished(sub, "failed", _no_result(sub))
+                        raise RunFailedError(_no_result(sub))
                     pending.remove(sub)
-                elif sub.proc.poll() is not None:
-                    # The final record may land after the CLI exits (a ServerApp stopped
-                    # because its SuperLink went away records that within a few seconds).
+                elif sub.run_id:
+                    why = _check(sub, watches[id(sub)], lambda t, s=sub: note(s, t))
+                    if why:
+                        for event in sub.poll():
+                            on_event(sub, event)
+                        if sub.finished is not None:
+                            pending.remove(sub)
+                            continue
+                        _end_unfinished(sub, "interrupted", why)
+                        raise RunFailedError(_no_result(sub, why))
+                elif sub.proc is not None and sub.proc.poll() is not None:
+                    # A simulated run is its process: its final record may land just after.
                     grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
                     while sub.ended is None and time.monotonic() < grace:
                         time.sleep(poll)
@@ -237,14 +422,23 @@ def follow(
                         raise RunFailedError(_no_result(sub))
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
+                for sub in pending:
+                    stop_submission(sub, launched_by(), f"timed out after {timeout:.0f} s")
                 raise RunFailedError(
                     f"region(s) {[s.region for s in pending]} did not finish within "
-                    f"{timeout:.0f} s; read {pending[0].log}"
+                    f"{timeout:.0f} s; stopped at the SuperLink and recorded stopped; "
+                    f"read {pending[0].log}"
                 )
             time.sleep(poll)
+    except KeyboardInterrupt:
+        if not detach_on_interrupt:
+            for sub in pending:
+                stop_submission(sub, launched_by(), "interrupted with Ctrl-C")
+        raise
     finally:
         for sub in subs:
-            stop_group(sub.proc)
+            if sub.proc is not None:
+                stop_group(sub.proc)
     return {s.region: s.finished or {} for s in subs}
 
 
@@ -261,12 +455,21 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def ensure_up(home: Path, fed: FederationConfig, region: RegionConfig) -> None:
-    """Fail clearly when the region's SuperLink is not running under ``home``."""
-    from fedgate.server.processes import ProcessTable, port_open
+    """Fail clearly when the region's SuperLink or executor is not running under ``home``."""
+    from fedgate.server.processes import ProcessTable, alive, last_lines, port_open
 
-    running = {p.name for p in ProcessTable(home).running()}
+    table = ProcessTable(home)
+    running = {p.name for p in table.running()}
     if f"superlink-{region.name}" not in running or not port_open(region.superlink_port):
         raise TopologyError(
             f"region {region.name}'s SuperLink is not running under {home}; "
             f"start the topology with `fedgate up --home {home}` first"
+        )
+    executor = next((p for p in table.load() if p.name == f"executor-{region.name}"), None)
+    if executor is None or not alive(executor.pid):
+        tail = "" if executor is None else " | ".join(last_lines(executor.log, 2))
+        raise TopologyError(
+            f"region {region.name}'s executor (flower-superexec, which starts each run's "
+            f"ServerApp) is not running{f' ({tail[:200]})' if tail else ''}; restart the "
+            f"topology with `fedgate down --home {home}` then `fedgate up --home {home}`"
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,21 +73,44 @@ def _check_ports(fed: FederationConfig) -> None:
             )
 
 
+# Flower's SuperLink, run through the busy-timeout adaptation (a seam the tests replace).
+SUPERLINK_LAUNCHER = (sys.executable, "-m", "fedgate.server.superlink_main")
+
+
 def start_superlink(
     table: ProcessTable, region: RegionConfig, transport: Transport
 ) -> ManagedProcess:
+    """Flower's SuperLink (through ``fedgate.server.superlink_main``: a busy timeout that
+    holds under load) with process isolation: its executor is a process of our own."""
     state = region_dir(table.home, region.name) / "superlink"
     state.mkdir(parents=True, exist_ok=True)
     cmd = [
-        _bin("flower-superlink"),
+        *SUPERLINK_LAUNCHER,
         *transport.superlink_flags(region.name),
-        "--isolation", "subprocess",
+        "--isolation", "process",
         "--database", str(state / "state.db"),
         "--host", HOST,
         "--port", str(region.superlink_port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
     return table.start(f"superlink-{region.name}", cmd, {"FLWR_HOME": str(state / "flwr-home")})
+
+
+def start_executor(
+    table: ProcessTable, region: RegionConfig, transport: Transport, superlink: ManagedProcess
+) -> ManagedProcess:
+    """The region's SuperExec: launches the ServerApp of each run the SuperLink schedules.
+    It is watched like every other process (``fedgate status``) and exits with its
+    SuperLink (``--parent-pid``)."""
+    state = region_dir(table.home, region.name) / "superlink"
+    ca = transport.ca(region.name)
+    tls = ["--insecure"] if ca is None else ["--root-certificates", str(ca)]
+    cmd = [
+        _bin("flower-superexec"), *tls,
+        "--runtime-api-address", f"{HOST}:{region.superlink_port}",
+        "--parent-pid", str(superlink.pid),
+    ]  # fmt: skip
+    return table.start(f"executor-{region.name}", cmd, {"FLWR_HOME": str(state / "flwr-home")})
 
 
 def start_proxy(table: ProcessTable, region: RegionConfig, transport: Transport):
@@ -152,14 +177,97 @@ def online_nodes(region: RegionConfig, transport: Transport) -> int:
         return 0
 
 
+class Progress:
+    """``up``'s progress lines: which region, what became ready, seconds since start."""
+
+    def __init__(self, echo) -> None:
+        self.echo = echo
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, region: str, message: str) -> None:
+        with self.lock:
+            self.echo(f"[{time.monotonic() - self.t0:5.1f} s] {region}: {message}")
+
+
+def stop_stale_runs(home: Path, region: RegionConfig, transport: Transport) -> list[int]:
+    """Stop the runs a restarted SuperLink still holds as pending or running from an earlier
+    session (nobody follows them; they must never start by themselves), and mark any the
+    region database still calls running as interrupted."""
+    from fedgate.server.superlink_runs import active_runs, stop_link_run
+
+    target = transport.control(region)
+    stale = [r.run_id for r in active_runs(target)]
+    for run_id in stale:
+        stop_link_run(target, run_id)
+    if stale:
+        from fedgate.server.run_records import mark_ended
+
+        for run_id in stale:
+            mark_ended(
+                home,
+                region,
+                run_id,
+                "interrupted",
+                "left active by an earlier session; stopped when the topology came up",
+            )
+    return stale
+
+
+def bring_up_region(
+    table: ProcessTable,
+    fed: FederationConfig,
+    region: RegionConfig,
+    transport: Transport,
+    device_ids: list[str],
+    timeout: float,
+    say: Progress,
+) -> None:
+    """One region: SuperLink, executor, proxy, node keys, SuperNodes and workers, each
+    waited on by its readiness (a port, /health, the SuperLink's node list), never a sleep."""
+    r = region
+    link = start_superlink(table, r, transport)
+    wait_until(lambda: port_open(r.superlink_port), timeout, f"SuperLink {r.name}",
+               link.log, link.pid)  # fmt: skip
+    say(r.name, f"SuperLink ready at {HOST}:{r.superlink_port} (operator address)")
+    stale = stop_stale_runs(table.home, r, transport)
+    if stale:
+        say(r.name, f"stopped {len(stale)} run(s) an earlier session left pending: {stale}")
+    executor = start_executor(table, r, transport, link)
+    spec, proxy = start_proxy(table, r, transport)
+    keys = register_node_keys(table.home, r, transport, device_ids)
+    say(r.name, f"{len([k for k in keys if k])} node keys registered")
+    wait_until(lambda: healthy(spec, transport.ca(r.name)), timeout, f"fleet proxy {r.name}",
+               proxy.log, proxy.pid)  # fmt: skip
+    say(r.name, f"fleet proxy ready at {HOST}:{r.fleet_port} "
+                f"({'insecure' if transport.insecure else 'TLS'})")  # fmt: skip
+    nodes = [start_supernode(table, fed, r, i, transport, keys[i]) for i in range(len(r.nodes))]
+    worker = start_workers(table, r)
+    for i, node in enumerate(nodes):
+        wait_until(lambda i=i: port_open(r.node_runtime_port(i)), timeout,
+                   f"SuperNode {r.name}-{i}", node.log, node.pid)  # fmt: skip
+    wait_until(lambda: online_nodes(r, transport) >= len(r.nodes), timeout,
+               f"all {len(r.nodes)} SuperNodes of {r.name} online",
+               str(table.log_dir / f"supernode-{r.name}-0.log"))  # fmt: skip
+    for proc, what in ((worker, "ClientApp workers"), (executor, "executor")):
+        if not alive(proc.pid):
+            raise TopologyError(f"{what} of {r.name} exited; read {proc.log}")
+    say(
+        r.name,
+        f"{len(nodes)} SuperNodes online: "
+        + ", ".join(f"{r.name}-{i} ({r.nodes[i]})" for i in range(len(nodes))),
+    )
+
+
 def up(
     fed: FederationConfig,
     home: Path,
-    timeout: float = 60.0,
+    timeout: float = 120.0,
     echo=print,
     insecure: bool = False,
 ) -> list[RegionEndpoints]:
-    """Start every region's SuperLink, proxy and SuperNodes and wait until they are healthy.
+    """Start every region's SuperLink, executor, proxy and SuperNodes, regions concurrently,
+    and wait until each is ready, printing progress per process.
 
     Secure unless ``insecure``: see ``fedgate.server.transport``. On any failure,
     everything started so far is stopped again before the error propagates.
@@ -174,59 +282,30 @@ def up(
     transport = Transport(Path(home), insecure)
     if insecure:
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
+    say = Progress(echo)
     devices = {}
     for r in fed.regions:
         transport.prepare_region(r.name)
         ensure_region_key(home, r.name)
         devices[r.name] = enroll_region_devices(home, r)
     transport.save()
+    say("all", "keys, certificates and device identities ready")
+    errors: list[BaseException] = []
+
+    def region_up(r: RegionConfig) -> None:
+        try:
+            bring_up_region(table, fed, r, transport, devices[r.name], timeout, say)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=region_up, args=(r,), daemon=True) for r in fed.regions]
     try:
-        links = {r.name: start_superlink(table, r, transport) for r in fed.regions}
-        proxies = {}
-        for r in fed.regions:
-            link = links[r.name]
-            wait_until(
-                lambda r=r: port_open(r.superlink_port),
-                timeout, f"SuperLink {r.name}", link.log, link.pid,
-            )  # fmt: skip
-            proxies[r.name] = start_proxy(table, r, transport)
-            echo(
-                f"SuperLink {r.name}: operator address {HOST}:{r.superlink_port}, "
-                f"devices via {HOST}:{r.fleet_port} ({'insecure' if insecure else 'TLS'})"
-            )
-        keys = {
-            r.name: register_node_keys(home, r, transport, devices[r.name]) for r in fed.regions
-        }
-        for r in fed.regions:
-            spec, proxy = proxies[r.name]
-            wait_until(
-                lambda spec=spec, r=r: healthy(spec, transport.ca(r.name)),
-                timeout, f"fleet proxy {r.name}", proxy.log, proxy.pid,
-            )  # fmt: skip
-        nodes = [
-            (r, i, start_supernode(table, fed, r, i, transport, keys[r.name][i]))
-            for r in fed.regions
-            for i in range(len(r.nodes))
-        ]
-        workers = {r.name: start_workers(table, r) for r in fed.regions}
-        for r, i, node in nodes:
-            wait_until(
-                lambda r=r, i=i: port_open(r.node_runtime_port(i)),
-                timeout, f"SuperNode {r.name}-{i}", node.log, node.pid,
-            )  # fmt: skip
-        for r in fed.regions:
-            wait_until(
-                lambda r=r: online_nodes(r, transport) >= len(r.nodes),
-                timeout, f"all {len(r.nodes)} SuperNodes of {r.name} online",
-                str(table.log_dir / f"supernode-{r.name}-0.log"),
-            )  # fmt: skip
-        for name, worker in workers.items():
-            if not alive(worker.pid):
-                raise TopologyError(f"ClientApp workers of {name} exited; read {worker.log}")
-        echo(
-            f"{len(nodes)} SuperNodes up: "
-            + ", ".join(f"{r.name}-{i} ({r.nodes[i]})" for r, i, *_ in nodes)
-        )
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
     except BaseException:
         table.stop_all()
         raise

@@ -228,8 +228,12 @@ class RobustStrategy(FedAvg):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
     ) -> Result:
         """Flower's round loop, with federated evaluation folded into training.
+
+        ``first_round`` > 1 continues a run whose rounds before it are done (a resumed run):
+        ``initial_arrays`` is then the model of round ``first_round - 1``.
 
         Same steps and hooks as ``Strategy.start`` (configure/aggregate train, ``evaluate_fn``
         after every round, one federated evaluation per model), but a device rates the global
@@ -243,13 +247,14 @@ class RobustStrategy(FedAvg):
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = Result()
         self._result = result
-        if evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
-            result.evaluate_metrics_serverapp[0] = res
+        before = first_round - 1
+        if evaluate_fn is not None and (res := evaluate_fn(before, initial_arrays)) is not None:
+            result.evaluate_metrics_serverapp[before] = res
         arrays = initial_arrays
         replies = grid.send_and_receive(
-            self.configure_train(1, arrays, train_config, grid), timeout=timeout
+            self.configure_train(first_round, arrays, train_config, grid), timeout=timeout
         )
-        for current in range(1, num_rounds + 1):
+        for current in range(first_round, num_rounds + 1):
             log(INFO, "[ROUND %s/%s]", current, num_rounds)
             new_arrays, train_metrics = self.aggregate_train(current, replies)
             if new_arrays is not None:

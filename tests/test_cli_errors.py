@@ -109,12 +109,7 @@ def test_port_in_use_is_refused(tmp_path: Path) -> None:
 
 
 def test_superlink_that_does_not_come_up_names_its_log(tmp_path: Path, monkeypatch) -> None:
-    real_bin = topology._bin
-    monkeypatch.setattr(
-        topology,
-        "_bin",
-        lambda name: "/bin/false" if name == "flower-superlink" else real_bin(name),
-    )
+    monkeypatch.setattr(topology, "SUPERLINK_LAUNCHER", ("/bin/false",))
     fed = load_federation(_one_region(tmp_path, free_port_block(12)))
     home = tmp_path / "h"
     with pytest.raises(TopologyError, match=r"SuperLink eu exited during start-up; read its log"):

@@ -24,11 +24,12 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from fedgate.server.audit.log import AuditLog, Item
 from fedgate.server.db.engine import open_database, run_write
-from fedgate.server.db.models import Approval, Artifact, Metric, Round, Run, Update
+from fedgate.server.db.models import Approval, Artifact, Event, Metric, Round, Run, Update
 
 RUNS, ROUNDS = Run.__table__, Round.__table__
 UPDATES, METRICS = Update.__table__, Metric.__table__
 ARTIFACTS, APPROVALS = Artifact.__table__, Approval.__table__
+EVENTS = Event.__table__
 
 
 class StoreError(LookupError):
@@ -159,6 +160,49 @@ class Store:
 
         run_write(self.engine, write, f"finishing run {run}")
 
+    def stop_run(self, run_id: int | str, region: str, by: str, note: str = "") -> str:
+        """Record ``run_id`` stopped by ``by``: a running run is finished as ``stopped``; a run
+        that never started gets a row saying so. Returns the status it had before."""
+        run = str(run_id)
+
+        def write(conn: Connection) -> str:
+            row = conn.execute(select(RUNS.c.status).where(RUNS.c.id == run)).first()
+            before = "" if row is None else str(row.status)
+            if row is None:
+                conn.execute(
+                    insert(RUNS).values(id=run, region=region, launched_by=by, config={},
+                                        status="stopped", started_at=_now(), finished_at=_now())
+                )  # fmt: skip
+            elif before == "running":
+                conn.execute(
+                    update(RUNS).where(RUNS.c.id == run)
+                    .values(status="stopped", finished_at=_now())
+                )  # fmt: skip
+            event = {"run": run, "region": region, "by": by, "was": before or "pending",
+                     "note": note}  # fmt: skip
+            self._write(conn, [("run.stopped", event)], sign=True)
+            return before
+
+        return run_write(self.engine, write, f"stopping run {run}")
+
+    def run(self, run_id: int | str) -> RunInfo | None:
+        """One run as ``runs()`` lists it, or None."""
+        return next((r for r in self.runs() if r.id == str(run_id)), None)
+
+    def round_models(self, run_id: int | str) -> dict[int, str]:
+        """Each recorded round's model digest (from the audit chain's ``round.closed``)."""
+        import json
+
+        run = str(run_id)
+        out: dict[int, str] = {}
+        query = select(EVENTS.c.payload).where(EVENTS.c.kind == "round.closed")
+        with self.engine.connect() as conn:
+            for (payload,) in conn.execute(query.order_by(EVENTS.c.seq)):
+                event = json.loads(payload)
+                if event.get("run") == run and event.get("model"):
+                    out[int(event["round"])] = str(event["model"])
+        return out
+
     def open_round(self, run_id: int | str, round_no: int, **details: Any) -> None:
         """Audit that a round was opened (its nonce, sampled nodes, ...)."""
         event = ("round.opened", {"run": str(run_id), "round": int(round_no), **details})
@@ -168,8 +212,11 @@ class Store:
             f"opening round {round_no} of run {run_id}",
         )
 
-    def record_round(self, run_id: int | str, record: Any, *, sign: bool = True) -> None:
-        """Store one ``RoundRecord``-like outcome: round row, every client's fate, metrics."""
+    def record_round(
+        self, run_id: int | str, record: Any, *, sign: bool = True, model_sha256: str = ""
+    ) -> None:
+        """Store one ``RoundRecord``-like outcome: round row, every client's fate, metrics,
+        and (``model_sha256``) the digest of the round's model in the blob store."""
         run, rnd = str(run_id), int(_get(record, "round"))
         clients = list(_get(record, "clients", []) or [])
         accepted = sum(bool(_get(c, "accepted")) for c in clients)
@@ -230,6 +277,7 @@ class Store:
                     "aggregated": aggregated,
                     "note": note,
                     "metrics": metrics,
+                    **({"model": model_sha256} if model_sha256 else {}),
                 },
             )
         )
