@@ -25,8 +25,10 @@ def _register() -> None:
     from fedgate.server.cli_devices import register_client, register_region
     from fedgate.server.cli_pki import register as register_pki
     from fedgate.server.cli_region import register as register_operator
+    from fedgate.server.cli_runs import register as register_runs
 
     register_operator(app, region_app)
+    register_runs(app, region_app)
     register_pki(region_app)
     register_region(region_app)
     register_client(client_app)

@@ -136,42 +136,64 @@ def status_cmd(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Health per region (SuperLink, fleet proxy, SuperNodes online) and every process."""
-    from fedgate.server.processes import alive
+    """Health per region (SuperLink, fleet proxy, SuperNodes online) and every process
+    fedgate started -- SuperLinks, executors and their ServerApps, proxies, SuperNodes,
+    workers -- alive or dead, a dead one with its last log lines."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from fedgate.server.topology import region_health
 
     home, fed = resolve(home, config)
-    procs = ProcessTable(home).load()
+    table = ProcessTable(home)
+    procs = table.status()
     if not procs:
         console.print(f"nothing started under {home}")
         return
-    health = [region_health(home, r) for r in fed.regions]
+    with ThreadPoolExecutor(max_workers=max(1, len(fed.regions))) as pool:
+        health = list(pool.map(lambda r: region_health(home, r), fed.regions))
     if as_json:
         import json
 
         rows = [{**dataclasses.asdict(h), "online": h.online} for h in health]
-        procs_out = [{"name": p.name, "pid": p.pid, "alive": alive(p.pid), "log": p.log}
-                     for p in procs]  # fmt: skip
+        procs_out = [{"name": p.process.name, "pid": p.process.pid, "alive": p.alive,
+                      "children": list(p.children), "log": p.process.log,
+                      "last_log": list(p.last_log)} for p in procs]  # fmt: skip
         console.print_json(json.dumps({"regions": rows, "processes": procs_out}))
         return
     ok, bad = "[green]up[/]", "[red]down[/]"
     regions = Table(title=f"fedgate regions in {home}")
-    for col in ("region", "SuperLink", "fleet proxy", "SuperNodes online", "not online"):
+    for col in ("region", "SuperLink", "executor", "fleet proxy", "SuperNodes online",
+                "not online"):  # fmt: skip
         regions.add_column(col)
+    alive_names = {p.process.name for p in procs if p.alive}
     for h in health:
         missing = [f"{name} ({status})" for name, status in h.nodes if status != "online"]
+        executor = f"executor-{h.region}" in alive_names
         regions.add_row(
-            h.region, ok if h.superlink else bad, ok if h.proxy else bad,
-            f"{h.online}/{h.expected}", ", ".join(missing) or (h.error or "-"),
+            h.region, ok if h.superlink else bad, ok if executor else bad,
+            ok if h.proxy else bad, f"{h.online}/{h.expected}",
+            ", ".join(missing) or (h.error or "-"),
         )  # fmt: skip
     console.print(regions)
-    table = Table(title="processes")
-    for col in ("name", "pid", "state", "log"):
-        table.add_column(col)
+    listing = Table(title="processes")
+    for col in ("name", "pid", "state", "log / last lines"):
+        listing.add_column(col, overflow="fold")
+    dead = 0
     for p in procs:
-        state = "[green]running[/]" if alive(p.pid) else "[red]exited[/]"
-        table.add_row(p.name, str(p.pid), state, p.log)
-    console.print(table)
+        if p.alive:
+            state = "[green]running[/]"
+            detail = "\n".join([p.process.log, *(f"runs {c}" for c in p.children)])
+        else:
+            dead += 1
+            state = "[red]dead[/]"
+            detail = "\n".join([p.process.log, *(f"[dim]{line[:160]}[/]" for line in p.last_log)])
+        listing.add_row(p.process.name, str(p.process.pid), state, detail)
+    console.print(listing)
+    if dead:
+        console.print(
+            f"[yellow]{dead} process(es) dead; restart with `fedgate down --home {home}` then "
+            f"`fedgate up --home {home}`[/]"
+        )
 
 
 def overridden(region: RegionConfig, **changes: Any) -> RegionConfig:
@@ -227,10 +249,31 @@ def region_run_cmd(
     num_supernodes: Annotated[
         int, typer.Option(help="Virtual devices (simulation engine; default: the region's nodes).")
     ] = 0,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800.0,
+    timeout: Annotated[
+        float, typer.Option(help="Stop the run (at its SuperLink) after this many seconds.")
+    ] = 1800.0,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN",
+            help="Continue an interrupted, failed or stopped run after its last recorded "
+            "round, from that round's stored model.",
+        ),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            metavar="RUN|DIGEST|global:N",
+            help="Warm start: a run's last model, a model digest in the blob store, or a "
+            "global version.",
+        ),
+    ] = None,
 ) -> None:
     """Run federated training for one region and stream per-round metrics."""
     from fedgate.server.live_view import RunBoard
+    from fedgate.server.run_records import StartPoint, init_point, resume_point
     from fedgate.server.runner import ensure_up, follow, submit
     from fedgate.server.simulation import submit_simulation
 
@@ -241,9 +284,21 @@ def region_run_cmd(
         fed.region(region), rounds=rounds, aggregator=aggregator, f=f,
         clients_per_round=clients_per_round, min_clients=min_clients,
     )  # fmt: skip
+    if resume and init_from:
+        raise ConfigError("--resume and --init-from exclude each other")
+    start = StartPoint()
+    if resume:
+        start = resume_point(home, reg, resume, reg.rounds)
+        console.print(f"resuming run {resume} at round {start.first_round}/{reg.rounds} "
+                      f"from model {start.init_model[:12]}…")  # fmt: skip
+    elif init_from:
+        start = init_point(home, reg, init_from)
+        console.print(f"warm start from model {start.init_model[:12]}… ({init_from})")
     if engine == "deployment":
         ensure_up(home, fed, reg)
-        sub = submit(fed, reg, home)
+        sub = submit(fed, reg, home, extra=start.run_config())
+        console.print(f"run {sub.run_id} submitted; follow it elsewhere with "
+                      f"`fedgate region attach {sub.run_id} --region {reg.name}`")  # fmt: skip
     else:
         n = num_supernodes or len(reg.nodes)
         if n < reg.min_clients:

@@ -131,6 +131,8 @@ class ProcessTable:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as fh:
+            fh.write(f"{START_MARK} {time.strftime('%Y-%m-%dT%H:%M:%S')}: {name}\n".encode())
+            fh.flush()
             try:
                 proc = subprocess.Popen(
                     cmd,
@@ -189,8 +191,12 @@ class ProcessStatus:
     last_log: tuple[str, ...]  # a dead process's last log lines
 
 
+START_MARK = "=== fedgate started"  # a line ``start`` writes before each launch
+
+
 def last_lines(path: str | Path, n: int = 5, max_bytes: int = 16384) -> tuple[str, ...]:
-    """The last ``n`` non-empty lines of a log file (ANSI colours removed)."""
+    """The last ``n`` non-empty lines a process logged since it was last started (ANSI
+    colours removed)."""
     import re
 
     try:
@@ -201,7 +207,10 @@ def last_lines(path: str | Path, n: int = 5, max_bytes: int = 16384) -> tuple[st
     except OSError:
         return ()
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    return tuple(line for line in text.splitlines() if line.strip())[-n:]
+    lines = text.splitlines()
+    marks = [i for i, line in enumerate(lines) if line.startswith(START_MARK)]
+    lines = [line for line in lines[marks[-1] + 1 if marks else 0 :] if line.strip()]
+    return tuple(lines[-n:]) or ("(nothing logged since it started)",)
 
 
 def descendants(pid: int) -> list[int]:

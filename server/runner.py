@@ -79,6 +79,10 @@ def run_config(
         "max-examples": region.max_examples,
         "round-timeout": region.round_timeout,
         "out-dir": str(out_dir),
+        # where the run starts (see fedgate.server.run_records.StartPoint): fresh by default
+        "init-model": "",
+        "first-round": 1,
+        "resume-from": "",
     }
 
 
@@ -288,21 +292,22 @@ class Watch:
     link_details: str = ""
 
 
-def _processes_problem(sub: Submission) -> str:
-    """Why the run cannot go on (a dead executor or SuperLink), or ''."""
+def _processes_problem(sub: Submission) -> tuple[str, str]:
+    """Which process the run needs is dead (``superlink`` or ``executor``) and why, or
+    ('', '')."""
     from fedgate.server.processes import ProcessTable, alive, last_lines
 
     procs = {p.name: p for p in ProcessTable(sub.home).load()}
-    for name, what in ((f"superlink-{sub.region}", "SuperLink"),
-                       (f"executor-{sub.region}", "executor (flower-superexec)")):  # fmt: skip
-        p = procs.get(name)
+    for kind, what in (("superlink", "SuperLink"), ("executor", "executor (flower-superexec)")):
+        p = procs.get(f"{kind}-{sub.region}")
         if p is not None and not alive(p.pid):
-            tail = " | ".join(last_lines(p.log, 2)) or "no log output"
-            return (
-                f"the region's {what} (pid {p.pid}) died: {tail[:300]}; restart the topology "
-                f"with `fedgate down --home {sub.home}` then `fedgate up --home {sub.home}`"
+            tail = " | ".join(last_lines(p.log, 1)) or "no log output"
+            return kind, (
+                f"the region's {what} (pid {p.pid}) died (its last log line: {tail[:200]}); "
+                f"restart the topology with `fedgate down --home {sub.home}` then "
+                f"`fedgate up --home {sub.home}`"
             )
-    return ""
+    return "", ""
 
 
 def _check(sub: Submission, watch: Watch, on_note: Callable[[str], None]) -> str:
@@ -315,7 +320,10 @@ def _check(sub: Submission, watch: Watch, on_note: Callable[[str], None]) -> str
     if now < watch.next_check:
         return ""
     watch.next_check = now + CHECK_EVERY
-    problem = _processes_problem(sub)
+    dead, problem = _processes_problem(sub)
+    if dead == "executor":  # nothing will run this run's ServerApp: stop it, fail now
+        stop_submission(sub, "fedgate", problem, status="failed")
+        return problem
     if problem:
         if watch.link_ended_at is None:
             watch.link_ended_at = now  # the ServerApp may still record how it ended
@@ -351,8 +359,9 @@ def _end_unfinished(sub: Submission, status: str, note: str) -> None:
         mark_ended(sub.home, sub.region_config, sub.run_id, status, note[:500])
 
 
-def stop_submission(sub: Submission, by: str, note: str) -> None:
-    """Stop a deployment run at its SuperLink and record it stopped (never to start later)."""
+def stop_submission(sub: Submission, by: str, note: str, status: str = "stopped") -> None:
+    """Stop a deployment run at its SuperLink and record it ``status`` (never to start
+    later)."""
     from fedgate.server.run_records import region_store
     from fedgate.server.superlink_runs import stop_link_run
 
@@ -363,8 +372,10 @@ def stop_submission(sub: Submission, by: str, note: str) -> None:
     with contextlib.suppress(Exception):
         store = region_store(sub.home, sub.region_config)
         info = store.run(sub.run_id)
-        if info is None or info.status == "running":
-            store.stop_run(sub.run_id, sub.region, by, note)
+        if info is not None and info.status == "running" and status != "stopped":
+            store.finish_run(sub.run_id, status=status, note=note[:500])
+        elif info is None or info.status == "running":
+            store.stop_run(sub.run_id, sub.region, by, note[:500])
 
 
 def follow(
