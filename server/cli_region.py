@@ -162,9 +162,8 @@ def status_cmd(
         return
     ok, bad = "[green]up[/]", "[red]down[/]"
     regions = Table(title=f"fedgate regions in {home}")
-    for col in ("region", "SuperLink", "executor", "fleet proxy", "SuperNodes online",
-                "not online"):  # fmt: skip
-        regions.add_column(col)
+    for col in ("region", "SuperLink", "executor", "proxy", "nodes online", "not online"):
+        regions.add_column(col, overflow="fold")
     alive_names = {p.process.name for p in procs if p.alive}
     for h in health:
         missing = [f"{name} ({status})" for name, status in h.nodes if status != "online"]

@@ -89,9 +89,12 @@ def alive(pid: int) -> bool:
         return True
     try:  # a zombie is dead for our purposes
         state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0]
-        return state != "Z"
     except OSError:
         return True
+    if state == "Z":
+        _reap(pid)  # our own child (started in this process): reap it, so that helpers
+        return False  # watching its pid (an executor's --parent-pid) see it gone
+    return True
 
 
 class ProcessTable:

@@ -292,6 +292,12 @@ class Watch:
     link_details: str = ""
 
 
+def _parent_pid(cmd: list[str]) -> int:
+    """The ``--parent-pid`` an executor was started with (its SuperLink), or our own pid."""
+    flag = "--parent-pid"
+    return int(cmd[cmd.index(flag) + 1]) if flag in cmd else os.getpid()
+
+
 def _processes_problem(sub: Submission) -> tuple[str, str]:
     """Which process the run needs is dead (``superlink`` or ``executor``) and why, or
     ('', '')."""
@@ -300,6 +306,8 @@ def _processes_problem(sub: Submission) -> tuple[str, str]:
     procs = {p.name: p for p in ProcessTable(sub.home).load()}
     for kind, what in (("superlink", "SuperLink"), ("executor", "executor (flower-superexec)")):
         p = procs.get(f"{kind}-{sub.region}")
+        if kind == "executor" and p is not None and not alive(_parent_pid(p.cmd)):
+            kind, what = "superlink", "SuperLink (and with it the executor)"
         if p is not None and not alive(p.pid):
             tail = " | ".join(last_lines(p.log, 1)) or "no log output"
             return kind, (

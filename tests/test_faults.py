@@ -42,7 +42,7 @@ from fedgate.server.local_devices import device_dir
 from fedgate.server.node_auth import list_nodes
 from fedgate.server.processes import ManagedProcess, ProcessTable, alive, free_port_block, port_open
 from fedgate.server.runner import RunFailedError, follow, submit
-from fedgate.server.topology import region_health, start_superlink
+from fedgate.server.topology import region_health, start_executor, start_superlink
 from fedgate.server.transport import load_transport
 
 pytestmark = pytest.mark.integration
@@ -120,14 +120,18 @@ def fates(record: dict) -> dict[int, dict]:
 
 
 def restart_superlink(home: Path, fed) -> ManagedProcess:
-    """Crash the region's SuperLink (SIGKILL) and start it again on its persistent state."""
+    """Crash the region's SuperLink (SIGKILL) and start it again on its persistent state,
+    with a new executor (the old one exits with its SuperLink)."""
     table, eu = ProcessTable(home), fed.region("eu")
     old = managed(home, "superlink-eu")
     os.killpg(old.pgid, signal.SIGKILL)
     wait_for(lambda: not alive(old.pid) and not port_open(eu.superlink_port), 30, "the crash")
-    table.save([p for p in table.load() if p.pid != old.pid])
+    executor = managed(home, "executor-eu")
+    wait_for(lambda: not alive(executor.pid), 30, "the executor to exit with its SuperLink")
+    table.save([p for p in table.load() if p.pid not in (old.pid, executor.pid)])
     new = start_superlink(table, eu, load_transport(home))
     wait_for(lambda: port_open(eu.superlink_port), 60, f"the restarted SuperLink ({new.log})")
+    start_executor(table, eu, load_transport(home), new)
     return new
 
 
