@@ -14,19 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
 
-from fedgate.crypto import SignatureError
-from fedgate.server.audit.export import FORMATS, ExportError, export_chain, verify_export
-from fedgate.server.audit.keys import load_pubkeys, region_pub_path
-from fedgate.server.audit.verify import VerifyReport, verify_database
-from fedgate.server.db.engine import DatabaseError, open_readonly, resolve_url
-from fedgate.server.db.store import Store, StoreError
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from fedgate.server.audit.verify import VerifyReport
 
 DbOpt = Annotated[
     str | None,
@@ -53,11 +50,22 @@ class _Fail(Exception):
     """An input problem reported as one line with exit status 2."""
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """What ``_errors`` reports with exit status 2; called only when a verb raises."""
+    # heavy import: loaded only when a verb that runs fails
+    from fedgate.crypto import SignatureError
+    from fedgate.server.audit.export import ExportError
+    from fedgate.server.db.engine import DatabaseError
+    from fedgate.server.db.store import StoreError
+
+    return (_Fail, DatabaseError, StoreError, ExportError, SignatureError)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
-    except (_Fail, DatabaseError, StoreError, ExportError, SignatureError) as exc:
+    except _input_errors() as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
@@ -66,6 +74,9 @@ def _errors() -> Iterator[None]:
 
 
 def _engine(db: str | None, home: Path, region: str | None) -> Engine:
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.db.engine import DatabaseError, open_readonly, resolve_url
+
     try:
         url = resolve_url(db, home, region)
     except DatabaseError:
@@ -100,6 +111,9 @@ def _num(value: float | None) -> str:
 def _keys(pubkeys: list[Path], home: Path, region: str | None, skip: bool) -> dict | None:
     if skip:
         return None
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.keys import load_pubkeys, region_pub_path
+
     if not pubkeys:
         default = region_pub_path(home, region) if region else None
         if default is None or not default.is_file():
@@ -172,6 +186,10 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the hash chain and check every signed head; name the first bad event."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.export import verify_export
+    from fedgate.server.audit.verify import verify_database
+
     with _errors():
         keys = _keys(list(pubkeys or []), home, region, no_signatures)
         if export is not None:
@@ -190,6 +208,8 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List training runs."""
+    from fedgate.server.db.store import Store  # heavy import: loaded only when this verb runs
+
     with _errors():
         items = Store(_engine(db, home, region)).runs()
     if as_json:
@@ -219,6 +239,8 @@ def rounds(
     as_json: JsonOpt = False,
 ) -> None:
     """List the rounds of one run."""
+    from fedgate.server.db.store import Store  # heavy import: loaded only when this verb runs
+
     with _errors():
         items = Store(_engine(db, home, region)).rounds(run)
     if as_json:
@@ -250,6 +272,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one round: every client's fate, with reasons and aggregator scores."""
+    from fedgate.server.db.store import Store  # heavy import: loaded only when this verb runs
+
     with _errors():
         info, updates = Store(_engine(db, home, region)).round_detail(run, round_no)
     if as_json:
@@ -302,6 +326,9 @@ def export(
     region: RegionOpt = None,
 ) -> None:
     """Export the audit chain with its signed heads, for offline verification."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.export import FORMATS, export_chain
+
     with _errors():
         if fmt not in FORMATS:
             raise _Fail(f"unknown format {fmt!r} (jsonl or csv)")

@@ -12,35 +12,14 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
-from fedgate.clients.identity import (
-    KEY_FILE,
-    IdentityError,
-    check_profile,
-    enroll_identity,
-    read_enrollment,
-)
-from fedgate.crypto import SignatureError, read_public_key
-from fedgate.server.db.engine import DatabaseError
-from fedgate.server.enrollment import (
-    DEFAULT_TOKEN_TTL,
-    DatabaseDeviceRegistry,
-    EnrollmentError,
-    check_region_name,
-    region_anchor,
-    region_registry,
-    revoke_device,
-)
-from fedgate.server.node_auth import NodeAuthError
-from fedgate.server.node_registration import (
-    control_target,
-    register_device_node,
-    unregister_device_node,
-)
+from fedgate.server.enrollment_limits import DEFAULT_TOKEN_TTL
+
+if TYPE_CHECKING:
+    from fedgate.server.enrollment import DatabaseDeviceRegistry
 
 Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
 Home = Annotated[
@@ -73,22 +52,41 @@ InsecureOpt = Annotated[
 ]
 
 
-@contextlib.contextmanager
-def _clean_errors() -> Iterator[None]:
-    """Expected failures become one red ``error:`` line and exit status 1."""
-    try:
-        yield
-    except (
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """What ``_clean_errors`` reports as one line; called only when a verb raises."""
+    # heavy import: loaded only when a verb that runs fails
+    from fedgate.clients.identity import IdentityError
+    from fedgate.crypto import SignatureError
+    from fedgate.server.db.engine import DatabaseError
+    from fedgate.server.enrollment import EnrollmentError
+    from fedgate.server.node_auth import NodeAuthError
+
+    return (
         EnrollmentError,
         IdentityError,
         SignatureError,
         DatabaseError,
         NodeAuthError,
         FileExistsError,
-    ) as exc:
+    )
+
+
+def _sqlalchemy_error() -> type[Exception]:
+    """``SQLAlchemyError``; called only when a verb raises."""
+    from sqlalchemy.exc import SQLAlchemyError  # heavy import: loaded only when a verb fails
+
+    return SQLAlchemyError
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Expected failures become one red ``error:`` line and exit status 1."""
+    try:
+        yield
+    except _expected_errors() as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
-    except SQLAlchemyError as exc:
+    except _sqlalchemy_error() as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         typer.secho(f"error: database: {first}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -104,6 +102,9 @@ def _home(home: Path | None) -> Path:
 
 
 def _registry(home: Path | None, region: str, db: str | None) -> DatabaseDeviceRegistry:
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.enrollment import check_region_name, region_registry
+
     return region_registry(_home(home), check_region_name(region), db)
 
 
@@ -152,6 +153,12 @@ def enroll(
 ) -> None:
     """Enroll this device with REGION: its signing key with the region's registry, its node
     key with the region's SuperLink. Re-run on an enrolled device to retry the node key."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.clients.identity import KEY_FILE, check_profile, enroll_identity, read_enrollment
+    from fedgate.crypto import read_public_key
+    from fedgate.server.enrollment import check_region_name, region_anchor, region_registry
+    from fedgate.server.node_registration import control_target
+
     with _clean_errors():
         check_region_name(region)
         check_profile(profile)
@@ -190,6 +197,9 @@ def enroll(
 
 def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
     """Make and (if a SuperLink is known) register the node key; keep the region CA beside it."""
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.node_registration import register_device_node
+
     if target is not None and target.root_certificates is not None:
         ca = device_dir / "anchors" / f"{region}-ca.pem"
         ca.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +255,10 @@ def revoke(
 ) -> None:
     """Revoke DEVICE: its updates are rejected from the next verification on, and its node
     key is unregistered at the region's SuperLink (it can no longer connect)."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.enrollment import check_region_name, revoke_device
+    from fedgate.server.node_registration import control_target, unregister_device_node
+
     with _clean_errors():
         where = _home(home)
         revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
@@ -283,6 +297,8 @@ def join(
     ] = 9094,
 ) -> None:
     """Join training: run this device's SuperNode and its ClientApp until Ctrl-C."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.clients.identity import IdentityError, read_enrollment
     from fedgate.clients.join import JoinError, JoinSpec
     from fedgate.clients.join import join as run_join
 

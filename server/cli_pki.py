@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fedgate.server.pki import PkiError, RegionTls, ensure_region_pki
+if TYPE_CHECKING:
+    from fedgate.server.pki import RegionTls
 
 
 def _default_home() -> Path:
@@ -62,8 +63,10 @@ def region_init(
     ] = False,
 ) -> None:
     """Create REGION's TLS CA and server certificate and its signing key (idempotent)."""
+    # heavy import: loaded only when this verb runs
     from fedgate.crypto import SignatureError, fingerprint
     from fedgate.server.audit.keys import ensure_region_key, region_pub_path
+    from fedgate.server.pki import PkiError, ensure_region_pki
 
     home = (home or _default_home()).resolve()
     try:

@@ -55,8 +55,10 @@ def resolve(home: Path | None, config: Path | None) -> tuple[Path, FederationCon
     return home, default_federation()
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn fedgate's expected failures into one red line and exit code 1 (or 130 on Ctrl-C)."""
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The failures ``friendly`` reports as one line. Called only when a verb raises (an
+    ``except`` clause evaluates its expression then), so start-up imports none of them."""
+    # heavy import: loaded only when a verb that runs fails
     from fedgate.server.db.engine import DatabaseError
     from fedgate.server.enrollment import EnrollmentError
     from fedgate.server.fleet_proxy import ProxyError
@@ -64,19 +66,23 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     from fedgate.server.pki import PkiError
     from fedgate.server.runner import RunFailedError
 
-    expected = (ConfigError, TopologyError, RunFailedError, PkiError, ProxyError, NodeAuthError,
-                EnrollmentError, DatabaseError)  # fmt: skip
+    return (ConfigError, TopologyError, RunFailedError, PkiError, ProxyError, NodeAuthError,
+            EnrollmentError, DatabaseError)  # fmt: skip
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn fedgate's expected failures into one red line and exit code 1 (or 130 on Ctrl-C)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except expected as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # first: Ctrl-C never waits for _expected_errors' imports
             err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")
             raise typer.Exit(130) from None
+        except _expected_errors() as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fedgate.clients.profiles import PROFILES
 from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
-from fedgate.strategies.rules import REGION_DEFAULT
+from fedgate.strategies.rule_config import REGION_DEFAULT
 
 
 class ConfigError(ValueError):
@@ -160,6 +160,7 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
         raise ConfigError(
             f"{loc}: {len(r.nodes)} node(s) can never reach min-clients={r.min_clients}"
         )
+    # heavy import (flwr): loaded only when a config is validated
     from fedgate.clients.misbehaviour import known_profiles
 
     for index in [*r.attacks, *r.revoked]:
@@ -174,6 +175,7 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
         raise ConfigError(f"{loc}: port must be in [1024, 65000]")
     if r.f < 0:
         raise ConfigError(f"{loc}: f must be >= 0")
+    # heavy import (the aggregators, torch): loaded only when a config is validated
     from fedgate.strategies.rules import check_rule
 
     try:

@@ -29,9 +29,8 @@ from fedgate.server.db.engine import resolve_url, write_txn
 from fedgate.server.db.models import Device as DeviceRow
 from fedgate.server.db.models import EnrollmentToken
 from fedgate.server.db.store import Store
+from fedgate.server.enrollment_limits import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
 
-DEFAULT_TOKEN_TTL = 24 * 3600.0
-MAX_TOKEN_TTL = 30 * 24 * 3600.0
 TOKEN_PREFIX = "fgt_"
 ENROLL_DIR_TOKEN_TTL = 600.0  # the token ``enroll_device_dir`` issues and spends at once
 TOKEN_ID_CHARS = 16  # how much of a token's hash the audit log and errors show
