@@ -130,10 +130,15 @@ def round_metrics(events: list[dict[str, Any]]) -> list[RoundMetrics]:
 
 
 def initial_metrics(events: list[dict[str, Any]]) -> RoundMetrics | None:
-    """Round 0: the initial model's metrics (``initial`` record), or None if not measured."""
+    """The starting model's metrics (``initial`` record), or None if not measured. Its round
+    is 0, or ``first_round - 1`` of the ``started`` record for a resumed run."""
     events = current_run(events)
     initial = [e for e in events if e.get("kind") == "initial"]
-    return _row(0, initial[-1], _fed(events).get(0, {})) if initial else None
+    if not initial:
+        return None
+    started = next((e for e in events if e.get("kind") == "started"), {})
+    rnd = int(initial[-1].get("round", int(started.get("first_round", 1) or 1) - 1))
+    return _row(rnd, initial[-1], _fed(events).get(rnd, {}))
 
 
 def run_info(events: list[dict[str, Any]]) -> RunInfo:
@@ -171,7 +176,7 @@ def _series(ax, rows: list[RoundMetrics], name: str, label: str, style: str) -> 
 
 
 def build_run_figure(events: list[dict[str, Any]]) -> Figure:
-    """The report figure: accuracy and loss per round (round 0 = initial model) on top,
+    """The report figure: accuracy and loss per round (from the starting model) on top,
     accepted vs rejected updates per round below; a notice if no round completed."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -206,7 +211,8 @@ def build_run_figure(events: list[dict[str, Any]]) -> Figure:
     loss.set_ylabel("loss (dashed)")
     loss.set_ylim(bottom=0)
     top.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8)
-    top.set_title("model quality per round (round 0: initial model)", fontsize=10)
+    start = f"round {initial.round}: starting model" if initial else "no starting model measured"
+    top.set_title(f"model quality per round ({start})", fontsize=10)
 
     xs = [r.round for r in rows]
     accepted = [r.accepted for r in rows]
@@ -282,10 +288,11 @@ def log_to_mlflow(
     """Log the run to MLflow; returns the MLflow run id.
 
     Params: region, run id and ``PARAM_KEYS`` of the run config; metrics per round with
-    ``step=round`` (step 0: the initial model); the summary as ``summary.*`` metrics; the plot
-    (``plot``, else drawn now) as artifact ``run.png``. ``tracking_uri`` None: the local store
-    under ``home`` (default ``$FEDGATE_HOME`` or ``~/.fedgate``). Idempotent: a run already
-    logged completely (same region and run id) is returned, not logged twice.
+    ``step=round`` (the starting model at its round: 0, unless resumed); the summary as
+    ``summary.*`` metrics; the plot (``plot``, else drawn now) as artifact ``run.png``.
+    ``tracking_uri`` None: the local store under ``home`` (default ``$FEDGATE_HOME`` or
+    ``~/.fedgate``). Idempotent: a run already logged completely (same region and run id) is
+    returned, not logged twice.
     """
     _import_mlflow()
     from mlflow.entities import Metric, Param

@@ -127,6 +127,22 @@ def test_only_the_last_run_of_a_reused_out_dir_counts(tmp_path: Path) -> None:
     assert run_info(events).run_id == "2"
 
 
+def test_a_resumed_run_starts_at_its_first_round(tmp_path: Path) -> None:
+    progress = ProgressWriter(tmp_path)
+    progress.write("started", region="eu", run_id="7", config=CONFIG, first_round=3)
+    progress.write("initial", **{"val-loss": 0.75, "val-acc": 0.75, "test-acc": 0.625})
+    progress.write("evaluated", round=2, **{"fed-eval-loss": 0.5, "fed-eval-acc": 0.875})
+    progress.round(_record(3, 4, 0, 0.5))
+    events = read_progress(tmp_path)[0]
+    assert initial_metrics(events) == RoundMetrics(
+        2, val_acc=0.75, val_loss=0.75, test_acc=0.625, fed_acc=0.875, fed_loss=0.5
+    )
+    assert [r.round for r in round_metrics(events)] == [3]
+    top, bottom, _ = _drawn(build_run_figure(events)).axes
+    assert _int_labels(bottom) == [2, 3]
+    assert "round 2: starting model" in top.get_title()
+
+
 def test_a_failed_run_with_no_round(tmp_path: Path) -> None:
     events = write_failed_run(tmp_path)
     assert round_metrics(events) == []
