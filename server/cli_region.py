@@ -266,6 +266,13 @@ def region_run_cmd(
             "round, from that round's stored model.",
         ),
     ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Also log per-round metrics and the plot to MLflow.")
+    ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: a SQLite store under the home)."),
+    ] = None,
     init_from: Annotated[
         str | None,
         typer.Option(
@@ -291,6 +298,7 @@ def region_run_cmd(
     )  # fmt: skip
     if resume and init_from:
         raise ConfigError("--resume and --init-from exclude each other")
+    tracking: bool | str = mlflow_uri or mlflow
     start = StartPoint()
     if resume:
         start = resume_point(home, reg, resume, reg.rounds)
@@ -310,9 +318,33 @@ def region_run_cmd(
             raise ConfigError(f"--num-supernodes {n} is below min-clients {reg.min_clients}")
         sub = submit_simulation(fed, reg, home, n)
     console.print(f"{engine} run of region {reg.name}: results in {sub.out_dir}")
-    with RunBoard({reg.name: reg.rounds}, console) as board:
-        done = follow([sub], lambda s, e: board.on_event(s.region, e), timeout)
+    try:
+        with RunBoard({reg.name: reg.rounds}, console) as board:
+            done = follow([sub], lambda s, e: board.on_event(s.region, e), timeout)
+    finally:
+        write_report(sub.out_dir, home, tracking)
     console.print(summary_table(done, f"region {reg.name} ({engine})"))
+
+
+def write_report(out_dir: Path, home: Path, mlflow: bool | str) -> None:
+    """The run's plot (and, when asked, its MLflow record), also after a failed run; a
+    report that cannot be written is a warning, never the run's outcome."""
+    from fedgate.server.run_report import finalize_report
+
+    try:
+        report = finalize_report(out_dir, home, mlflow)
+    except Exception as exc:
+        err.print(f"[yellow]warning: the run's report was not written completely: {exc}[/]")
+        return
+    console.print(f"plot: {report['plot']}")
+    if report["mlflow_run_id"]:
+        console.print(f"MLflow run {report['mlflow_run_id']} (store: {mlflow_store(home, mlflow)})")
+
+
+def mlflow_store(home: Path, mlflow: bool | str) -> str:
+    from fedgate.server.run_report import default_tracking_uri
+
+    return mlflow if isinstance(mlflow, str) else default_tracking_uri(home)
 
 
 def register(app: typer.Typer, region_app: typer.Typer) -> None:

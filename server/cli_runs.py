@@ -135,12 +135,12 @@ def stop_cmd(
     info = store.run(run)
     if at_link is None and info is None:
         raise ConfigError(f"region {reg.name} knows no run {run}; see `fedgate runs`")
-    stopped = target is not None and stop_link_run(target, run)
-    if info is None or info.status == "running":
+    if info is None or info.status == "running":  # recorded first: it never starts later
         store.stop_run(run, reg.name, launched_by(), "stopped with `fedgate region stop`")
         console.print(f"run {run} recorded stopped in region {reg.name}'s database")
     else:
         console.print(f"run {run} had already ended ({info.status}); record unchanged")
+    stopped = target is not None and stop_link_run(target, run)
     if stopped:
         console.print(f"run {run} stopped at the SuperLink")
     elif target is None:

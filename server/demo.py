@@ -65,7 +65,7 @@ def run_demo(
     home: Path, fed: FederationConfig, console, timeout: float = 900.0, insecure: bool = False
 ) -> dict:
     """Bring the federation up under ``home``, train every region, write results, shut down."""
-    from fedgate.server.cli_region import FEDERATION_FILE, summary_table
+    from fedgate.server.cli_region import FEDERATION_FILE, summary_table, write_report
     from fedgate.server.live_view import RunBoard
     from fedgate.server.runner import follow, submit
     from fedgate.server.topology import down, up
@@ -85,8 +85,12 @@ def run_demo(
         up(fed, home, echo=console.print, insecure=insecure)
         t_up = time.monotonic() - t0
         subs = [submit(fed, r, home) for r in fed.regions]
-        with RunBoard({r.name: r.rounds for r in fed.regions}, console) as board:
-            finished = follow(subs, lambda s, e: board.on_event(s.region, e), timeout)
+        try:
+            with RunBoard({r.name: r.rounds for r in fed.regions}, console) as board:
+                finished = follow(subs, lambda s, e: board.on_event(s.region, e), timeout)
+        finally:
+            for sub in subs:  # the per-run plot, also for a run that failed
+                write_report(sub.out_dir, home, False)
     finally:
         stopped = down(home)
         console.print(f"stopped {len(stopped)} processes")

@@ -375,15 +375,15 @@ def stop_submission(sub: Submission, by: str, note: str, status: str = "stopped"
 
     if sub.control is None or not sub.run_id or sub.region_config is None:
         return
-    with contextlib.suppress(Exception):
-        stop_link_run(sub.control, sub.run_id)
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # recorded first: the ServerApp's own end is then moot
         store = region_store(sub.home, sub.region_config)
         info = store.run(sub.run_id)
         if info is not None and info.status == "running" and status != "stopped":
             store.finish_run(sub.run_id, status=status, note=note[:500])
         elif info is None or info.status == "running":
             store.stop_run(sub.run_id, sub.region, by, note[:500])
+    with contextlib.suppress(Exception):
+        stop_link_run(sub.control, sub.run_id)
 
 
 def follow(

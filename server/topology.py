@@ -214,6 +214,17 @@ def stop_stale_runs(home: Path, region: RegionConfig, transport: Transport) -> l
     return stale
 
 
+def stale_sessions(region: RegionConfig, transport: Transport, device_ids: list[str]) -> int:
+    """How many of the region's devices the SuperLink still holds online although none of
+    their SuperNodes runs yet (left by a SuperLink or SuperNodes that were killed)."""
+    try:
+        listed = list_nodes(transport.control(region))
+    except NodeAuthError:
+        return 0
+    names = set(device_ids)
+    return sum(n.status == "online" and n.name in names for n in listed)
+
+
 def bring_up_region(
     table: ProcessTable,
     fed: FederationConfig,
@@ -237,6 +248,12 @@ def bring_up_region(
     spec, proxy = start_proxy(table, r, transport)
     keys = register_node_keys(table.home, r, transport, device_ids)
     say(r.name, f"{len([k for k in keys if k])} node keys registered")
+    stale = stale_sessions(r, transport, device_ids)
+    if stale:  # an unclean stop: the SuperLink refuses to activate a node it thinks online
+        say(r.name, f"waiting for the SuperLink to expire {stale} node session(s) left by an "
+                    "unclean stop (up to a minute: Flower's heartbeat patience)")  # fmt: skip
+        wait_until(lambda: not stale_sessions(r, transport, device_ids), timeout,
+                   f"stale node sessions of {r.name} to expire", link.log, link.pid)  # fmt: skip
     wait_until(lambda: healthy(spec, transport.ca(r.name)), timeout, f"fleet proxy {r.name}",
                proxy.log, proxy.pid)  # fmt: skip
     say(r.name, f"fleet proxy ready at {HOST}:{r.fleet_port} "
@@ -249,6 +266,9 @@ def bring_up_region(
     wait_until(lambda: online_nodes(r, transport) >= len(r.nodes), timeout,
                f"all {len(r.nodes)} SuperNodes of {r.name} online",
                str(table.log_dir / f"supernode-{r.name}-0.log"))  # fmt: skip
+    for i, node in enumerate(nodes):
+        if not alive(node.pid):
+            raise TopologyError(f"SuperNode {r.name}-{i} exited after start-up; read {node.log}")
     for proc, what in ((worker, "ClientApp workers"), (executor, "executor")):
         if not alive(proc.pid):
             raise TopologyError(f"{what} of {r.name} exited; read {proc.log}")

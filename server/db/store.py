@@ -146,14 +146,19 @@ class Store:
         return run
 
     def finish_run(self, run_id: int | str, status: str = "finished", note: str = "") -> None:
+        """End a running run with ``status``; a run that has already ended keeps its end."""
         run = str(run_id)
 
         def write(conn: Connection) -> None:
             done = conn.execute(
-                update(RUNS).where(RUNS.c.id == run).values(status=status, finished_at=_now())
+                update(RUNS)
+                .where(RUNS.c.id == run, RUNS.c.status == "running")
+                .values(status=status, finished_at=_now())
             )
             if done.rowcount != 1:
-                raise StoreError(f"no run {run}")
+                if conn.execute(select(RUNS.c.id).where(RUNS.c.id == run)).first() is None:
+                    raise StoreError(f"no run {run}")
+                return  # already ended (e.g. stopped by the operator): the first end stands
             self._write(
                 conn, [("run.finished", {"run": run, "status": status, "note": note})], sign=True
             )
