@@ -158,6 +158,10 @@ class Submission:
         self.events.extend(new)
         return new
 
+    def no_result(self) -> str:
+        """One line: why this run ended without a result (an engine may say it its way)."""
+        return _no_result(self)
+
 
 def submit(fed: FederationConfig, region: RegionConfig, home: Path) -> Submission:
     """Start ``flwr run`` for ``region`` against its running SuperLink."""
@@ -234,7 +238,7 @@ def follow(
                         for event in sub.poll():
                             on_event(sub, event)
                     if sub.finished is None:
-                        raise RunFailedError(_no_result(sub))
+                        raise RunFailedError(sub.no_result())
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
                 raise RunFailedError(
