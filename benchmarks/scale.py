@@ -43,10 +43,11 @@ from typing import Any
 import numpy as np
 
 from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.local_devices import enroll_region_devices
 from fedgate.server.processes import ProcessTable, free_port_block
 from fedgate.server.runner import RunFailedError, Submission, follow, submit
 from fedgate.server.simulation import (
+    DEVICES,
+    enroll_virtual_devices,
     sim_profiles,
     start_simulation,
     submit_simulation,
@@ -132,9 +133,8 @@ def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> Non
     from fedgate.server.app import run_region
     from fedgate.server.simulation import virtual_client_app
 
-    home, region = Path(config["home"]), str(config["region"])
     server_app = ServerApp()
-    client_app = virtual_client_app(home, region, data_root)
+    client_app = virtual_client_app(Path(config["out-dir"]) / DEVICES, data_root)
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
@@ -157,7 +157,7 @@ def submit_fixed(
     """Start ``simulate_fixed`` in its own session; ``follow`` tracks it like any run."""
     out_dir = region_dir(home, region.name) / "runs" / f"scale-{clients}"
     out_dir.mkdir(parents=True)
-    enroll_region_devices(home, region, sim_profiles(clients), kind="sim")
+    enroll_virtual_devices(home, region, out_dir, clients)
     data_root = write_client_data(home, fed, clients, examples)
     config_path = write_run_config(fed, region, home, out_dir)
     child = [__file__, "--child", str(config_path), "--child-clients", str(clients),

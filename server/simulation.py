@@ -3,6 +3,11 @@
 ``submit_simulation`` starts ``python -m fedgate.server.simulation`` in its own process group
 (so every Ray process it spawns is stopped with it) and returns a ``Submission`` that
 ``fedgate.server.runner.follow`` tracks exactly like a deployment run.
+
+A simulated run lives in its own scope, never in the region's: its virtual devices (keys
+under ``<run dir>/devices``) are enrolled in the run's own database
+``<run dir>/simulation.db``, which also holds its run, rounds and audit chain; the region's
+database and registry are not opened.
 """
 
 from __future__ import annotations
@@ -17,27 +22,79 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.server.config import FederationConfig, RegionConfig
-from fedgate.server.local_devices import enroll_region_devices
 from fedgate.server.processes import flower_env
 from fedgate.server.runner import Submission, run_config
 from fedgate.server.topology import region_dir
 
+RUN_DB = "simulation.db"  # a simulated run's own database, in its run directory
+DEVICES = "devices"  # its virtual devices' directories (signing keys), ditto
 
-def virtual_client_app(home: Path, region: str, data_root: Path | None = None):
+
+def run_db_path(out_dir: Path) -> Path:
+    return Path(out_dir).resolve() / RUN_DB
+
+
+def run_db_url(out_dir: Path) -> str:
+    """The SQLite URL of a simulated run's own database."""
+    return f"sqlite:///{run_db_path(out_dir)}"
+
+
+def virtual_device_dir(devices: Path, index: int) -> Path:
+    """Virtual device ``index``'s directory (key, enrollment, trust anchor)."""
+    return Path(devices) / f"sim-{index}"
+
+
+def sim_profiles(n: int) -> tuple[str, ...]:
+    """Virtual devices alternate phone and pi, like the default SuperNodes."""
+    return tuple("phone" if i % 2 == 0 else "pi" for i in range(n))
+
+
+def enroll_virtual_devices(
+    home: Path, region: RegionConfig, out_dir: Path, num_supernodes: int
+) -> list[str]:
+    """Enroll ``num_supernodes`` fresh virtual devices in the run's own database (the
+    region's key signs its audit heads and is the devices' trust anchor), revoking those
+    the region config lists as revoked; returns their ids. Keys go under
+    ``out_dir/devices``."""
+    from fedgate.clients.identity import enroll_identity
+    from fedgate.server.enrollment import ENROLL_DIR_TOKEN_TTL, region_anchor, region_registry
+
+    devices = Path(out_dir) / DEVICES
+    ids: list[str] = []
+    with region_registry(home, region.name, run_db_url(out_dir)) as registry:
+        anchor = region_anchor(home, region.name)
+        for index, profile in enumerate(sim_profiles(num_supernodes)):
+
+            def register(public_key: bytes, profile: str = profile) -> str:
+                token = registry.issue_token(ttl_seconds=ENROLL_DIR_TOKEN_TTL)
+                return registry.enroll(token, public_key, profile=profile).device_id
+
+            enrolled = enroll_identity(
+                virtual_device_dir(devices, index), region.name, profile, anchor, register,
+                force=True,
+            )  # fmt: skip
+            ids.append(enrolled.enrollment.device_id)
+        for index in region.revoked:
+            if index < num_supernodes:
+                registry.revoke(ids[index], reason="revoked in the region config")
+    return ids
+
+
+def virtual_client_app(devices: Path, data_root: Path | None = None):
     """fedgate's ClientApp, each virtual device acting as its enrolled ``sim-<i>`` device
-    (with ``data_root``: reading its own ``.npz`` data from ``data_root/<i>``)."""
+    under ``devices`` (with ``data_root``: reading its own ``.npz`` data from
+    ``data_root/<i>``)."""
     from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
     from fedgate.clients import app as real
     from fedgate.clients.device import NODE_CONFIG_KEY
-    from fedgate.server.local_devices import device_dir
 
     client_app = ClientApp()
 
     def as_device(context: Context) -> Context:
         pid = int(context.node_config["partition-id"])
-        context.node_config[NODE_CONFIG_KEY] = str(device_dir(home, region, pid, "sim"))
+        context.node_config[NODE_CONFIG_KEY] = str(virtual_device_dir(devices, pid))
         context.node_config.setdefault("profile", "phone" if pid % 2 == 0 else "pi")
         if data_root is not None:
             context.node_config["data-dir"] = str(data_root / str(pid))
@@ -68,7 +125,7 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     def _main(grid: Grid, context: Context) -> None:
         run_region(grid, config, context.run_id)
 
-    client_app = virtual_client_app(Path(config["home"]), str(config["region"]))
+    client_app = virtual_client_app(Path(config["out-dir"]) / DEVICES)
 
     run_simulation(
         server_app=server_app,
@@ -81,11 +138,6 @@ def simulate(config: dict[str, Any], num_supernodes: int, cpus_per_client: float
     )
 
 
-def sim_profiles(n: int) -> tuple[str, ...]:
-    """Virtual devices alternate phone and pi, like the default SuperNodes."""
-    return tuple("phone" if i % 2 == 0 else "pi" for i in range(n))
-
-
 def submit_simulation(
     fed: FederationConfig, region: RegionConfig, home: Path, num_supernodes: int
 ) -> Submission:
@@ -96,7 +148,7 @@ def submit_simulation(
         / (time.strftime("%Y%m%d-%H%M%S") + f"-sim-{time.monotonic_ns() % 10**6}")
     )
     out_dir.mkdir(parents=True)
-    enroll_region_devices(home, region, sim_profiles(num_supernodes), kind="sim")
+    enroll_virtual_devices(home, region, out_dir, num_supernodes)
     config_path = write_run_config(fed, region, home, out_dir)
     child = ["-m", "fedgate.server.simulation", "--config", str(config_path),
              "--num-supernodes", str(num_supernodes)]  # fmt: skip
@@ -106,9 +158,12 @@ def submit_simulation(
 def write_run_config(
     fed: FederationConfig, region: RegionConfig, home: Path, out_dir: Path
 ) -> Path:
-    """The run config a simulated run's child process reads, as ``out_dir/run-config.json``."""
+    """The run config a simulated run's child process reads, as ``out_dir/run-config.json``;
+    its database is the run's own (``out_dir/simulation.db``), never the region's."""
     path = out_dir / "run-config.json"
-    path.write_text(json.dumps(run_config(fed, region, home, out_dir.resolve()), indent=2))
+    config = run_config(fed, region, home, out_dir.resolve())
+    config["db"] = run_db_url(out_dir)
+    path.write_text(json.dumps(config, indent=2))
     return path
 
 
