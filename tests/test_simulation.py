@@ -1,7 +1,8 @@
 """`fedgate region run --engine simulation` tells the truth.
 
-A simulated run's virtual devices, run, rounds and audit chain live in the run's own
-database, never in the region's.
+An engine that cannot start is an error with its reason on screen (not a long run that
+"finishes" with nothing accepted); a simulated run's virtual devices, run, rounds and audit
+chain live in the run's own database, never in the region's.
 """
 
 from __future__ import annotations
@@ -9,8 +10,108 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
-from fedgate.server.simulation import RUN_DB, enroll_virtual_devices, write_run_config
+import pytest
+from conftest import processes_mentioning, region_toml
+
+from fedgate.server.processes import flower_env
+from fedgate.server.runner import RunFailedError, follow
+from fedgate.server.simulation import (
+    RUN_DB,
+    ServerAppError,
+    cause_from_log,
+    engine_failure,
+    enroll_virtual_devices,
+    start_simulation,
+    submit_simulation,
+    write_run_config,
+)
+
+FEDGATE = str(Path(sys.executable).parent / "fedgate")
+
+
+def federation_toml(**settings: object) -> str:
+    """One small region ``eu`` (no ports are bound by the simulation engine)."""
+    base = dict(rounds=1, clients_per_round=2, min_clients=1, nodes=["phone", "pi"],
+                aggregator="mean", f=0, pre="", round_timeout=60)  # fmt: skip
+    base.update(settings)
+    head = "[federation]\nname = 'sim-test'\nseed = 0\nalpha = 0.5\n\n"
+    return head + region_toml("eu", 23900, **base)
+
+
+def fedgate(*args: object, env: dict[str, str] | None = None, timeout: float = 240):
+    """Run the real ``fedgate`` CLI; returns the completed process (output captured)."""
+    return subprocess.run(
+        [FEDGATE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env=flower_env({"COLUMNS": "1000", **(env or {})}), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# -- the decisions, unit-tested --------------------------------------------------------------
+
+
+def _flower_chain(root: BaseException) -> RuntimeError:
+    """``root`` wrapped the way Flower's ``run_simulation`` wraps an engine error."""
+    try:
+        try:
+            try:
+                raise root
+            except BaseException as ex:
+                raise RuntimeError("Simulation Runtime crashed.") from ex
+        except RuntimeError as ex:
+            raise RuntimeError("An error was encountered. Ending simulation.") from ex
+    except RuntimeError as outer:
+        return outer
+
+
+def test_engine_failure_names_the_root_cause_not_flowers_wrappers() -> None:
+    exc = _flower_chain(OSError("AF_UNIX path length cannot exceed 107 bytes:\n /tmp/x"))
+    assert engine_failure(exc) == (
+        "the simulation engine (Ray) failed: OSError: AF_UNIX path length cannot exceed "
+        "107 bytes: /tmp/x"
+    )
+    boom = ServerAppError("DatabaseError: database is locked")
+    assert engine_failure(boom) == "the ServerApp failed: DatabaseError: database is locked"
+
+
+def test_the_cause_is_read_from_a_log_past_flowers_wrappers() -> None:
+    log = "\n".join([
+        "\x1b[92mINFO \x1b[0m:      Starting Flower ServerApp",
+        "Traceback (most recent call last):",
+        '  File "raybackend.py", line 137, in build',
+        "ValueError: ActorPool is empty. Stopping Simulation.",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "RuntimeError: Simulation Runtime crashed.",
+        "RuntimeError: An error was encountered. Ending simulation.",
+        "\x1b[93mWARNING \x1b[0m:   round 1: node 7 did not reply",
+    ])  # fmt: skip
+    assert cause_from_log(log) == "ValueError: ActorPool is empty. Stopping Simulation."
+    assert cause_from_log("nothing went wrong\n") is None
+
+
+def test_a_child_that_dies_without_a_final_record_fails_fast_with_the_cause(tmp_path) -> None:
+    """No Ray here: the simulation child itself dies (as an OOM kill or a crash in Ray's
+    C++ core would leave it) before writing any progress record."""
+    from fedgate.server.config import default_federation
+
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    crash = "import sys; print('ray.exceptions.RaySystemError: System error: no GCS'); sys.exit(3)"
+    sub = start_simulation(default_federation().region("eu"), tmp_path, out_dir, ["-c", crash])
+    with pytest.raises(RunFailedError) as failed:
+        follow([sub], lambda s, e: None, timeout=60)
+    assert str(failed.value) == (
+        "region eu: simulated run failed: the simulation process exited with code 3 "
+        f"(ray.exceptions.RaySystemError: System error: no GCS); read {out_dir / 'simulation.log'}"
+    )
 
 
 def test_virtual_devices_are_enrolled_in_the_runs_own_database(tmp_path) -> None:
@@ -30,3 +131,48 @@ def test_virtual_devices_are_enrolled_in_the_runs_own_database(tmp_path) -> None
     assert not (home / "region-eu.db").exists() and not (home / "regions").exists()
     config = json.loads(write_run_config(fed, eu, home, out_dir).read_text())
     assert config["db"] == f"sqlite:///{out_dir.resolve() / RUN_DB}"
+
+
+# -- real simulations ----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_ray_that_cannot_start_is_an_error_line_and_a_non_zero_exit(tmp_path) -> None:
+    """Ray's sockets live under its temp dir; a dir whose socket paths exceed AF_UNIX's 107
+    bytes makes ``ray.init`` fail (a real way Ray never starts). Before, the ServerApp then
+    sampled devices nobody ran until every round timed out and the CLI said "done"."""
+    home, config = tmp_path / "home", tmp_path / "federation.toml"
+    config.write_text(federation_toml())
+    ray_tmp = tmp_path / ("r" * 110)
+    result = fedgate("region", "run", "--region", "eu", "--engine", "simulation", "--home", home,
+                     "--config", config, env={"RAY_TMPDIR": str(ray_tmp)})  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "error: region eu: simulated run failed: the simulation engine (Ray) failed to start: "
+        "OSError: validate_socket_filename failed: AF_UNIX path length cannot exceed 107 bytes"
+    ), lines[0]
+    assert lines[0].endswith("simulation.log"), lines[0]
+    assert "done" not in result.stdout
+    assert not processes_mentioning(str(home)), "the simulation left processes behind"
+
+
+@pytest.mark.integration
+def test_an_impossible_resource_request_fails_the_run_with_flowers_reason(tmp_path) -> None:
+    """Ray starts, but no virtual client fits: 64 CPUs per client on this machine."""
+    from fedgate.server.config import default_federation
+
+    fed = default_federation()
+    eu = dataclasses.replace(fed.region("eu"), rounds=1, clients_per_round=2, min_clients=1)
+    sub = submit_simulation(fed, eu, tmp_path / "home", num_supernodes=2, cpus_per_client=64)
+    with pytest.raises(RunFailedError) as failed:
+        follow([sub], lambda s, e: None, timeout=240)
+    assert sub.proc.returncode == 1
+    assert "the simulation engine (Ray) failed to start: ValueError: ActorPool is empty" in str(
+        failed.value
+    ), failed.value
+    conn = sqlite3.connect(f"file:{sub.out_dir / RUN_DB}?mode=ro", uri=True)
+    statuses = [r[0] for r in conn.execute("SELECT status FROM runs")]
+    conn.close()
+    assert statuses in ([], ["failed"]), statuses  # never left "running"
