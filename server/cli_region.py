@@ -253,6 +253,10 @@ def region_run_cmd(
     with RunBoard({reg.name: reg.rounds}, console) as board:
         done = follow([sub], lambda s, e: board.on_event(s.region, e), timeout)
     console.print(summary_table(done, f"region {reg.name} ({engine})"))
+    if engine == "simulation":  # where its records are; no accepted update is an error
+        from fedgate.server.simulation import finish
+
+        finish(sub, done[reg.name], console.print)
 
 
 def register(app: typer.Typer, region_app: typer.Typer) -> None:

@@ -13,7 +13,8 @@ The child process tells the truth about how it ended: Flower's ``run_simulation`
 when the engine (Ray) fails, but only after it started the ServerApp in a thread that would
 go on sampling devices nobody answers for (every round until its timeout, then a "finished"
 run with nothing accepted). The child therefore writes a ``failed`` progress record naming
-the root cause and exits non-zero at once.
+the root cause and exits non-zero at once; ``check_outcome`` turns a finished run without
+a single accepted update into an error too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from fedgate.server.config import FederationConfig, RegionConfig
 from fedgate.server.processes import flower_env
 from fedgate.server.progress import ProgressWriter, read_progress
-from fedgate.server.runner import Submission, run_config
+from fedgate.server.runner import RunFailedError, Submission, run_config
 from fedgate.server.topology import region_dir
 
 RUN_DB = "simulation.db"  # a simulated run's own database, in its run directory
@@ -326,6 +327,16 @@ def run_child(
 # -- the CLI side --------------------------------------------------------------------------
 
 
+def _note_records(out_dir: Path) -> None:
+    """Say in ``summary.json`` (written before the ``finished`` record) where the run's
+    records are."""
+    path = Path(out_dir) / "summary.json"
+    with contextlib.suppress(OSError, ValueError):
+        summary = json.loads(path.read_text())
+        summary["records"] = str(run_db_path(out_dir))
+        path.write_text(json.dumps(summary, indent=2))
+
+
 def _exit_text(code: int | None) -> str:
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
@@ -334,7 +345,16 @@ def _exit_text(code: int | None) -> str:
 
 
 class SimSubmission(Submission):
-    """A simulated run in flight; says why it failed in simulation terms."""
+    """A simulated run in flight: its summary says where its records are, and it says why
+    it failed in simulation terms."""
+
+    def poll(self) -> list[dict[str, Any]]:
+        new = super().poll()
+        for event in new:
+            if event["kind"] == "finished":
+                event["records"] = str(run_db_path(self.out_dir))
+                _note_records(self.out_dir)
+        return new
 
     def no_result(self) -> str:
         ended = self.ended
@@ -345,6 +365,35 @@ class SimSubmission(Submission):
             cause = cause_from_log(text) or f"no error in {self.log.name}"
             why = f"the simulation process {_exit_text(self.proc.returncode)} ({cause})"
         return f"region {self.region}: simulated run failed: {one_line(why)}; read {self.log}"
+
+
+def check_outcome(summary: dict[str, Any]) -> str | None:
+    """Why a finished simulated run is no result (``None`` if it is one): not a single
+    update accepted in any round, with the rejection reasons counted."""
+    if int(summary.get("accepted") or 0) > 0:
+        return None
+    reasons = summary.get("rejected_by_reason") or {}
+    rejected = int(summary.get("rejected") or sum(reasons.values()))
+    rounds = summary.get("rounds", "?")
+    head = f"no update was accepted in any of the {rounds} round(s)"
+    if not rejected:
+        return f"{head}: no device took part"
+    counted = ", ".join(
+        f"{reason} x{n}" for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    return f"{head}: 0 of {rejected} updates accepted (rejected: {counted or 'unknown'})"
+
+
+def finish(sub: Submission, summary: dict[str, Any], echo: Any = print) -> None:
+    """After a simulated run finished: say where its records are; raise ``RunFailedError``
+    when it is no result (see ``check_outcome``)."""
+    echo(
+        f"records of this simulated run (virtual devices, run, rounds, audit chain): "
+        f"{run_db_path(sub.out_dir)}; the region's database was not touched"
+    )
+    problem = check_outcome(summary)
+    if problem:
+        raise RunFailedError(f"region {sub.region}: simulated run failed: {problem}")
 
 
 def submit_simulation(

@@ -1,14 +1,16 @@
 """`fedgate region run --engine simulation` tells the truth.
 
 An engine that cannot start is an error with its reason on screen (not a long run that
-"finishes" with nothing accepted); a simulated run's virtual devices, run, rounds and audit
-chain live in the run's own database, never in the region's.
+"finishes" with nothing accepted); a finished run without one accepted update is an error;
+a simulated run's virtual devices, run, rounds and audit chain live in the run's own
+database, never in the region's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from fedgate.server.simulation import (
     RUN_DB,
     ServerAppError,
     cause_from_log,
+    check_outcome,
     engine_failure,
     enroll_virtual_devices,
     start_simulation,
@@ -54,7 +57,41 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def table_counts(db: Path) -> dict[str, object]:
+    """Every table's row count and the audit chain head of a SQLite database (read-only)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        out: dict[str, object] = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                                  for t in tables}  # fmt: skip
+        out["audit head"] = conn.execute("SELECT seq, head FROM audit_chain").fetchall()
+        return out
+    finally:
+        conn.close()
+
+
 # -- the decisions, unit-tested --------------------------------------------------------------
+
+
+def test_a_run_with_accepted_updates_is_a_result() -> None:
+    summary = {"rounds": 2, "accepted": 1, "rejected": 7, "rejected_by_reason": {"no-reply": 7}}
+    assert check_outcome(summary) is None
+
+
+def test_a_run_without_any_accepted_update_is_no_result_and_says_why() -> None:
+    summary = {"rounds": 5, "accepted": 0, "rejected": 35,
+               "rejected_by_reason": {"revoked": 5, "no-reply": 30}}  # fmt: skip
+    assert check_outcome(summary) == (
+        "no update was accepted in any of the 5 round(s): 0 of 35 updates accepted "
+        "(rejected: no-reply x30, revoked x5)"
+    )
+
+
+def test_a_run_nobody_took_part_in_is_no_result() -> None:
+    assert check_outcome({"rounds": 3, "accepted": 0, "rejected": 0}) == (
+        "no update was accepted in any of the 3 round(s): no device took part"
+    )
+    assert check_outcome({}) is not None  # a summary without counts is no result either
 
 
 def _flower_chain(root: BaseException) -> RuntimeError:
@@ -176,3 +213,48 @@ def test_an_impossible_resource_request_fails_the_run_with_flowers_reason(tmp_pa
     statuses = [r[0] for r in conn.execute("SELECT status FROM runs")]
     conn.close()
     assert statuses in ([], ["failed"]), statuses  # never left "running"
+
+
+@pytest.mark.integration
+def test_nothing_accepted_is_an_error_and_the_region_database_is_untouched(tmp_path) -> None:
+    """Every virtual device revoked: the run finishes, nothing is accepted, the CLI says so
+    with the reasons counted and exits 1. The devices, the run and its audit chain are in
+    the run's own database; the region's database is exactly as it was."""
+    from fedgate.server.audit.keys import load_pubkeys, region_pub_path
+    from fedgate.server.audit.verify import verify_database
+    from fedgate.server.config import load_federation
+    from fedgate.server.db import open_readonly
+    from fedgate.server.local_devices import enroll_region_devices
+
+    home, config = tmp_path / "home", tmp_path / "federation.toml"
+    config.write_text(federation_toml(revoked=[0, 1]))
+    eu = load_federation(config).region("eu")
+    enroll_region_devices(home, eu)  # the region's real devices, as `fedgate up` enrolls them
+    region_db = home / "region-eu.db"
+    before = table_counts(region_db)
+    assert before["devices"] == 2 and before["events"] > 0
+
+    result = fedgate("region", "run", "--region", "eu", "--engine", "simulation",
+                     "--home", home, "--config", config)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert error_lines(result.stderr) == [
+        "error: region eu: simulated run failed: no update was accepted in any of the 1 "
+        "round(s): 0 of 2 updates accepted (rejected: revoked-device x2)"
+    ], result.stderr
+    assert table_counts(region_db) == before
+
+    (run_dir,) = (home / "regions" / "eu" / "runs").iterdir()
+    run_db = run_dir / RUN_DB
+    records = f"records of this simulated run (virtual devices, run, rounds, audit chain): {run_db}"
+    assert records in result.stdout, result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["records"] == str(run_db) and summary["accepted"] == 0
+    after = table_counts(run_db)
+    assert after["devices"] == 2 and after["runs"] == 1 and after["rounds"] == 1
+    keys = load_pubkeys([region_pub_path(home, "eu")])
+    assert verify_database(open_readonly(f"sqlite:///{run_db}"), keys).ok
+    assert sorted(p.name for p in (run_dir / "devices").iterdir()) == ["sim-0", "sim-1"]
+    assert not list((home / "regions" / "eu").glob("sim-*")), "device keys outside the run"
+    assert not processes_mentioning(str(home)), "the simulation left processes behind"
+    key = run_dir / "devices" / "sim-0" / "device.key"
+    assert os.stat(key).st_mode & 0o077 == 0, "a device key readable by others"
