@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedgate.server.config import (
@@ -72,7 +73,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except expected as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")  # reasons may hold [...]
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")

@@ -151,6 +151,24 @@ def test_a_child_that_dies_without_a_final_record_fails_fast_with_the_cause(tmp_
     )
 
 
+def test_an_error_reason_reaches_the_screen_verbatim(capsys) -> None:
+    """Reasons quote Ray and paths; square brackets in them are not rich markup."""
+    import typer
+
+    from fedgate.server.cli_region import friendly
+
+    reason = "OSError: [Errno 28] No space left on device: '/tmp/ray/[session]/x' [/x]"
+
+    @friendly
+    def verb() -> None:
+        raise RunFailedError(reason)
+
+    with pytest.raises(typer.Exit) as exited:
+        verb()
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err == f"error: {reason}\n"
+
+
 def test_virtual_devices_are_enrolled_in_the_runs_own_database(tmp_path) -> None:
     from fedgate.server.config import default_federation
 
