@@ -43,10 +43,11 @@ from typing import Any
 import numpy as np
 
 from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.local_devices import enroll_region_devices
 from fedgate.server.processes import ProcessTable, free_port_block
 from fedgate.server.runner import RunFailedError, Submission, follow, submit
 from fedgate.server.simulation import (
+    enroll_virtual_devices,
+    run_child,
     sim_profiles,
     start_simulation,
     submit_simulation,
@@ -122,33 +123,11 @@ def write_client_data(home: Path, fed: FederationConfig, clients: int, examples:
     return root
 
 
-def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> None:
+def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> int:
     """Child process: the region's ServerApp and ``clients`` virtual devices, each device
-    ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.simulation.simulate``)."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from fedgate.server.app import run_region
-    from fedgate.server.simulation import virtual_client_app
-
-    home, region = Path(config["home"]), str(config["region"])
-    server_app = ServerApp()
-    client_app = virtual_client_app(home, region, data_root)
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_region(grid, config, context.run_id)
-
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-        },
-    )
+    ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.simulation.run_child``,
+    which also turns an engine failure into a ``failed`` record and a non-zero exit)."""
+    return run_child(config, clients, data_root=data_root)
 
 
 def submit_fixed(
@@ -157,7 +136,7 @@ def submit_fixed(
     """Start ``simulate_fixed`` in its own session; ``follow`` tracks it like any run."""
     out_dir = region_dir(home, region.name) / "runs" / f"scale-{clients}"
     out_dir.mkdir(parents=True)
-    enroll_region_devices(home, region, sim_profiles(clients), kind="sim")
+    enroll_virtual_devices(home, region, out_dir, clients)
     data_root = write_client_data(home, fed, clients, examples)
     config_path = write_run_config(fed, region, home, out_dir)
     child = [__file__, "--child", str(config_path), "--child-clients", str(clients),
@@ -343,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         config = json.loads(Path(args.child).read_text())
-        simulate_fixed(config, args.child_clients, Path(args.child_data))
-        return 0
+        return simulate_fixed(config, args.child_clients, Path(args.child_data))
     if args.rounds < 3:
         parser.error("--rounds must be at least 3 (round 1 is start-up, the last is short)")
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedgate.server.config import (
@@ -81,7 +82,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")
             raise typer.Exit(130) from None
         except _expected_errors() as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")  # reasons may hold [...]
             raise typer.Exit(1) from None
 
     return wrapper
@@ -324,6 +325,10 @@ def region_run_cmd(
     finally:
         write_report(sub.out_dir, home, tracking)
     console.print(summary_table(done, f"region {reg.name} ({engine})"))
+    if engine == "simulation":  # where its records are; no accepted update is an error
+        from fedgate.server.simulation import finish
+
+        finish(sub, done[reg.name], console.print)
 
 
 def write_report(out_dir: Path, home: Path, mlflow: bool | str) -> None:

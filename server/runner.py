@@ -172,6 +172,10 @@ class Submission:
         self.events.extend(new)
         return new
 
+    def no_result(self) -> str:
+        """One line: why this run ended without a result (an engine may say it its way)."""
+        return _no_result(self)
+
 
 def _flwr(home: Path, region: RegionConfig, args: list[str], log, timeout: float):
     """Run one ``flwr`` CLI command against the region's SuperLink, output to ``log``."""
@@ -438,7 +442,7 @@ def follow(
                         for event in sub.poll():
                             on_event(sub, event)
                     if sub.finished is None:
-                        raise RunFailedError(_no_result(sub))
+                        raise RunFailedError(sub.no_result())
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
                 for sub in pending:
