@@ -421,8 +421,8 @@ def follow(
                     on_event(sub, event)
                 if sub.ended is not None:
                     if sub.finished is None:
-                        _end_unfinished(sub, "failed", _no_result(sub))
-                        raise RunFailedError(_no_result(sub))
+                        _end_unfinished(sub, "failed", sub.no_result())
+                        raise RunFailedError(sub.no_result())
                     pending.remove(sub)
                 elif sub.run_id:
                     why = _check(sub, watches[id(sub)], lambda t, s=sub: note(s, t))
