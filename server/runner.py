@@ -268,7 +268,8 @@ def _no_result(sub: Submission, why: str = "") -> str:
     rounds = [e["round"] for e in sub.events if e["kind"] == "round"]
     failed = sub.ended
     if failed:
-        why = f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
+        said = f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
+        why = f"{why}; {said}" if why else said
     elif not why:
         code = None if sub.proc is None else sub.proc.returncode
         why = f"no final record from the ServerApp; its process exit code {code}"

@@ -171,7 +171,10 @@ def test_executor_killed_fails_the_run_within_seconds(region) -> None:
 
 
 def test_interrupted_while_pending_never_starts_later(region) -> None:
-    home, fed = region  # the executor is dead (above): a submitted run stays pending
+    home, fed = region
+    restart(home, fed)  # the executor died above
+    executor = managed_pid(home, "executor-eu")
+    os.kill(executor, signal.SIGSTOP)  # alive but launching nothing: a run stays pending
     sub = submit(fed, replace(fed.region("eu"), rounds=1), home)
     wait_for(lambda: link_run(target(home, fed), sub.run_id).status == "pending", 60, "pending")
     main = threading.get_ident()
