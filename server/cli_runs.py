@@ -20,6 +20,7 @@ from fedgate.server.cli_region import (
 from fedgate.server.config import ConfigError, FederationConfig, RegionConfig
 
 RegionOpt = Annotated[str, typer.Option("--region", "-r", help="The run's region, e.g. eu.")]
+RunArg = Annotated[str, typer.Argument(help="The run id (see `fedgate runs`).")]
 
 
 def run_rows(home: Path, fed: FederationConfig, region: str | None) -> list[dict[str, Any]]:
@@ -116,7 +117,7 @@ def _region_up(home: Path, reg: RegionConfig):
 
 @friendly
 def stop_cmd(
-    run: Annotated[str, typer.Argument(help="The run id (see `fedgate runs`).")],
+    run: RunArg,
     region: RegionOpt,
     home: HomeOpt = None,
     config: ConfigOpt = None,
@@ -164,7 +165,7 @@ def run_out_dir(home: Path, reg: RegionConfig, run: str) -> Path:
 
 @friendly
 def attach_cmd(
-    run: Annotated[str, typer.Argument(help="The run id (see `fedgate runs`).")],
+    run: RunArg,
     region: RegionOpt,
     home: HomeOpt = None,
     config: ConfigOpt = None,

@@ -55,15 +55,21 @@ def resume_point(home: Path, region: RegionConfig, run_id: str, rounds: int) -> 
             f"run {run_id} is {info.status}; only an interrupted, failed or stopped run can be "
             "resumed (stop a running one with `fedgate region stop` first)"
         )
+    last, model = last_model(store, run_id, BlobStore(Path(home) / "blobs"))
+    if last >= rounds:
+        raise ConfigError(f"run {run_id} already completed round {last} of {rounds}")
+    return StartPoint(model, last + 1, str(run_id))
+
+
+def last_model(store, run_id: str, blobs) -> tuple[int, str]:
+    """A run's last recorded round and the digest of its model, which must be in ``blobs``."""
     models = store.round_models(run_id)
     if not models:
         raise ConfigError(f"run {run_id} recorded no round with a model; start a new run")
     last = max(models)
-    if last >= rounds:
-        raise ConfigError(f"run {run_id} already completed round {last} of {rounds}")
-    if not BlobStore(Path(home) / "blobs").has(models[last]):
+    if not blobs.has(models[last]):
         raise ConfigError(f"round {last}'s model {models[last][:12]}… is missing from the blobs")
-    return StartPoint(models[last], last + 1, str(run_id))
+    return last, models[last]
 
 
 def init_point(home: Path, region: RegionConfig, source: str) -> StartPoint:
@@ -88,7 +94,4 @@ def init_point(home: Path, region: RegionConfig, source: str) -> StartPoint:
             f"--init-from {source}: neither a run of region {region.name} nor a 64-hex model "
             "digest; see `fedgate runs`"
         )
-    models = store.round_models(source)
-    if not models:
-        raise ConfigError(f"--init-from {source}: that run recorded no model")
-    return StartPoint(models[max(models)])
+    return StartPoint(last_model(store, source, blobs)[1])
