@@ -299,6 +299,7 @@ def up(
             "run `fedgate down` first"
         )
     _check_ports(fed)
+    table.stop_all()  # forget (and make sure of) what a previous, dead topology left listed
     transport = Transport(Path(home), insecure)
     if insecure:
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
