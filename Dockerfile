@@ -28,7 +28,7 @@ COPY clients ./clients
 COPY strategies ./strategies
 COPY models ./models
 RUN pip install --no-deps . \
-    && python -c "import torch, flwr, fedgate.server.app, fedgate.clients.app; \
+    && python -c "import torch, flwr, fedgate.server.region.app, fedgate.clients.app; \
 assert torch.__version__.startswith('2.13.0'), torch.__version__; \
 assert not torch.cuda.is_available()"
 

@@ -30,6 +30,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench-quick: setup
 	$(VENV)/bin/python benchmarks/robustness.py --quick

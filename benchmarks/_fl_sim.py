@@ -15,7 +15,7 @@ ClientApp's: ``seed + 1000 * round + partition_id``. Clients train with the Clie
 ``train_local``'s SGD momentum 0.9.
 
 Byzantine clients compute their benign delta on their (possibly poisoned, see
-:mod:`fedgate.clients.attacks`) data, then replace it by the attack's crafted delta; colluding
+:mod:`fedgate.clients.sim.attacks`) data, then replace it by the attack's crafted delta; colluding
 attackers see the round's honest deltas. Every run of a group draws the attack's randomness
 from the same per-round seed, so all rules face the same first malicious round.
 Optional *client momentum* (Karimireddy, He & Jaggi, ICML 2021): each client sends
@@ -43,8 +43,8 @@ from functools import cache
 import numpy as np
 import torch
 
-from fedgate.clients.attacks import Attack, backdoor_success_rate, get_attack
 from fedgate.clients.profiles import PROFILES
+from fedgate.clients.sim.attacks import Attack, backdoor_success_rate, get_attack
 from fedgate.models.data import (
     TEST_FRACTION,
     VALIDATION_FRACTION,

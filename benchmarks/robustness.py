@@ -6,7 +6,7 @@ test split measures the reported accuracy; the server keeps a 15 % validation sp
 (its own data: FLTrust's root data and the ensemble's scorer); the clients share the remaining
 pool by Dirichlet(alpha). Clients train exactly like the ClientApp's "phone" profile
 (``_fl_sim.BatchedTrainer`` = ``fedgate.models.train.train_local``). ``f`` clients (a seeded
-choice) run each attack of :mod:`fedgate.clients.attacks`, colluding (they see the round's
+choice) run each attack of :mod:`fedgate.clients.sim.attacks`, colluding (they see the round's
 honest updates; ``--agnostic``: they only know their own). Every (rule, impl) of a cell is its
 own trajectory on identical data, Byzantine ids, attack randomness and seeds. fedgate rules
 are built with ``fedgate.strategies.rules.build_rule`` (region defaults included); Flower's
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _fl_sim import FLOWER_KINDS, FLOWER_RULES, RuleSpec, Setting, fedgate_step, run_group  # noqa: E402
 
-from fedgate.clients.attacks import ATTACKS  # noqa: E402
+from fedgate.clients.sim.attacks import ATTACKS  # noqa: E402
 
 ALL_ATTACKS = list(ATTACKS)  # "none" first
 QUICK_ATTACKS = ["none", "sign-flip", "ipm-0.1", "ipm-100", "label-flip", "min-max"]

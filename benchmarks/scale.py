@@ -1,6 +1,6 @@
 """Scale figure: round time in one region as the number of clients per round grows.
 
-Two engines run the same regional ServerApp (``fedgate.server.app.run_region``: signed
+Two engines run the same regional ServerApp (``fedgate.server.region.app.run_region``: signed
 instructions, envelope verification, aggregation, central evaluation, audit DB writes):
 
 * ``simulation``: Flower's simulation engine (Ray) with N virtual clients, every client
@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.processes import ProcessTable, free_port_block
-from fedgate.server.runner import RunFailedError, Submission, follow, submit
-from fedgate.server.simulation import (
+from fedgate.server.launch.config import FederationConfig, RegionConfig, parse_federation
+from fedgate.server.launch.processes import ProcessTable, free_port_block
+from fedgate.server.launch.runner import RunFailedError, Submission, follow, submit
+from fedgate.server.launch.simulation import (
     enroll_virtual_devices,
     run_child,
     sim_profiles,
@@ -53,7 +53,7 @@ from fedgate.server.simulation import (
     submit_simulation,
     write_run_config,
 )
-from fedgate.server.topology import down, region_dir, up
+from fedgate.server.launch.topology import down, region_dir, up
 from fedgate.strategies.rules import REGION_DEFAULT
 
 RULES = {
@@ -125,7 +125,7 @@ def write_client_data(home: Path, fed: FederationConfig, clients: int, examples:
 
 def simulate_fixed(config: dict[str, Any], clients: int, data_root: Path) -> int:
     """Child process: the region's ServerApp and ``clients`` virtual devices, each device
-    ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.simulation.run_child``,
+    ``sim-<i>`` with its own ``data-dir`` (else as ``fedgate.server.launch.simulation.run_child``,
     which also turns an engine failure into a ``failed`` record and a non-zero exit)."""
     return run_child(config, clients, data_root=data_root)
 

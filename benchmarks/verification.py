@@ -41,7 +41,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from fedgate.canonical_arrays import arrays_digest
 from fedgate.crypto import fingerprint, generate_key, public_bytes
-from fedgate.server.nonces import ReplayGuard, RoundNonces
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.strategies.envelope import arrayrecord_digest, open_envelope, sign_update
 from fedgate.strategies.rules import REGION_DEFAULT, build_rule
 

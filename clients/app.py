@@ -14,7 +14,7 @@ the last model needs an evaluate message. Per SuperNode settings come from
 - ``region``: the device's compliance region (default: the one its enrollment names)
 - ``data-dir``: a directory of ``.npz`` files (``x``, ``y``) to use instead of the digits shard
 - ``step-delay``: seconds to sleep per SGD step (emulates slow hardware)
-- ``attack``: a simulated attack profile (``fedgate.clients.misbehaviour.known_profiles``)
+- ``attack``: a simulated attack profile (``fedgate.clients.sim.misbehaviour.known_profiles``)
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedgate.clients.attacks import apply_attack, poison_dataset
 from fedgate.clients.device import Device, load_device
-from fedgate.clients.misbehaviour import SIGNING_FAULTS, signed_reply
 from fedgate.clients.profiles import DeviceProfile, get_profile
 from fedgate.models.data import Dataset, DigitsShardLoader, NpzDirectoryLoader
 from fedgate.models.nets import build_model
-from fedgate.models.train import evaluate, flatten, train_local, unflatten
-from fedgate.strategies.envelope import arrayrecord_digest
+from fedgate.models.train import evaluate, train_local
+from fedgate.strategies.envelope import arrayrecord_digest, sign_update
 from fedgate.strategies.instruction import Instruction, verify_instruction
 
 app = ClientApp()
@@ -128,21 +126,37 @@ def _model_from(arrays: ArrayRecord, model_id: str):
     return model
 
 
-def _poisoned(attack: str, base: ArrayRecord, trained: ArrayRecord, cfg: dict, seed: int):
-    """The arrays a model-poisoning attacker sends instead of its honest ``trained`` ones."""
-    like = [a.numpy() for a in base.values()]
-    before = flatten(like)
-    delta = flatten([a.numpy() for a in trained.values()]) - before
-    rng = np.random.default_rng(seed)
-    bad = apply_attack(
-        attack,
-        delta,
-        rng=rng,
-        f=int(cfg.get("f", 1)),
-        n=int(cfg.get("clients-per-round", 0)) or None,
+def sign_reply(
+    device: Device,
+    instruction: Instruction,
+    *,
+    base: ArrayRecord,
+    arrays: ArrayRecord,
+    metrics: dict[str, int | float],
+) -> ConfigRecord:
+    """The envelope an honest device attaches to its reply: the update, bound to this round's
+    facts and the model it started from, signed with the device's enrolled key."""
+    return sign_update(
+        device.key,
+        base=base,
+        arrays=arrays,
+        metrics=metrics,
+        region=device.region,
+        run_id=instruction.run_id,
+        server_round=instruction.server_round,
+        nonce=instruction.nonce,
     )
-    arrays = unflatten(before + bad.astype(np.float32), like)
-    return ArrayRecord({k: Array(a) for k, a in zip(base.keys(), arrays, strict=True)})
+
+
+def _misbehaviour(attack: str):
+    """The simulated misbehaviour a node was given, or None for an honest device."""
+    if not attack:
+        return None
+    # function-level on purpose: only demo, test and benchmark nodes given an ``attack`` load
+    # the simulation package; a device's normal path never imports it
+    from fedgate.clients.sim.wrap import Misbehaviour
+
+    return Misbehaviour(attack)
 
 
 @app.train()
@@ -151,11 +165,11 @@ def train(msg: Message, context: Context) -> Message:
     device, instruction = _instruction(msg, context, "train")
     cfg = instruction.config
     setup = resolve_setup(dict(context.node_config), cfg)
-    attack = str(context.node_config.get("attack", "") or "")
+    sim = _misbehaviour(str(context.node_config.get("attack", "") or ""))
     seed = setup.seed + 1000 * instruction.server_round + setup.partition_id
     train_data, test_data = local_data(setup)
-    if attack and attack not in SIGNING_FAULTS:
-        train_data = poison_dataset(attack, train_data, np.random.default_rng(seed))
+    if sim is not None:
+        train_data = sim.train_data(train_data, seed)
     base = msg.content["arrays"]
     model = _model_from(base, str(cfg["model"]))
     rated = evaluate(model, test_data)  # the received global model, before local training
@@ -170,8 +184,8 @@ def train(msg: Message, context: Context) -> Message:
         seed=seed,
     )
     arrays = ArrayRecord(model.state_dict())
-    if attack and attack not in SIGNING_FAULTS and attack != "none":
-        arrays = _poisoned(attack, base, arrays, cfg, seed)
+    if sim is not None:
+        arrays = sim.update(base, arrays, cfg, seed)
     metrics = {
         "train-loss": stats.loss,
         "num-examples": stats.num_examples,
@@ -179,17 +193,11 @@ def train(msg: Message, context: Context) -> Message:
         "eval-acc": rated.accuracy,
         "eval-examples": rated.num_examples,
     }
-    envelope = signed_reply(
-        attack if attack in SIGNING_FAULTS else "",
-        device.key,
-        device.device_id,
-        region=device.region,
-        run_id=instruction.run_id,
-        server_round=instruction.server_round,
-        nonce=instruction.nonce,
-        base=base,
-        arrays=arrays,
-        metrics=metrics,
+    reply = dict(base=base, arrays=arrays, metrics=metrics)
+    envelope = (
+        sign_reply(device, instruction, **reply)
+        if sim is None
+        else sim.envelope(sign_reply, device, instruction, **reply)
     )
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     if envelope is not None:

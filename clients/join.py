@@ -19,8 +19,8 @@ from pathlib import Path
 from types import FrameType
 
 from fedgate.clients.identity import read_enrollment
-from fedgate.server.node_auth import NODE_KEY_FILE, NODE_PUB_FILE, NodeKey, supernode_flags
-from fedgate.server.processes import flower_env, port_open
+from fedgate.clients.node_key import NODE_KEY_FILE, NODE_PUB_FILE, NodeKey, supernode_flags
+from fedgate.procenv import flower_env, port_open
 
 
 class JoinError(RuntimeError):

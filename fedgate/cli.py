@@ -20,21 +20,10 @@ client_app = typer.Typer(
 
 
 def _register() -> None:
-    """Attach every verb; each lives beside the code it drives."""
-    from fedgate.server.cli_audit import register as register_audit
-    from fedgate.server.cli_devices import register_client, register_region
-    from fedgate.server.cli_pki import register as register_pki
-    from fedgate.server.cli_region import register as register_operator
-    from fedgate.server.cli_runs import register as register_runs
+    """Attach every verb; each lives in ``fedgate.server.cli`` beside the code it drives."""
+    from fedgate.server.cli import register
 
-    register_operator(app, region_app)
-    register_runs(app, region_app)
-    register_pki(region_app)
-    register_region(region_app)
-    register_client(client_app)
-    app.add_typer(region_app, name="region")
-    app.add_typer(client_app, name="client")
-    register_audit(app)
+    register(app, region_app, client_app)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,9 +35,7 @@ from fedgate.crypto import (
     sign,
     verify,
 )
-
-if TYPE_CHECKING:
-    from fedgate.strategies.robust_strategy import ClientFate
+from fedgate.strategies.fates import ClientFate
 
 PROTOCOL_VERSION = 1
 ENVELOPE_TYPE = "fedgate.update"
@@ -556,8 +554,6 @@ def signature_screen(
     unexpected exception (in ``base_screen``, the registry, ...) rejects the update with
     ``verification-error`` instead of crashing the round.
     """
-    from fedgate.strategies.robust_strategy import ClientFate  # lazy: no import cycle
-
     cache: list[Any] = [None, None, ""]  # (round, current record, digest)
 
     def global_digest(server_round: int, current: ArrayRecord) -> str:

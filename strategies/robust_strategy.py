@@ -26,23 +26,8 @@ from flwr.supercore import log
 from fedgate.canonical_arrays import CanonicalArraysError
 from fedgate.strategies.aggregators import Aggregator
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
+from fedgate.strategies.fates import ClientFate
 from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
-
-
-@dataclass
-class ClientFate:
-    """What happened to one client's update in one round."""
-
-    node_id: int
-    accepted: bool
-    reason: str = ""  # rejection reason code, empty when accepted
-    detail: str = ""
-    device_id: str = ""
-    digest: str = ""  # canonical digest of the arrays received
-    num_examples: int = 0
-    fate: str = ""  # aggregator decision: kept / trimmed / clipped / down-weighted / dropped
-    score: float | None = None
-    weight: float = 0.0
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """A region's aggregation settings and the region default, importable without torch.
 
-``fedgate.server.config`` takes ``RegionConfig``'s defaults from here so that reading a config
-(and every ``fedgate ... --help``) does not load the aggregators; ``fedgate.strategies.rules``
-re-exports both beside the rules they name.
+``fedgate.server.launch.config`` takes ``RegionConfig``'s defaults from here so that reading a
+config (and every ``fedgate ... --help``) does not load the aggregators;
+``fedgate.strategies.rules`` re-exports both beside the rules they name.
 """
 
 from __future__ import annotations

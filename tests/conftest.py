@@ -126,8 +126,8 @@ def region_toml(name: str, port: int, **settings: object) -> str:
 def local_topology(tmp_path_factory):
     """Factory: bring a federation up under a fresh home; everything is stopped afterwards
     and the fixture asserts that no process started for it survives."""
-    from fedgate.server.config import parse_federation
-    from fedgate.server.topology import down, up
+    from fedgate.server.launch.config import parse_federation
+    from fedgate.server.launch.topology import down, up
 
     started = []
 

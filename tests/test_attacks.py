@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from fedgate.clients.attacks import (
+from fedgate.clients.sim.attacks import (
     ATTACKS,
     BACKDOOR_TARGET,
     TRIGGER_PIXELS,

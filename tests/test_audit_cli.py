@@ -9,8 +9,9 @@ import typer
 from typer.testing import CliRunner
 
 from fedgate.server.audit.keys import ensure_region_key
-from fedgate.server.cli_audit import register
-from fedgate.server.db import Store, default_url
+from fedgate.server.audit.store import Store
+from fedgate.server.cli.audit import register
+from fedgate.server.db import default_url
 
 VERBS = ("verify", "runs", "rounds", "show", "export")
 

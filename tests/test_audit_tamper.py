@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fedgate.crypto import fingerprint, generate_key, save_public_key, sign
 from fedgate.server.audit import AuditLog, export_chain, verify_database, verify_export
 from fedgate.server.audit.chain import event_hash, head_message
-from fedgate.server.cli_audit import register
+from fedgate.server.cli.audit import register
 from fedgate.server.db import make_engine, open_database, open_readonly
 
 N = 12  # events; heads are signed at seq 4 and 8

@@ -11,15 +11,15 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from fedgate import cli
-from fedgate.server import topology
-from fedgate.server.config import (
+from fedgate.server.launch import topology
+from fedgate.server.launch.config import (
     DEFAULT_FEDERATION_TOML,
     ConfigError,
     default_federation,
     load_federation,
     parse_federation,
 )
-from fedgate.server.processes import ProcessTable, TopologyError, free_port_block
+from fedgate.server.launch.processes import ProcessTable, TopologyError, free_port_block
 
 cli._register()
 RUNNER = CliRunner()

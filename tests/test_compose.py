@@ -4,7 +4,7 @@ Every service command is parsed by the real program's own parser: Flower's argpa
 for ``flower-*``, the click app behind ``fedgate`` and ``flwr``. References (networks,
 volumes, secrets, configs, ``depends_on``, build contexts) must exist; the transport must be
 TLS with SuperNode authentication, devices must reach only the fleet proxies, and the proxy
-configs must be exactly what ``fedgate.server.fleet_proxy`` generates. ``docker compose
+configs must be exactly what ``fedgate.server.launch.fleet_proxy`` generates. ``docker compose
 config`` runs too, but only where a Docker engine is available.
 """
 
@@ -34,14 +34,14 @@ from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.server.fleet_proxy import (
+from fedgate.server.launch.fleet_proxy import (
     ProxyPaths,
     ProxySpec,
     check_config,
     render_main_config,
     render_server_block,
 )
-from fedgate.server.pki import DEFAULT_NAMES, ensure_region_pki
+from fedgate.server.trust.pki import DEFAULT_NAMES, ensure_region_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -132,7 +132,7 @@ def _argparse(parser: argparse.ArgumentParser, args: list[str], prog: str) -> ar
 def fedgate_command() -> click.Command:
     """The real ``fedgate`` click app, with every verb (and ``region init``) registered."""
     import fedgate.cli as cli
-    from fedgate.server.cli_pki import register as register_pki
+    from fedgate.server.cli.pki import register as register_pki
 
     if not any(c.name == "up" for c in cli.app.registered_commands):
         cli._register()

@@ -13,15 +13,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from fedgate.crypto import fingerprint, generate_key, public_bytes
 from fedgate.server.audit import AuditLog, verify_database
-from fedgate.server.db import (
-    DatabaseError,
-    Store,
-    StoreError,
-    default_url,
-    open_database,
-    open_readonly,
-    resolve_url,
-)
+from fedgate.server.audit.store import Store, StoreError
+from fedgate.server.db import DatabaseError, default_url, open_database, open_readonly, resolve_url
 from fedgate.server.db.engine import parse_url
 from fedgate.server.db.migrate import current_revision, head_revision
 from fedgate.server.db.models import AuditChain, Base, Event
@@ -212,7 +205,7 @@ def test_device_registry_migration_keeps_devices(db_url: str) -> None:
 
     from fedgate.server.db.engine import make_engine, write_txn
     from fedgate.server.db.migrate import alembic_config, upgrade
-    from fedgate.server.enrollment import DatabaseDeviceRegistry
+    from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
     engine = make_engine(db_url)
     upgrade(engine, "0001")

@@ -13,9 +13,11 @@ from sqlalchemy import event, insert, select
 from fedgate.crypto import fingerprint, generate_key, public_bytes
 from fedgate.server.audit import verify_database
 from fedgate.server.audit.keys import region_key_path
-from fedgate.server.db import Store, open_readonly
+from fedgate.server.audit.store import Store
+from fedgate.server.db import open_readonly
 from fedgate.server.db.models import EnrollmentToken
-from fedgate.server.enrollment import (
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
+from fedgate.server.trust.enrollment import (
     DEVICES,
     TOKEN_ID_CHARS,
     DatabaseDeviceRegistry,
@@ -24,7 +26,6 @@ from fedgate.server.enrollment import (
     region_registry,
     token_hash,
 )
-from fedgate.server.nonces import ReplayGuard, RoundNonces
 
 TOKENS = EnrollmentToken.__table__
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from fedgate.clients.identity import KEY_FILE, create_identity, load_identity, read_enrollment
 from fedgate.crypto import generate_key, save_public_key
 from fedgate.server.audit.keys import region_pub_path
-from fedgate.server.cli_devices import register_client, register_region
-from fedgate.server.enrollment import region_registry
+from fedgate.server.cli.devices import register_client, register_region
+from fedgate.server.trust.enrollment import region_registry
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from fedgate.crypto import (
     read_public_key,
 )
 from fedgate.server.audit.keys import region_pub_path
-from fedgate.server.enrollment import enroll_device_dir, region_registry, revoke_device
+from fedgate.server.trust.enrollment import enroll_device_dir, region_registry, revoke_device
 
 
 def test_create_writes_a_private_key_and_its_public_half(tmp_path: Path) -> None:

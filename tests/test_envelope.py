@@ -13,8 +13,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedgate.crypto import canonical_json, fingerprint, generate_key, public_bytes, sign
-from fedgate.server.enrollment import DatabaseDeviceRegistry, region_registry
-from fedgate.server.nonces import ReplayGuard, RoundNonces
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
+from fedgate.server.trust.enrollment import DatabaseDeviceRegistry, region_registry
 from fedgate.strategies.envelope import (
     Envelope,
     Reason,

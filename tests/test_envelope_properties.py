@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgate.crypto import canonical_json, fingerprint, generate_key, public_bytes, sign
-from fedgate.server.enrollment import region_registry
-from fedgate.server.nonces import ReplayGuard, RoundNonces
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
+from fedgate.server.trust.enrollment import region_registry
 from fedgate.strategies.envelope import (
     Envelope,
     Reason,

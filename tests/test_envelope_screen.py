@@ -11,8 +11,8 @@ from conftest import train_reply as reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedgate.crypto import fingerprint, generate_key, public_bytes
-from fedgate.server.enrollment import region_registry
-from fedgate.server.nonces import ReplayGuard, RoundNonces
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
+from fedgate.server.trust.enrollment import region_registry
 from fedgate.strategies.aggregators import make_aggregator
 from fedgate.strategies.envelope import Reason, sign_update, signature_screen
 from fedgate.strategies.robust_strategy import RobustStrategy, structural_screen

@@ -27,7 +27,7 @@ from numpy.lib import format as npy_format
 
 from fedgate.canonical_arrays import ALLOWED_DTYPES, CanonicalArraysError, arrays_digest
 from fedgate.crypto import fingerprint, generate_key, public_bytes
-from fedgate.server.nonces import ReplayGuard, RoundNonces
+from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.strategies.envelope import (
     NPY_MAX_HEADER,
     Reason,

@@ -35,15 +35,17 @@ from conftest import region_toml, running_pg_cluster
 
 from fedgate.clients.identity import read_enrollment
 from fedgate.crypto import generate_key
+from fedgate.procenv import port_open
 from fedgate.server.audit import AuditLog, verify_database
-from fedgate.server.db import DatabaseError, Store, open_readonly, resolve_url
+from fedgate.server.audit.store import Store
+from fedgate.server.db import DatabaseError, open_readonly, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
-from fedgate.server.local_devices import device_dir
-from fedgate.server.node_auth import list_nodes
-from fedgate.server.processes import ManagedProcess, ProcessTable, alive, free_port_block, port_open
-from fedgate.server.runner import RunFailedError, follow, submit
-from fedgate.server.topology import region_health, start_executor, start_superlink
-from fedgate.server.transport import load_transport
+from fedgate.server.launch.local_devices import device_dir
+from fedgate.server.launch.processes import ManagedProcess, ProcessTable, alive, free_port_block
+from fedgate.server.launch.runner import RunFailedError, follow, submit
+from fedgate.server.launch.topology import region_health, start_executor, start_superlink
+from fedgate.server.launch.transport import load_transport
+from fedgate.server.trust.node_auth import list_nodes
 
 pytestmark = pytest.mark.integration
 

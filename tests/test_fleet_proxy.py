@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fedgate.server import fleet_proxy
-from fedgate.server.fleet_proxy import (
+from fedgate.server.launch import fleet_proxy
+from fedgate.server.launch.fleet_proxy import (
     FLEET_ROUTES,
     SELF_REGISTRATION_ROUTES,
     ProxyError,
@@ -32,8 +32,8 @@ from fedgate.server.fleet_proxy import (
     start_command,
     write_config,
 )
-from fedgate.server.pki import RegionTls, ensure_region_pki
-from fedgate.server.processes import ProcessTable, alive, free_port_block, wait_until
+from fedgate.server.launch.processes import ProcessTable, alive, free_port_block, wait_until
+from fedgate.server.trust.pki import RegionTls, ensure_region_pki
 
 CONTROL_ROUTES = ("start-run", "register-node", "unregister-node", "list-nodes", "stop-run")
 RUNTIME_ROUTES = ("acquire-task", "pull-task-input", "push-messages", "get-nodes")

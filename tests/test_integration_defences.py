@@ -19,10 +19,11 @@ import pytest
 from conftest import fedgate_cli as fedgate
 from conftest import region_toml
 
-from fedgate.server.db import Store, open_readonly, resolve_url
-from fedgate.server.local_devices import device_dir
-from fedgate.server.processes import free_port_block
-from fedgate.server.runner import follow, submit
+from fedgate.server.audit.store import Store
+from fedgate.server.db import open_readonly, resolve_url
+from fedgate.server.launch.local_devices import device_dir
+from fedgate.server.launch.processes import free_port_block
+from fedgate.server.launch.runner import follow, submit
 
 pytestmark = pytest.mark.integration
 
@@ -108,8 +109,8 @@ def test_defended_model_stays_within_three_points_of_clean(region, attacked) -> 
 
 def test_enroll_registers_and_revoke_unregisters_the_node_key(region, tmp_path) -> None:
     from fedgate.clients.identity import read_enrollment
-    from fedgate.server.node_auth import list_nodes
-    from fedgate.server.transport import load_transport
+    from fedgate.server.launch.transport import load_transport
+    from fedgate.server.trust.node_auth import list_nodes
 
     home, fed = region
     target = load_transport(home).control(fed.region("eu"))

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import processes_mentioning, region_toml
 
-from fedgate.server.processes import ProcessTable, free_port_block
-from fedgate.server.runner import follow, submit
-from fedgate.server.simulation import submit_simulation
+from fedgate.server.launch.processes import ProcessTable, free_port_block
+from fedgate.server.launch.runner import follow, submit
+from fedgate.server.launch.simulation import submit_simulation
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_two_rounds_on_real_superlink_and_supernodes(local_topology) -> None:
 
 
 def test_simulation_engine_with_ten_virtual_clients(tmp_path) -> None:
-    from fedgate.server.config import default_federation
+    from fedgate.server.launch.config import default_federation
 
     fed = default_federation()
     eu = fed.region("eu")
@@ -72,8 +72,8 @@ def test_a_device_enrolls_and_joins_with_fedgate_client_verbs(local_topology, tm
     import time
     from pathlib import Path
 
-    from fedgate.server.processes import flower_env
-    from fedgate.server.topology import region_health
+    from fedgate.procenv import flower_env
+    from fedgate.server.launch.topology import region_health
 
     port = free_port_block(20)
     region = region_toml(

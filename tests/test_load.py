@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import processes_mentioning
 
-from fedgate.server.config import default_federation
-from fedgate.server.processes import free_port_block
-from fedgate.server.runner import follow, submit
-from fedgate.server.topology import down, up
+from fedgate.server.launch.config import default_federation
+from fedgate.server.launch.processes import free_port_block
+from fedgate.server.launch.runner import follow, submit
+from fedgate.server.launch.topology import down, up
 
 pytestmark = pytest.mark.integration
 

@@ -17,19 +17,21 @@ from flwr.cli.flower_config import read_superlink_connection
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-from fedgate.server.node_auth import (
+from fedgate.clients.node_key import (
     NODE_KEY_FILE,
     NODE_PUB_FILE,
+    load_node_private_key,
+    public_key_bytes,
+    supernode_flags,
+)
+from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeAuthError,
     NodeKey,
     ensure_node_key,
     flwr_connection_toml,
     list_nodes,
-    load_node_private_key,
-    public_key_bytes,
     register_node,
-    supernode_flags,
 )
 
 

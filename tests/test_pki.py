@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
-from fedgate.server.cli_pki import register
-from fedgate.server.pki import (
+from fedgate.server.cli.pki import register
+from fedgate.server.trust.pki import (
     PkiError,
     certificate_names,
     check_region_tls,

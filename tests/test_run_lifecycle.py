@@ -22,14 +22,15 @@ import pytest
 from conftest import fedgate_cli as fedgate
 from conftest import processes_mentioning, region_toml
 
-from fedgate.server.config import parse_federation
-from fedgate.server.db import Store, open_readonly, resolve_url
-from fedgate.server.processes import ProcessTable, TopologyError, alive, free_port_block
-from fedgate.server.run_records import resume_point
-from fedgate.server.runner import RunFailedError, ensure_up, follow, submit
-from fedgate.server.superlink_runs import active_runs, link_run
-from fedgate.server.topology import down, up
-from fedgate.server.transport import load_transport
+from fedgate.server.audit.store import Store
+from fedgate.server.db import open_readonly, resolve_url
+from fedgate.server.launch.config import parse_federation
+from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, free_port_block
+from fedgate.server.launch.run_records import resume_point
+from fedgate.server.launch.runner import RunFailedError, ensure_up, follow, submit
+from fedgate.server.launch.superlink_runs import active_runs, link_run
+from fedgate.server.launch.topology import down, up
+from fedgate.server.launch.transport import load_transport
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from fedgate.server.config import ConfigError, RegionConfig
 from fedgate.server.db import BlobStore
-from fedgate.server.run_records import (
+from fedgate.server.launch.config import ConfigError, RegionConfig
+from fedgate.server.launch.run_records import (
     StartPoint,
     init_point,
     mark_ended,

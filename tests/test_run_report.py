@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fedgate.server.progress import ProgressWriter, read_progress
-from fedgate.server.run_report import (
+from fedgate.server.region.progress import ProgressWriter, read_progress
+from fedgate.server.region.run_report import (
     PLOT_FILE,
     RoundMetrics,
     build_run_figure,
@@ -240,7 +240,7 @@ def refuse(*args, **kwargs):
 socket.getaddrinfo = socket.create_connection = refuse
 socket.socket.connect = socket.socket.connect_ex = refuse
 from pathlib import Path
-from fedgate.server.run_report import finalize_report
+from fedgate.server.region.run_report import finalize_report
 report = finalize_report(Path(sys.argv[1]), Path(sys.argv[2]), True)
 from mlflow.telemetry import get_telemetry_client
 print(json.dumps({"run_id": report["mlflow_run_id"], "plot": str(report["plot"]),

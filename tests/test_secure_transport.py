@@ -24,17 +24,22 @@ import pytest
 from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest  # type: ignore[attr-defined]
 from flwr.supercore.exit import ExitCode
 
+from fedgate.clients.node_key import supernode_flags
+from fedgate.procenv import flower_env, port_open
 from fedgate.server.audit.keys import ensure_region_key
-from fedgate.server.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.fleet_proxy import (
+from fedgate.server.launch.config import FederationConfig, RegionConfig, parse_federation
+from fedgate.server.launch.fleet_proxy import (
     ProxySpec,
     check_config,
     healthy,
     start_command,
     write_config,
 )
-from fedgate.server.local_devices import device_dir, enroll_region_devices
-from fedgate.server.node_auth import (
+from fedgate.server.launch.local_devices import device_dir, enroll_region_devices
+from fedgate.server.launch.processes import ProcessTable, alive, free_port_block, wait_until
+from fedgate.server.launch.runner import Submission, follow, run_config, to_toml, write_app
+from fedgate.server.launch.topology import node_config
+from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeAuthError,
     NodeKey,
@@ -45,21 +50,10 @@ from fedgate.server.node_auth import (
     list_nodes,
     register_node,
     superlink_auth_flags,
-    supernode_flags,
     unregister_named,
     unregister_node,
 )
-from fedgate.server.pki import RegionTls, ensure_region_pki, superlink_tls_flags
-from fedgate.server.processes import (
-    ProcessTable,
-    alive,
-    flower_env,
-    free_port_block,
-    port_open,
-    wait_until,
-)
-from fedgate.server.runner import Submission, follow, run_config, to_toml, write_app
-from fedgate.server.topology import node_config
+from fedgate.server.trust.pki import RegionTls, ensure_region_pki, superlink_tls_flags
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

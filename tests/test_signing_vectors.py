@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from fedgate.canonical_arrays import arrays_digest, canonical_bytes
 from fedgate.crypto import canonical_json, fingerprint, load_public_key, public_bytes, verify
-from fedgate.server.nonces import ReplayGuard
+from fedgate.server.region.nonces import ReplayGuard
 from fedgate.strategies.envelope import (
     Reason,
     RejectedUpdate,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import processes_mentioning, region_toml
 
-from fedgate.server.processes import flower_env
-from fedgate.server.runner import RunFailedError, follow
-from fedgate.server.simulation import (
+from fedgate.procenv import flower_env
+from fedgate.server.launch.runner import RunFailedError, follow
+from fedgate.server.launch.simulation import (
     RUN_DB,
     ServerAppError,
     cause_from_log,
@@ -137,7 +137,7 @@ def test_the_cause_is_read_from_a_log_past_flowers_wrappers() -> None:
 def test_a_child_that_dies_without_a_final_record_fails_fast_with_the_cause(tmp_path) -> None:
     """No Ray here: the simulation child itself dies (as an OOM kill or a crash in Ray's
     C++ core would leave it) before writing any progress record."""
-    from fedgate.server.config import default_federation
+    from fedgate.server.launch.config import default_federation
 
     out_dir = tmp_path / "run"
     out_dir.mkdir()
@@ -155,7 +155,7 @@ def test_an_error_reason_reaches_the_screen_verbatim(capsys) -> None:
     """Reasons quote Ray and paths; square brackets in them are not rich markup."""
     import typer
 
-    from fedgate.server.cli_region import friendly
+    from fedgate.server.cli.region import friendly
 
     reason = "OSError: [Errno 28] No space left on device: '/tmp/ray/[session]/x' [/x]"
 
@@ -170,7 +170,7 @@ def test_an_error_reason_reaches_the_screen_verbatim(capsys) -> None:
 
 
 def test_virtual_devices_are_enrolled_in_the_runs_own_database(tmp_path) -> None:
-    from fedgate.server.config import default_federation
+    from fedgate.server.launch.config import default_federation
 
     fed = default_federation()
     eu = dataclasses.replace(fed.region("eu"), revoked=(1,))
@@ -216,7 +216,7 @@ def test_ray_that_cannot_start_is_an_error_line_and_a_non_zero_exit(tmp_path) ->
 @pytest.mark.integration
 def test_an_impossible_resource_request_fails_the_run_with_flowers_reason(tmp_path) -> None:
     """Ray starts, but no virtual client fits: 64 CPUs per client on this machine."""
-    from fedgate.server.config import default_federation
+    from fedgate.server.launch.config import default_federation
 
     fed = default_federation()
     eu = dataclasses.replace(fed.region("eu"), rounds=1, clients_per_round=2, min_clients=1)
@@ -240,9 +240,9 @@ def test_nothing_accepted_is_an_error_and_the_region_database_is_untouched(tmp_p
     the run's own database; the region's database is exactly as it was."""
     from fedgate.server.audit.keys import load_pubkeys, region_pub_path
     from fedgate.server.audit.verify import verify_database
-    from fedgate.server.config import load_federation
     from fedgate.server.db import open_readonly
-    from fedgate.server.local_devices import enroll_region_devices
+    from fedgate.server.launch.config import load_federation
+    from fedgate.server.launch.local_devices import enroll_region_devices
 
     home, config = tmp_path / "home", tmp_path / "federation.toml"
     config.write_text(federation_toml(revoked=[0, 1]))

@@ -1,4 +1,4 @@
-"""The SuperLink's SQLite busy-timeout adaptation (``fedgate.server.superlink_main``).
+"""The SuperLink's SQLite busy-timeout adaptation (``fedgate.server.launch.superlink_main``).
 
 Flower's SQL state runs a write (``_cleanup_expired_task_tokens``) inside every read of run
 state; under CPU load a descheduled writer can hold SQLite's lock past Flower's 5 s busy
@@ -14,7 +14,11 @@ import sys
 
 import pytest
 
-from fedgate.server.superlink_main import DEFAULT_BUSY_TIMEOUT_MS, busy_timeout_ms, patched_pragmas
+from fedgate.server.launch.superlink_main import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    busy_timeout_ms,
+    patched_pragmas,
+)
 
 FLOWER = (("busy_timeout", "5000"), ("journal_mode", "WAL"), ("synchronous", "NORMAL"))
 
@@ -56,7 +60,7 @@ with state._engine.connect() as conn:
 
 @pytest.mark.parametrize(
     ("adapt", "expected"),
-    [("", "5000"), ("from fedgate.server.superlink_main import adapt_flower; adapt_flower()",
+    [("", "5000"), ("from fedgate.server.launch.superlink_main import adapt_flower; adapt_flower()",
                     str(DEFAULT_BUSY_TIMEOUT_MS))],
 )  # fmt: skip
 def test_flower_state_connections_get_the_timeout(tmp_path, adapt: str, expected: str) -> None:

@@ -1,9 +1,8 @@
-"""Storage: SQLAlchemy engines, Alembic-migrated schema, repository API, blob store.
+"""Storage: SQLAlchemy engines, Alembic-migrated schema, blob store.
 
-``Store`` and its records are imported lazily (the audit package imports this one).
+The region's repository API (``Store``) is ``fedgate.server.audit.store``: it writes through
+the audit log, which sits on this package.
 """
-
-from typing import Any
 
 from fedgate.server.db.blobs import BlobError, BlobStore
 from fedgate.server.db.engine import (
@@ -11,21 +10,15 @@ from fedgate.server.db.engine import (
     coordinator_url,
     default_url,
     make_engine,
-    open_database,
-    open_readonly,
     resolve_url,
     write_txn,
 )
+from fedgate.server.db.migrate import open_database, open_readonly
 
 __all__ = [
     "BlobError",
     "BlobStore",
     "DatabaseError",
-    "RoundInfo",
-    "RunInfo",
-    "Store",
-    "StoreError",
-    "UpdateInfo",
     "coordinator_url",
     "default_url",
     "make_engine",
@@ -34,13 +27,3 @@ __all__ = [
     "resolve_url",
     "write_txn",
 ]
-
-_LAZY = ("RoundInfo", "RunInfo", "Store", "StoreError", "UpdateInfo")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from fedgate.server.db import store
-
-        return getattr(store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """Database URLs and engines: SQLite file by default, PostgreSQL (psycopg 3) by URL.
 
-``open_database`` migrates to the newest schema (Alembic) and is what servers call;
-``open_readonly`` never writes (SQLite ``mode=ro``, PostgreSQL read-only transactions) and
-is what auditors call.
+``open_database`` (in ``migrate``) migrates to the newest schema (Alembic) and is what
+servers call; ``open_readonly`` (there too) never writes (SQLite ``mode=ro``, PostgreSQL
+read-only transactions) and is what auditors call.
 
 Writes survive a database that is unavailable for a moment: ``write_txn`` retries getting a
 connection and the write lock, ``run_write`` retries a whole transaction, both with backoff
@@ -330,29 +330,3 @@ def run_write(engine: Engine, work: Callable[[Connection], T], what: str) -> T:
             if committing:
                 raise
             attempts.failed(exc.__cause__)  # type: ignore[arg-type]
-
-
-def open_database(url: str) -> Engine:
-    """Engine for ``url`` with the schema migrated to the newest revision."""
-    from fedgate.server.db.migrate import upgrade
-
-    engine = make_engine(url)
-    policy = current_policy()
-    with retry_policy(RetryPolicy(budget=min(policy.budget, OPEN_BUDGET))):
-        try:
-            upgrade(engine)
-        except DatabaseUnavailableError as exc:
-            raise DatabaseError(
-                f"cannot open database {exc.where}: {exc.cause} ({exc.attempts} attempt(s)); "
-                f"{exc.hint}"
-            ) from exc
-    return engine
-
-
-def open_readonly(url: str) -> Engine:
-    """Read-only engine for ``url``; fails clearly unless it holds a current fedgate schema."""
-    from fedgate.server.db.migrate import check_current
-
-    engine = make_engine(url, readonly=True)
-    check_current(engine)
-    return engine

@@ -11,7 +11,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from fedgate.server.db.engine import DatabaseError, write_txn
+from fedgate.server.db.engine import (
+    OPEN_BUDGET,
+    DatabaseError,
+    DatabaseUnavailableError,
+    RetryPolicy,
+    current_policy,
+    make_engine,
+    retry_policy,
+    write_txn,
+)
 
 SCRIPTS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x66656467  # advisory lock key: at most one migrator per database
@@ -67,3 +76,25 @@ def check_current(engine: Engine) -> None:
     head = head_revision()
     if current != head:
         raise DatabaseError(f"{where} has schema {current}, expected {head}; start its server")
+
+
+def open_database(url: str) -> Engine:
+    """Engine for ``url`` with the schema migrated to the newest revision."""
+    engine = make_engine(url)
+    policy = current_policy()
+    with retry_policy(RetryPolicy(budget=min(policy.budget, OPEN_BUDGET))):
+        try:
+            upgrade(engine)
+        except DatabaseUnavailableError as exc:
+            raise DatabaseError(
+                f"cannot open database {exc.where}: {exc.cause} ({exc.attempts} attempt(s)); "
+                f"{exc.hint}"
+            ) from exc
+    return engine
+
+
+def open_readonly(url: str) -> Engine:
+    """Read-only engine for ``url``; fails clearly unless it holds a current fedgate schema."""
+    engine = make_engine(url, readonly=True)
+    check_current(engine)
+    return engine

@@ -28,8 +28,6 @@ rules from one sorted pass over column blocks (``coordinate``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
@@ -46,66 +44,41 @@ from fedgate.strategies.aggregators.mean import Mean
 from fedgate.strategies.aggregators.median import Median
 from fedgate.strategies.aggregators.nnm import NNM
 from fedgate.strategies.aggregators.norm_bound import NormBound
+from fedgate.strategies.aggregators.registry import (
+    AGGREGATORS,
+    PRE_AGGREGATORS,
+    RULE_DEFAULTS,
+    make_aggregator,
+)
 from fedgate.strategies.aggregators.trimmed_mean import TrimmedMean
 from fedgate.strategies.aggregators.zeno import Zeno, ZenoFilter
 
-AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
-    "mean": Mean,
-    "median": Median,
-    "trimmed-mean": TrimmedMean,
-    "krum": Krum,
-    "multi-krum": MultiKrum,
-    "bulyan": Bulyan,
-    "geomed": GeoMed,
-    "cc": CenteredClipping,
-    "norm-bound": NormBound,
-    "fltrust": FLTrust,
-    "ensemble": Ensemble,
-    "zeno": Zeno,
-}
-
-RULE_DEFAULTS: dict[str, dict] = {
-    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0},
-    "cc": {"tau": None, "iterations": 3},
-    "zeno": {"step": 0.1, "rho": 0.0},
-}
-"""The measured parameters every rule built by :func:`make_aggregator` gets unless the caller
-overrides them: a standalone rule, an ensemble member and a rule behind a pre-aggregator alike."""
-
-_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM, "zeno": ZenoFilter}
-PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
-
-
-def make_aggregator(name: str, f: int = 0, *, pre: str | None = None, **params) -> Aggregator:
-    """Build the rule ``name`` tolerating ``f`` Byzantine clients, optionally behind ``pre``.
-
-    ``params`` go to the rule's constructor over :data:`RULE_DEFAULTS` (e.g. ``tau`` for
-    ``cc``, ``reference_fn`` for ``fltrust``); unknown ones raise ``AggregatorConfigError``.
-    """
-    if name not in AGGREGATORS:
-        raise AggregatorConfigError(
-            f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}"
-        )
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise AggregatorConfigError(f"f must be >= 0, got {f}")
-    if pre and pre not in _PRE:
-        raise AggregatorConfigError(
-            f"unknown pre-aggregator {pre!r}; known: {', '.join(PRE_AGGREGATORS) or 'none'}"
-        )
-    try:
-        rule = AGGREGATORS[name](f=f, **{**RULE_DEFAULTS.get(name, {}), **params})
-    except TypeError as exc:
-        raise AggregatorConfigError(f"{name}: bad parameters {sorted(params)}: {exc}") from exc
-    return _PRE[pre](rule) if pre else rule
-
+AGGREGATORS.update(
+    {
+        "mean": Mean,
+        "median": Median,
+        "trimmed-mean": TrimmedMean,
+        "krum": Krum,
+        "multi-krum": MultiKrum,
+        "bulyan": Bulyan,
+        "geomed": GeoMed,
+        "cc": CenteredClipping,
+        "norm-bound": NormBound,
+        "fltrust": FLTrust,
+        "ensemble": Ensemble,
+        "zeno": Zeno,
+    }
+)
 
 __all__ = [
     "AGGREGATORS",
+    "NNM",
     "PRE_AGGREGATORS",
     "RULE_DEFAULTS",
     "AggregationResult",
     "Aggregator",
     "AggregatorConfigError",
     "ClientDiagnostic",
+    "ZenoFilter",
     "make_aggregator",
 ]

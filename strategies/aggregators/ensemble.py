@@ -47,6 +47,7 @@ from fedgate.strategies.aggregators.base import (
     require_f,
 )
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
+from fedgate.strategies.aggregators.registry import make_aggregator
 
 
 def parse_member(spec: str) -> tuple[str | None, str]:
@@ -96,8 +97,6 @@ class Ensemble:
     name: ClassVar[str] = "ensemble"
 
     def __post_init__(self) -> None:
-        from fedgate.strategies.aggregators import make_aggregator
-
         require_f(self.name, self.f)
         self.members = tuple(self.members)
         if not self.members:

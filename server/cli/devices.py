@@ -1,0 +1,337 @@
+"""Device enrollment verbs.
+
+Operators: ``fedgate region enroll-token``, ``fedgate region devices``, ``fedgate region
+revoke``. Devices: ``fedgate client enroll``. All work on the region's database (see
+``fedgate.server.trust.enrollment.region_registry``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
+
+if TYPE_CHECKING:
+    from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
+
+Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
+Home = Annotated[
+    Path | None,
+    typer.Option("--home", help="State directory (default: $FEDGATE_HOME or ~/.fedgate)."),
+]
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Region database URL (default: $FEDGATE_DB, else <home>/region-<region>.db).",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Superlink = Annotated[
+    str | None,
+    typer.Option(
+        help="The region SuperLink's operator address HOST:PORT, to (un)register the device's "
+        "node key (default: the local topology under --home, if it runs).",
+    ),
+]
+RootCerts = Annotated[
+    Path | None,
+    typer.Option(
+        help="Region CA to trust at --superlink (default: <home>/regions/<r>/tls/ca.pem)."
+    ),
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="--superlink speaks plain HTTP (experiments only).")
+]
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """What ``_clean_errors`` reports as one line; called only when a verb raises."""
+    # heavy import: loaded only when a verb that runs fails
+    from fedgate.clients.identity import IdentityError
+    from fedgate.crypto import SignatureError
+    from fedgate.server.db.engine import DatabaseError
+    from fedgate.server.trust.enrollment import EnrollmentError
+    from fedgate.server.trust.node_auth import NodeAuthError
+
+    return (
+        EnrollmentError,
+        IdentityError,
+        SignatureError,
+        DatabaseError,
+        NodeAuthError,
+        FileExistsError,
+    )
+
+
+def _sqlalchemy_error() -> type[Exception]:
+    """``SQLAlchemyError``; called only when a verb raises."""
+    from sqlalchemy.exc import SQLAlchemyError  # heavy import: loaded only when a verb fails
+
+    return SQLAlchemyError
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Expected failures become one red ``error:`` line and exit status 1."""
+    try:
+        yield
+    except _expected_errors() as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    except _sqlalchemy_error() as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        typer.secho(f"error: database: {first}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}", err=True, fg="red")
+        raise typer.Exit(1) from None
+
+
+def _home(home: Path | None) -> Path:
+    from fedgate.home import default_home
+
+    return (home or default_home()).resolve()
+
+
+def _registry(home: Path | None, region: str, db: str | None) -> DatabaseDeviceRegistry:
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.trust.enrollment import check_region_name, region_registry
+
+    return region_registry(_home(home), check_region_name(region), db)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def enroll_token(
+    region: Region,
+    home: Home = None,
+    db: Db = None,
+    ttl_hours: Annotated[float, typer.Option(help="Hours until the token expires.")] = (
+        DEFAULT_TOKEN_TTL / 3600
+    ),
+) -> None:
+    """Issue a one-time enrollment token for REGION (printed once; only its hash is kept)."""
+    with _clean_errors(), _registry(home, region, db) as registry:
+        token = registry.issue_token(ttl_hours * 3600)
+        typer.echo(token)
+        typer.echo(f"one-time token for region {region}, expires in {ttl_hours:g} h", err=True)
+
+
+def enroll(
+    token: Annotated[str, typer.Option(help="One-time token from `fedgate region enroll-token`.")],
+    region: Region,
+    profile: Annotated[str, typer.Option(help="Device profile: phone or pi.")],
+    home: Home = None,
+    db: Db = None,
+    device_dir: Annotated[
+        Path | None, typer.Option(help="Device directory for device.key (default: <home>/device).")
+    ] = None,
+    region_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Region server public key to trust (default: <home>/keys/region-<region>.pub)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing device key with a new one.")
+    ] = False,
+    superlink: Superlink = None,
+    root_certificates: RootCerts = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Enroll this device with REGION: its signing key with the region's registry, its node
+    key with the region's SuperLink. Re-run on an enrolled device to retry the node key."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.clients.identity import KEY_FILE, check_profile, enroll_identity, read_enrollment
+    from fedgate.crypto import read_public_key
+    from fedgate.server.launch.transport import control_target
+    from fedgate.server.trust.enrollment import check_region_name, region_anchor, region_registry
+
+    with _clean_errors():
+        check_region_name(region)
+        check_profile(profile)
+        where = _home(home)
+        device_dir = device_dir or where / "device"
+        target = control_target(where, region, superlink, root_certificates, insecure)
+        previous = read_enrollment(device_dir)
+        if previous is not None and previous.region == region and not force:
+            typer.echo(f"device {previous.device_id} is already enrolled in region {region}")
+            _node_key(target, device_dir, previous.device_id, region)
+            return
+        anchor = read_public_key(region_key) if region_key else region_anchor(where, region)
+        with region_registry(where, region, db) as registry:
+            done = enroll_identity(
+                device_dir,
+                region,
+                profile,
+                anchor,
+                lambda pub: registry.enroll(token, pub, profile=profile).device_id,
+                force=force,
+            )
+        typer.echo(f"enrolled device {done.enrollment.device_id} in region {region}")
+        _node_key(target, device_dir, done.enrollment.device_id, region)
+        if done.new_key:
+            typer.echo(f"new device key: {device_dir / KEY_FILE} (mode 0600)", err=True)
+        typer.echo(f"trusting region {region}'s server key: {done.anchor_path}", err=True)
+        old = done.replaced
+        if old is not None and old.device_id != done.enrollment.device_id:
+            typer.echo(
+                f"note: the old key {old.device_id[:16]} stays enrolled in region {old.region} "
+                f"until revoked (`fedgate region revoke {old.device_id[:16]} "
+                f"--region {old.region}`)",
+                err=True,
+            )
+
+
+def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
+    """Make and (if a SuperLink is known) register the node key; keep the region CA beside it."""
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.trust.node_registration import register_device_node
+
+    if target is not None and target.root_certificates is not None:
+        ca = device_dir / "anchors" / f"{region}-ca.pem"
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        ca.write_bytes(Path(target.root_certificates).read_bytes())
+    node, node_id = register_device_node(target, device_dir, device_id)
+    if node_id is None:
+        typer.echo(
+            f"node key {node.public_path}: not registered yet (no SuperLink of region {region} "
+            "given or running); re-run with --superlink HOST:PORT to register it",
+            err=True,
+        )
+    else:
+        typer.echo(f"node key registered with the SuperLink at {target.address} (node {node_id})")
+
+
+def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJson = False) -> None:
+    """List REGION's enrolled devices and whether they are revoked."""
+    with _clean_errors(), _registry(home, region, db) as registry:
+        devices = registry.devices()
+        if as_json:
+            typer.echo(json.dumps([d.to_json() for d in devices], indent=2))
+            return
+        if not devices:
+            typer.echo(f"no devices enrolled in region {region} ({registry.url})")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"devices of region {region}", caption="--json shows full ids")
+        for col in ("device id", "profile", "status", "enrolled (UTC)", "revoked (UTC)"):
+            table.add_column(col, no_wrap=True)
+        for d in devices:
+            status = "[red]revoked[/]" if d.revoked else "[green]active[/]"
+            table.add_row(
+                d.device_id[:16],
+                d.profile or "-",
+                status,
+                _when(d.enrolled_at),
+                _when(d.revoked_at),
+            )
+        Console().print(table)
+
+
+def revoke(
+    device: Annotated[str, typer.Argument(help="Device id (or a unique prefix of 8+ chars).")],
+    region: Region,
+    home: Home = None,
+    db: Db = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    superlink: Superlink = None,
+    root_certificates: RootCerts = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Revoke DEVICE: its updates are rejected from the next verification on, and its node
+    key is unregistered at the region's SuperLink (it can no longer connect)."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.launch.transport import control_target
+    from fedgate.server.trust.enrollment import check_region_name, revoke_device
+    from fedgate.server.trust.node_registration import unregister_device_node
+
+    with _clean_errors():
+        where = _home(home)
+        revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
+        typer.echo(f"revoked device {revoked.device_id} in region {region}")
+        target = control_target(where, region, superlink, root_certificates, insecure)
+        dropped = unregister_device_node(target, revoked.device_id)
+        if dropped is None:
+            typer.echo(
+                "its node key was not unregistered: no SuperLink given (--superlink) or running",
+                err=True,
+            )
+        else:
+            typer.echo(f"unregistered node(s) {dropped} at {target.address}")
+
+
+def join(
+    superlink: Annotated[
+        str, typer.Option(help="The region's device-facing (fleet proxy) address HOST:PORT.")
+    ],
+    home: Home = None,
+    device_dir: Annotated[
+        Path | None, typer.Option(help="The enrolled device directory (default: <home>/device).")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option(help="Region CA (default: <device-dir>/anchors/<region>-ca.pem)."),
+    ] = None,
+    insecure: InsecureOpt = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="This device's own data: a directory of .npz files.")
+    ] = None,
+    partition_id: Annotated[int, typer.Option(help="Digits shard (without --data-dir).")] = 0,
+    num_partitions: Annotated[int, typer.Option(help="Shards of the digits pool.")] = 1,
+    runtime_port: Annotated[
+        int, typer.Option(help="Loopback port for the SuperNode's runtime API.")
+    ] = 9094,
+) -> None:
+    """Join training: run this device's SuperNode and its ClientApp until Ctrl-C."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.clients.identity import IdentityError, read_enrollment
+    from fedgate.clients.join import JoinError, JoinSpec
+    from fedgate.clients.join import join as run_join
+
+    with _clean_errors():
+        device_dir = device_dir or _home(home) / "device"
+        enrollment = read_enrollment(device_dir)
+        if enrollment is None:
+            raise IdentityError(f"{device_dir} is not enrolled; run `fedgate client enroll`")
+        ca = None
+        if not insecure:
+            ca = root_certificates or device_dir / "anchors" / f"{enrollment.region}-ca.pem"
+            if not ca.is_file():
+                raise IdentityError(f"no region CA at {ca}; pass --root-certificates")
+        else:
+            typer.secho("warning: --insecure: no TLS to the SuperLink", err=True, fg="yellow")
+        spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
+                        num_partitions)  # fmt: skip
+        try:
+            code = run_join(spec, echo=typer.echo)
+        except JoinError as exc:
+            raise IdentityError(str(exc)) from None
+        raise typer.Exit(code)
+
+
+def register_region(region_app: typer.Typer) -> None:
+    """Operator verbs on ``fedgate region``: ``enroll-token``, ``devices``, ``revoke``."""
+    region_app.command("enroll-token")(enroll_token)
+    region_app.command("devices")(list_devices)
+    region_app.command("revoke")(revoke)
+
+
+def register_client(client_app: typer.Typer) -> None:
+    """Device verbs on ``fedgate client``: ``enroll``, ``join``."""
+    client_app.command("enroll")(enroll)
+    client_app.command("join")(join)

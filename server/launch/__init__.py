@@ -1,0 +1,1 @@
+"""Running fedgate on this machine: processes, topology, proxy, SuperLink, simulation, runs."""

@@ -1,0 +1,1 @@
+"""One region's training: the regional ServerApp, its run records, progress and reports."""

@@ -1,0 +1,1 @@
+"""Who may talk to a region: PKI, SuperNode keys, node registration and device enrollment."""
