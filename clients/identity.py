@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedgate.clients.profiles import PROFILES
 from fedgate.crypto import (
     SignatureError,
     fingerprint,
@@ -156,8 +157,6 @@ def read_trust_anchor(device_dir: Path, region: str) -> Ed25519PublicKey:
 
 def check_profile(profile: str) -> str:
     """``profile`` if it names a device profile (phone, pi), else ``IdentityError``."""
-    from fedgate.clients.profiles import PROFILES
-
     if profile not in PROFILES:
         raise IdentityError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}")
     return profile

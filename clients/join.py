@@ -80,6 +80,7 @@ class JoinSpec:
 
 def join(spec: JoinSpec, echo=print, startup_timeout: float = 60.0) -> int:
     """Run the device until interrupted; returns the SuperNode's exit status."""
+    # heavy import (Flower, torch): only once the device joins
     from fedgate.clients.worker import ClientAppWorker, warm_up
 
     command = spec.supernode_command()

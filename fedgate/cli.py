@@ -21,6 +21,7 @@ client_app = typer.Typer(
 
 def _register() -> None:
     """Attach every verb; each lives in ``fedgate.server.cli`` beside the code it drives."""
+    # the verbs load when the CLI runs, not when fedgate.cli is imported
     from fedgate.server.cli import register
 
     register(app, region_app, client_app)

@@ -13,6 +13,7 @@ registry (``fedgate.server.trust.enrollment.DatabaseDeviceRegistry``) on a ``Sto
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -197,8 +198,6 @@ class Store:
 
     def round_models(self, run_id: int | str) -> dict[int, str]:
         """Each recorded round's model digest (from the audit chain's ``round.closed``)."""
-        import json
-
         run = str(run_id)
         out: dict[int, str] = {}
         query = select(EVENTS.c.payload).where(EVENTS.c.kind == "round.closed")

@@ -69,12 +69,14 @@ class BlobStore:
         self, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
     ) -> str:
         """Store named arrays as one safetensors file; returns its SHA-256."""
+        # heavy import (safetensors): only for model blobs
         from safetensors.numpy import save
 
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         return self.put(save(arrays, metadata=dict(metadata) if metadata else None))
 
     def get_tensors(self, sha: str) -> dict[str, np.ndarray]:
+        # heavy import (safetensors): only for model blobs
         from safetensors.numpy import load
 
         return load(self.get(sha))

@@ -164,6 +164,7 @@ class PgCluster:
 
     def create_database(self, name: str | None = None) -> str:
         """Create a fresh database; returns its SQLAlchemy URL."""
+        # heavy import (psycopg): only for PostgreSQL
         import psycopg
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
@@ -175,6 +176,7 @@ class PgCluster:
 
     def create_schema(self, name: str | None = None) -> str:
         """Create a fresh schema (much faster than a database); returns a URL that uses it."""
+        # heavy import (psycopg): only for PostgreSQL
         import psycopg
 
         name = name or f"s_{uuid.uuid4().hex[:12]}"

@@ -12,6 +12,7 @@ DEMO_HOME = Path(".fedgate-demo")
 
 def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Validation accuracy per round per region as a PNG."""
+    # heavy import (matplotlib, SQLAlchemy): `fedgate --help` imports this module
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +35,7 @@ def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path) -> Non
 
 def verify_region_audit(home: Path, region: str, db: str | None = None):
     """``fedgate audit verify`` for one region: chain and signed heads, read-only."""
+    # heavy import (matplotlib, SQLAlchemy): `fedgate --help` imports this module
     from fedgate.server.audit.keys import load_pubkeys, region_pub_path
     from fedgate.server.audit.verify import verify_database
     from fedgate.server.db import open_readonly, resolve_url

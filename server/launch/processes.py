@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -174,8 +175,6 @@ START_MARK = "=== fedgate started"  # a line ``start`` writes before each launch
 def last_lines(path: str | Path, n: int = 5, max_bytes: int = 16384) -> tuple[str, ...]:
     """The last ``n`` non-empty lines a process logged since it was last started (ANSI
     colours removed)."""
-    import re
-
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -192,6 +191,7 @@ def last_lines(path: str | Path, n: int = 5, max_bytes: int = 16384) -> tuple[st
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (children first found, recursively)."""
+    # heavy import (psutil): `fedgate --help` imports this module
     import psutil
 
     try:
@@ -201,6 +201,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def _child_names(pid: int) -> list[str]:
+    # heavy import (psutil): `fedgate --help` imports this module
     import psutil
 
     names = []

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgate.server.audit.keys import ensure_region_key
+from fedgate.server.audit.store import Store
+from fedgate.server.db import BlobStore, resolve_url
+from fedgate.server.db.blobs import HEX64_RE
 from fedgate.server.launch.config import ConfigError, RegionConfig
 
 
 def region_store(home: Path, region: RegionConfig):
     """The region's store, its audit chain signed by the region key."""
-    from fedgate.server.audit.keys import ensure_region_key
-    from fedgate.server.audit.store import Store
-    from fedgate.server.db import resolve_url
-
     url = resolve_url(region.db or None, Path(home), region.name)
     return Store.open(url, signer=ensure_region_key(home, region.name))
 
@@ -45,8 +45,6 @@ class StartPoint:
 
 def resume_point(home: Path, region: RegionConfig, run_id: str, rounds: int) -> StartPoint:
     """Continue ``run_id`` after its last recorded round, from that round's stored model."""
-    from fedgate.server.db import BlobStore
-
     store = region_store(home, region)
     info = store.run(run_id)
     if info is None:
@@ -76,9 +74,6 @@ def last_model(store, run_id: str, blobs) -> tuple[int, str]:
 def init_point(home: Path, region: RegionConfig, source: str) -> StartPoint:
     """A warm start: ``RUN`` (its final or last recorded model), a model digest, or
     ``global:N`` (a global version, once the coordinator tier exists)."""
-    from fedgate.server.db import BlobStore
-    from fedgate.server.db.blobs import HEX64_RE
-
     blobs = BlobStore(Path(home) / "blobs")
     if source.startswith("global:"):
         raise ConfigError(

@@ -28,14 +28,20 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from fedgate.clients.identity import enroll_identity
 from fedgate.procenv import flower_env
+from fedgate.server.audit.keys import ensure_region_key
+from fedgate.server.audit.store import Store
+from fedgate.server.db.engine import RetryPolicy, retry_policy
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.runner import RunFailedError, Submission, run_config
 from fedgate.server.launch.topology import region_dir
 from fedgate.server.region.progress import ProgressWriter, read_progress
+from fedgate.server.trust.enrollment import ENROLL_DIR_TOKEN_TTL, region_anchor, region_registry
 
 RUN_DB = "simulation.db"  # a simulated run's own database, in its run directory
 DEVICES = "devices"  # its virtual devices' directories (signing keys), ditto
@@ -69,9 +75,6 @@ def enroll_virtual_devices(
     region's key signs its audit heads and is the devices' trust anchor), revoking those
     the region config lists as revoked; returns their ids. Keys go under
     ``out_dir/devices``."""
-    from fedgate.clients.identity import enroll_identity
-    from fedgate.server.trust.enrollment import ENROLL_DIR_TOKEN_TTL, region_anchor, region_registry
-
     devices = Path(out_dir) / DEVICES
     ids: list[str] = []
     with region_registry(home, region.name, run_db_url(out_dir)) as registry:
@@ -97,6 +100,7 @@ def virtual_client_app(devices: Path, data_root: Path | None = None):
     """fedgate's ClientApp, each virtual device acting as its enrolled ``sim-<i>`` device
     under ``devices`` (with ``data_root``: reading its own ``.npz`` data from
     ``data_root/<i>``)."""
+    # heavy import (Flower, torch): only the simulation child needs it
     from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
@@ -142,6 +146,7 @@ def simulate(
     Returns whether the engine started the ServerApp; an exception of the ServerApp is
     re-raised as ``ServerAppError`` from it, the engine's own failures as they come.
     """
+    # heavy import (Flower, torch): only the simulation child needs it
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -269,10 +274,6 @@ def _final_record(out_dir: Path) -> dict[str, Any] | None:
 
 def _mark_run_failed(config: dict[str, Any], error: str) -> None:
     """Best effort: mark the run failed in its own database, if the ServerApp recorded it."""
-    from fedgate.server.audit.keys import ensure_region_key
-    from fedgate.server.audit.store import Store
-    from fedgate.server.db.engine import RetryPolicy, retry_policy
-
     try:
         with retry_policy(RetryPolicy(budget=3.0)):
             key = ensure_region_key(Path(config["home"]), str(config["region"]))
@@ -304,7 +305,6 @@ def run_child(
             error = "the simulation engine ended without starting the ServerApp"
     except BaseException as exc:
         error = engine_failure(exc)
-        import traceback
 
         traceback.print_exc()
     final = _final_record(out_dir)

@@ -44,6 +44,7 @@ def patched_pragmas(pragmas: tuple[tuple[str, str], ...], timeout_ms: int):
 
 def adapt_flower() -> None:
     """Apply the busy-timeout adaptation to Flower's SQL state in this process."""
+    # heavy import (Flower): only the SuperLink process needs it
     from flwr.supercore import sql_mixin
 
     sql_mixin.SQLITE_PRAGMAS = patched_pragmas(sql_mixin.SQLITE_PRAGMAS, busy_timeout_ms())
@@ -51,6 +52,7 @@ def adapt_flower() -> None:
 
 def main() -> None:
     adapt_flower()
+    # heavy import (Flower): only the SuperLink process needs it
     from flwr.superlink.cli import flower_superlink
 
     sys.argv[0] = "flower-superlink"

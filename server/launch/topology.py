@@ -23,6 +23,8 @@ from fedgate.server.launch.processes import (
     port_free,
     wait_until,
 )
+from fedgate.server.launch.run_records import mark_ended
+from fedgate.server.launch.superlink_runs import active_runs, stop_link_run
 from fedgate.server.launch.transport import HOST, INSECURE_WARNING, Transport, load_transport
 from fedgate.server.trust.node_auth import NodeAuthError, NodeKey, list_nodes, register_node
 
@@ -194,15 +196,11 @@ def stop_stale_runs(home: Path, region: RegionConfig, transport: Transport) -> l
     """Stop the runs a restarted SuperLink still holds as pending or running from an earlier
     session (nobody follows them; they must never start by themselves), and mark any the
     region database still calls running as interrupted."""
-    from fedgate.server.launch.superlink_runs import active_runs, stop_link_run
-
     target = transport.control(region)
     stale = [r.run_id for r in active_runs(target)]
     for run_id in stale:
         stop_link_run(target, run_id)
     if stale:
-        from fedgate.server.launch.run_records import mark_ended
-
         for run_id in stale:
             mark_ended(
                 home,

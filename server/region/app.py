@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import add_exit_handler
+from safetensors.numpy import save_file
 
 from fedgate.models.data import common_test_split, region_validation
 from fedgate.models.nets import build_model
@@ -122,8 +124,6 @@ def _reasons(strategy: RobustStrategy) -> dict[str, int]:
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """A blob's named arrays as the torch state dict ``load_state_dict`` takes."""
-    import torch
-
     return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
 
 
@@ -131,8 +131,6 @@ def _save_model(out_dir: Path, home: Path, arrays: ArrayRecord) -> str:
     """Write the regional model as safetensors, content-addressed; returns its SHA-256."""
     tensors = {k: v.numpy() for k, v in arrays.items()}
     sha = BlobStore(home / "blobs").put_tensors(tensors)
-    from safetensors.numpy import save_file
-
     save_file(tensors, str(out_dir / "model.safetensors"))
     return sha
 

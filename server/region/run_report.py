@@ -178,6 +178,7 @@ def _series(ax, rows: list[RoundMetrics], name: str, label: str, style: str) -> 
 def build_run_figure(events: list[dict[str, Any]]) -> Figure:
     """The report figure: accuracy and loss per round (from the starting model) on top,
     accepted vs rejected updates per round below; a notice if no round completed."""
+    # heavy import (matplotlib, mlflow): only when a report is written
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -295,6 +296,7 @@ def log_to_mlflow(
     returned, not logged twice.
     """
     _import_mlflow()
+    # heavy import (matplotlib, mlflow): only when a report is written
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 

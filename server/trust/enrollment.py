@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fedgate.clients.identity import enroll_identity
 from fedgate.crypto import SignatureError, fingerprint, load_public_key, read_public_key, sha256_hex
+from fedgate.server.audit.keys import ensure_region_key, region_pub_path
 from fedgate.server.audit.store import Store
 from fedgate.server.db.engine import resolve_url, write_txn
 from fedgate.server.db.models import Device as DeviceRow
@@ -332,8 +334,6 @@ def region_registry(
     heads are signed with the region server key (``<home>/keys/region-<region>.key``,
     created on first use).
     """
-    from fedgate.server.audit.keys import ensure_region_key
-
     check_region_name(region)
     url = resolve_url(db, home, region)
     signer = ensure_region_key(home, region)
@@ -342,8 +342,6 @@ def region_registry(
 
 def region_anchor(home: str | Path, region: str) -> Ed25519PublicKey:
     """The region server's public key under ``home``: what its devices trust."""
-    from fedgate.server.audit.keys import region_pub_path
-
     path = region_pub_path(home, check_region_name(region))
     if not path.is_file():
         raise EnrollmentError(
@@ -369,8 +367,6 @@ def enroll_device_dir(
     registration, enrollment record, the region's key as trust anchor); its registration
     step issues a short-lived token and spends it at once.
     """
-    from fedgate.clients.identity import enroll_identity
-
     registered: list[Device] = []
     with region_registry(home, region, db) as registry:
         anchor = region_anchor(home, region)

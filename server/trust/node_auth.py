@@ -109,6 +109,7 @@ def _ssh_public_line(key: ec.EllipticCurvePrivateKey, comment: str) -> bytes:
 
 def control_client(target: ControlTarget) -> ControlHttpClient:
     """Flower's own Control API client, set up as the ``flwr`` CLI sets it up."""
+    # heavy import (Flower): only when a SuperLink is asked
     from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
@@ -133,6 +134,7 @@ def control_client(target: ControlTarget) -> ControlHttpClient:
 @contextlib.contextmanager
 def control_session(target: ControlTarget, action: str) -> Iterator[ControlHttpClient]:
     """A Control API client whose failures surface as one clear ``NodeAuthError``."""
+    # heavy import (Flower): only when a SuperLink is asked
     from flwr.supercore.error import FlowerError
 
     client = control_client(target)
