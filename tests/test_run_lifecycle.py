@@ -33,7 +33,7 @@ from fedgate.server.transport import load_transport
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 4
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
