@@ -23,7 +23,7 @@ from fedgate.server.launch.topology import down, up
 pytestmark = pytest.mark.integration
 
 RUNS = 3
-ROUNDS = 2
+ROUNDS = 1
 LOCKED = "database is locked"
 
 

@@ -34,7 +34,7 @@ from fedgate.server.launch.transport import load_transport
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 4
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
