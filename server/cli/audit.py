@@ -6,8 +6,8 @@ Exit status: 0 fine, 1 verification failed, 2 unusable input (database, keys, fi
 
 from __future__ import annotations
 
-# Imports inside a verb are heavy ones (Flower, torch, SQLAlchemy, ...) the verb needs only
-# when it runs: `fedgate --help` loads none of them (tests/test_cli_startup.py).
+# A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
+# runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 import dataclasses
 import json
 import os

@@ -3,8 +3,8 @@ error wrapper and the run summary they print."""
 
 from __future__ import annotations
 
-# Imports inside a verb are heavy ones (Flower, torch, SQLAlchemy, ...) the verb needs only
-# when it runs: `fedgate --help` loads none of them (tests/test_cli_startup.py).
+# A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
+# runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path

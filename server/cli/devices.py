@@ -7,8 +7,8 @@ revoke``. Devices: ``fedgate client enroll``. All work on the region's database 
 
 from __future__ import annotations
 
-# Imports inside a verb are heavy ones (Flower, torch, SQLAlchemy, ...) the verb needs only
-# when it runs: `fedgate --help` loads none of them (tests/test_cli_startup.py).
+# A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
+# runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 import contextlib
 import datetime as dt
 import json

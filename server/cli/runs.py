@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# Imports inside a verb are heavy ones (Flower, torch, SQLAlchemy, ...) the verb needs only
-# when it runs: `fedgate --help` loads none of them (tests/test_cli_startup.py).
+# A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
+# runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 import json
 from pathlib import Path
 from typing import Annotated, Any
