@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgate.clients.device import node_config_arg
-from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.config import FederationConfig, RegionConfig
 from fedgate.server.fleet_proxy import check_config, healthy, start_command, write_config
-from fedgate.server.local_devices import device_dir, enroll_region_devices
+from fedgate.server.local_devices import device_dir
 from fedgate.server.node_auth import NodeAuthError, NodeKey, list_nodes, register_node
 from fedgate.server.processes import (
     ManagedProcess,
@@ -303,6 +302,10 @@ def up(
     transport = Transport(Path(home), insecure)
     if insecure:
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
+    # heavy imports (database, audit chain): only `up` needs them, not `status`
+    from fedgate.server.audit.keys import ensure_region_key
+    from fedgate.server.local_devices import enroll_region_devices
+
     say = Progress(echo)
     devices = {}
     for r in fed.regions:
