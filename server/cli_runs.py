@@ -104,17 +104,6 @@ def runs_cmd(
     )
 
 
-def _region_up(home: Path, reg: RegionConfig):
-    """The region's Control API target when its SuperLink runs under ``home``, else None."""
-    from fedgate.server.processes import ProcessTable, port_open
-    from fedgate.server.transport import load_transport
-
-    running = {p.name for p in ProcessTable(home).running()}
-    if f"superlink-{reg.name}" in running and port_open(reg.superlink_port):
-        return load_transport(home).control(reg)
-    return None
-
-
 @friendly
 def stop_cmd(
     run: RunArg,
@@ -124,13 +113,14 @@ def stop_cmd(
 ) -> None:
     """Stop a pending or running run at its SuperLink and record it stopped: it never starts
     or continues by itself later (resume it deliberately with `region run --resume`)."""
+    from fedgate.server.node_registration import control_target
     from fedgate.server.run_records import region_store
     from fedgate.server.runner import launched_by
     from fedgate.server.superlink_runs import link_run, stop_link_run
 
     home, fed = resolve(home, config)
     reg = fed.region(region)
-    target = _region_up(home, reg)
+    target = control_target(home, reg.name, None, None, False)  # None: SuperLink not running
     at_link = None if target is None else link_run(target, run)
     store = region_store(home, reg)
     info = store.run(run)
