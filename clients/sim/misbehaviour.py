@@ -13,18 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord
 
 from fedgate.clients.sim.attacks import ATTACKS
 from fedgate.crypto import generate_key, sign
-from fedgate.strategies.envelope import (
-    arrayrecord_digest,
-    build_envelope,
-    pack_envelope,
-    sign_update,
-)
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, ConfigRecord
 
 SIGNING_FAULTS = ("wrong-key", "unsigned")
 
@@ -53,6 +50,14 @@ def signed_reply(
     metrics: Mapping[str, int | float],
 ) -> ConfigRecord | None:
     """The envelope record a device with signing ``fault`` ('' for none) attaches to its reply."""
+    # heavy import (Flower): loaded when a device signs, not when a config names a profile
+    from fedgate.strategies.envelope import (
+        arrayrecord_digest,
+        build_envelope,
+        pack_envelope,
+        sign_update,
+    )
+
     round_facts = {"region": region, "run_id": run_id, "server_round": server_round, "nonce": nonce}
     if not fault:
         return sign_update(key, base=base, arrays=arrays, metrics=metrics, **round_facts)

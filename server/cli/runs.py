@@ -106,18 +106,6 @@ def runs_cmd(
     )
 
 
-def _region_up(home: Path, reg: RegionConfig):
-    """The region's Control API target when its SuperLink runs under ``home``, else None."""
-    from fedgate.procenv import port_open
-    from fedgate.server.launch.processes import ProcessTable
-    from fedgate.server.launch.transport import load_transport
-
-    running = {p.name for p in ProcessTable(home).running()}
-    if f"superlink-{reg.name}" in running and port_open(reg.superlink_port):
-        return load_transport(home).control(reg)
-    return None
-
-
 @friendly
 def stop_cmd(
     run: RunArg,
@@ -130,10 +118,11 @@ def stop_cmd(
     from fedgate.server.launch.run_records import region_store
     from fedgate.server.launch.runner import launched_by
     from fedgate.server.launch.superlink_runs import link_run, stop_link_run
+    from fedgate.server.launch.transport import control_target
 
     home, fed = resolve(home, config)
     reg = fed.region(region)
-    target = _region_up(home, reg)
+    target = control_target(home, reg.name, None, None, False)  # None: SuperLink not running
     at_link = None if target is None else link_run(target, run)
     store = region_store(home, reg)
     info = store.run(run)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from fedgate.clients.identity import read_enrollment
 from fedgate.server.launch.config import RegionConfig
-from fedgate.server.trust.enrollment import enroll_device_dir, region_registry
 
 
 def device_dir(home: Path, region: str, index: int, kind: str = "node") -> Path:
@@ -28,6 +27,9 @@ def enroll_region_devices(
 
     ``profiles`` defaults to the region's SuperNodes; the simulation engine passes its own.
     """
+    # heavy import (database, audit chain): device_dir alone is needed by `status`
+    from fedgate.server.trust.enrollment import enroll_device_dir, region_registry
+
     registry = region_registry(home, region.name, db=region.db or None)
     ids = []
     for index, profile in enumerate(region.nodes if profiles is None else profiles):

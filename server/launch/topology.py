@@ -11,10 +11,9 @@ from pathlib import Path
 
 from fedgate.clients.device import node_config_arg
 from fedgate.procenv import port_open
-from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.fleet_proxy import check_config, healthy, start_command, write_config
-from fedgate.server.launch.local_devices import device_dir, enroll_region_devices
+from fedgate.server.launch.local_devices import device_dir
 from fedgate.server.launch.processes import (
     ManagedProcess,
     ProcessTable,
@@ -23,7 +22,6 @@ from fedgate.server.launch.processes import (
     port_free,
     wait_until,
 )
-from fedgate.server.launch.run_records import mark_ended
 from fedgate.server.launch.superlink_runs import active_runs, stop_link_run
 from fedgate.server.launch.transport import HOST, INSECURE_WARNING, Transport, load_transport
 from fedgate.server.trust.node_auth import NodeAuthError, NodeKey, list_nodes, register_node
@@ -196,6 +194,9 @@ def stop_stale_runs(home: Path, region: RegionConfig, transport: Transport) -> l
     """Stop the runs a restarted SuperLink still holds as pending or running from an earlier
     session (nobody follows them; they must never start by themselves), and mark any the
     region database still calls running as interrupted."""
+    # heavy import (the region database): only `up` needs it, not `status`
+    from fedgate.server.launch.run_records import mark_ended
+
     target = transport.control(region)
     stale = [r.run_id for r in active_runs(target)]
     for run_id in stale:
@@ -301,6 +302,10 @@ def up(
     transport = Transport(Path(home), insecure)
     if insecure:
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
+    # heavy imports (database, audit chain): only `up` needs them, not `status`
+    from fedgate.server.audit.keys import ensure_region_key
+    from fedgate.server.launch.local_devices import enroll_region_devices
+
     say = Progress(echo)
     devices = {}
     for r in fed.regions:

@@ -15,10 +15,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -135,6 +137,8 @@ def gram(x: np.ndarray) -> np.ndarray:
 
 def _as_tensor(x: np.ndarray) -> torch.Tensor:
     """``x`` as a torch tensor sharing its memory (read-only inputs included: never written)."""
+    import torch  # heavy import: only for large matrices (config validation imports this module)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
         return torch.from_numpy(x)
@@ -155,6 +159,8 @@ def gram_and_projections(
         g = (x @ x.T).astype(np.float64)
         p = None if e is None else (x @ e.T).astype(np.float64)
     else:
+        import torch  # heavy import: only for large matrices
+
         t = _as_tensor(x)
         with torch.no_grad():
             g = torch.mm(t, t.T).numpy().astype(np.float64)
