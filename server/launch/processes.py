@@ -219,7 +219,7 @@ def _child_names(pid: int) -> list[str]:
 
 def stop_trees(pids: list[int], grace: float) -> None:
     """SIGTERM each process, its process group and every descendant; SIGKILL what is left
-    after ``grace`` seconds; reap what are our children."""
+    after ``grace`` seconds; reap what are our children; return once all are gone."""
     targets = {pid for root in pids for pid in (root, *descendants(root))}
     for root in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -237,6 +237,11 @@ def stop_trees(pids: list[int], grace: float) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         _reap(pid)
+    # SIGKILL is asynchronous: wait until the killed are gone (and their ports free) before
+    # returning, so that an `up` right after `down` never finds a port still held
+    deadline = time.monotonic() + max(grace, 5.0)
+    while time.monotonic() < deadline and any(alive(p) for p in targets):
+        time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:
