@@ -51,13 +51,15 @@ def test_simulation_engine_with_ten_virtual_clients(tmp_path) -> None:
     eu = fed.region("eu")
     import dataclasses
 
-    eu = dataclasses.replace(eu, rounds=2, clients_per_round=10, min_clients=8, revoked=())
+    # 3 rounds: which 10 of the 12 virtual devices train varies with Flower's random node ids,
+    # and after 2 rounds that alone moved validation accuracy across 0.4 (0.34 in 2 of 6 runs)
+    eu = dataclasses.replace(eu, rounds=3, clients_per_round=10, min_clients=8, revoked=())
     home = tmp_path / "home"
     events = []
     sub = submit_simulation(fed, eu, home, num_supernodes=12)
     done = follow([sub], lambda s, e: events.append(e), timeout=400)["eu"]
     rounds = [e for e in events if e["kind"] == "round"]
-    assert len(rounds) == 2 and all(r["sampled"] == 10 for r in rounds)
+    assert len(rounds) == 3 and all(r["sampled"] == 10 for r in rounds)
     assert all(r["accepted"] == 10 for r in rounds)
     assert done["devices"] >= 10 and done["val_acc"] > 0.4
     assert not processes_mentioning(str(home)), "the simulation left processes behind"
