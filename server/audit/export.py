@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, select
 
 from fedgate.crypto import canonical_json
+from fedgate.errors import UsageError
 from fedgate.server.audit.chain import HeadRecord
 from fedgate.server.audit.log import CHAIN, EVENTS, HEADS, _head
 from fedgate.server.audit.verify import ChainVerifier, Keys, VerifyReport
@@ -39,7 +40,7 @@ CSV_FIELDS = (
 FORMATS = ("jsonl", "csv")
 
 
-class ExportError(ValueError):
+class ExportError(UsageError, ValueError):
     """An export file is unreadable or not in the fedgate export format."""
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 # A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
 # runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
-import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fedgate.atomic_file import write_atomic
+from fedgate.home import resolve_home
+from fedgate.server.cli.common import cli_errors
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
 
 if TYPE_CHECKING:
@@ -54,53 +55,8 @@ InsecureOpt = Annotated[
 ]
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    """What ``_clean_errors`` reports as one line; called only when a verb raises."""
-    # heavy import: loaded only when a verb that runs fails
-    from fedgate.clients.identity import IdentityError
-    from fedgate.crypto import SignatureError
-    from fedgate.server.db.engine import DatabaseError
-    from fedgate.server.trust.enrollment import EnrollmentError
-    from fedgate.server.trust.node_auth import NodeAuthError
-
-    return (
-        EnrollmentError,
-        IdentityError,
-        SignatureError,
-        DatabaseError,
-        NodeAuthError,
-        FileExistsError,
-    )
-
-
-def _sqlalchemy_error() -> type[Exception]:
-    """``SQLAlchemyError``; called only when a verb raises."""
-    from sqlalchemy.exc import SQLAlchemyError  # heavy import: loaded only when a verb fails
-
-    return SQLAlchemyError
-
-
-@contextlib.contextmanager
-def _clean_errors() -> Iterator[None]:
-    """Expected failures become one red ``error:`` line and exit status 1."""
-    try:
-        yield
-    except _expected_errors() as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(1) from None
-    except _sqlalchemy_error() as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        typer.secho(f"error: database: {first}", err=True, fg="red")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}", err=True, fg="red")
-        raise typer.Exit(1) from None
-
-
 def _home(home: Path | None) -> Path:
-    from fedgate.home import default_home
-
-    return (home or default_home()).resolve()
+    return resolve_home(home)
 
 
 def _registry(home: Path | None, region: str, db: str | None) -> DatabaseDeviceRegistry:
@@ -125,7 +81,7 @@ def enroll_token(
     ),
 ) -> None:
     """Issue a one-time enrollment token for REGION (printed once; only its hash is kept)."""
-    with _clean_errors(), _registry(home, region, db) as registry:
+    with cli_errors(), _registry(home, region, db) as registry:
         token = registry.issue_token(ttl_hours * 3600)
         typer.echo(token)
         typer.echo(f"one-time token for region {region}, expires in {ttl_hours:g} h", err=True)
@@ -161,7 +117,7 @@ def enroll(
     from fedgate.server.launch.transport import control_target
     from fedgate.server.trust.enrollment import check_region_name, region_anchor, region_registry
 
-    with _clean_errors():
+    with cli_errors():
         check_region_name(region)
         check_profile(profile)
         where = _home(home)
@@ -204,8 +160,7 @@ def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
 
     if target is not None and target.root_certificates is not None:
         ca = device_dir / "anchors" / f"{region}-ca.pem"
-        ca.parent.mkdir(parents=True, exist_ok=True)
-        ca.write_bytes(Path(target.root_certificates).read_bytes())
+        write_atomic(ca, Path(target.root_certificates).read_bytes())
     node, node_id = register_device_node(target, device_dir, device_id)
     if node_id is None:
         typer.echo(
@@ -219,7 +174,7 @@ def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
 
 def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJson = False) -> None:
     """List REGION's enrolled devices and whether they are revoked."""
-    with _clean_errors(), _registry(home, region, db) as registry:
+    with cli_errors(), _registry(home, region, db) as registry:
         devices = registry.devices()
         if as_json:
             typer.echo(json.dumps([d.to_json() for d in devices], indent=2))
@@ -262,7 +217,7 @@ def revoke(
     from fedgate.server.trust.enrollment import check_region_name, revoke_device
     from fedgate.server.trust.node_registration import unregister_device_node
 
-    with _clean_errors():
+    with cli_errors():
         where = _home(home)
         revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
         typer.echo(f"revoked device {revoked.device_id} in region {region}")
@@ -302,10 +257,10 @@ def join(
     """Join training: run this device's SuperNode and its ClientApp until Ctrl-C."""
     # heavy import: loaded only when this verb runs
     from fedgate.clients.identity import IdentityError, read_enrollment
-    from fedgate.clients.join import JoinError, JoinSpec
+    from fedgate.clients.join import JoinSpec
     from fedgate.clients.join import join as run_join
 
-    with _clean_errors():
+    with cli_errors():
         device_dir = device_dir or _home(home) / "device"
         enrollment = read_enrollment(device_dir)
         if enrollment is None:
@@ -319,11 +274,8 @@ def join(
             typer.secho("warning: --insecure: no TLS to the SuperLink", err=True, fg="yellow")
         spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
                         num_partitions)  # fmt: skip
-        try:
-            code = run_join(spec, echo=typer.echo)
-        except JoinError as exc:
-            raise IdentityError(str(exc)) from None
-        raise typer.Exit(code)
+        code = run_join(spec, echo=typer.echo)
+    raise typer.Exit(code)
 
 
 def register_region(region_app: typer.Typer) -> None:

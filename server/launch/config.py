@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.home import default_home
+from fedgate.errors import UsageError
+from fedgate.home import resolve_home
 from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
 from fedgate.strategies.rule_config import REGION_DEFAULT
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A federation or region configuration is missing or malformed."""
 
 
@@ -263,7 +264,7 @@ FEDERATION_FILE = "federation.toml"
 
 def resolve(home: Path | None, config: Path | None) -> tuple[Path, FederationConfig]:
     """The home directory and the federation config a verb works on."""
-    home = (home or default_home()).resolve()
+    home = resolve_home(home)
     if config is not None:
         return home, load_federation(config)
     if (home / FEDERATION_FILE).is_file():

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgate import __version__
+from fedgate.atomic_file import write_atomic
+from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env, port_open
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
@@ -52,7 +54,7 @@ clientapp = "fedgate.clients.app:app"
 """
 
 
-class RunFailedError(RuntimeError):
+class RunFailedError(FedgateError, RuntimeError):
     """A submitted run ended without a result; the message names the log to read."""
 
 
@@ -120,9 +122,7 @@ def write_app(home: Path, config: Mapping[str, Any]) -> Path:
     text = APP_PYPROJECT.format(version=__version__, config=to_toml(neutral))
     path = app_dir / "pyproject.toml"
     if not path.exists() or path.read_text() != text:  # regions submit concurrently
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
     return app_dir
 
 
@@ -132,7 +132,7 @@ def cli_env(home: Path, region: RegionConfig) -> dict[str, str]:
     flwr_home = region_dir(home, region.name) / "cli"
     flwr_home.mkdir(parents=True, exist_ok=True)
     target = load_transport(home).control(region)
-    (flwr_home / "config.toml").write_text(flwr_connection_toml(region.name, target))
+    write_atomic(flwr_home / "config.toml", flwr_connection_toml(region.name, target))
     return flower_env({"FLWR_HOME": str(flwr_home)})
 
 
@@ -213,7 +213,7 @@ def submit(
     out_dir.mkdir(parents=True)
     config = {**run_config(fed, region, home, out_dir.resolve()), **(extra or {})}
     app_dir = write_app(home, config)
-    (out_dir / "run-config.toml").write_text(to_toml(config))
+    write_atomic(out_dir / "run-config.toml", to_toml(config))
     log = out_dir / "flwr-run.log"
     args = ["run", str(app_dir), region.name, "--run-config", str(out_dir / "run-config.toml"),
             "--format", "json"]  # fmt: skip
@@ -241,7 +241,7 @@ def submit(
         region.name, Path(home), out_dir, log, None, run_id=run_id, control=target,
         region_config=region,
     )  # fmt: skip
-    (out_dir / "run-id").write_text(run_id + "\n")
+    write_atomic(out_dir / "run-id", run_id + "\n")
     sub.proc = _log_stream(sub)
     return sub
 

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fedgate.clients.identity import enroll_identity
 from fedgate.crypto import SignatureError, fingerprint, load_public_key, read_public_key, sha256_hex
+from fedgate.errors import UsageError
 from fedgate.server.audit.keys import ensure_region_key, region_pub_path
 from fedgate.server.audit.store import Store
 from fedgate.server.db.engine import resolve_url, write_txn
@@ -44,7 +45,7 @@ DEVICES = DeviceRow.__table__
 TOKENS = EnrollmentToken.__table__
 
 
-class EnrollmentError(ValueError):
+class EnrollmentError(UsageError, ValueError):
     """An enrollment, revocation or registry operation was refused."""
 
 
