@@ -71,15 +71,32 @@ def cli_errors() -> Iterator[None]:
         _fail(f"database: {first}", EXIT_UNAVAILABLE)
 
 
+GUARDED = "__fedgate_cli_errors__"
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a verb inside ``cli_errors`` (its signature, hence its options, unchanged)."""
+    if getattr(fn, GUARDED, False):
+        return fn
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with cli_errors():
             return fn(*args, **kwargs)
 
+    setattr(wrapper, GUARDED, True)
     return wrapper
+
+
+def guard_every_verb(app: typer.Typer) -> None:
+    """Put every verb of ``app`` and its sub-apps inside ``cli_errors`` (``friendly``), so no
+    verb can miss the one handler."""
+    for command in app.registered_commands:
+        if command.callback is not None:
+            command.callback = friendly(command.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            guard_every_verb(group.typer_instance)
 
 
 def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
