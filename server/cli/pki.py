@@ -11,7 +11,7 @@ import typer
 
 from fedgate.atomic_file import PUBLIC, write_atomic
 from fedgate.home import resolve_home
-from fedgate.server.cli.common import cli_errors
+from fedgate.server.cli.common import friendly
 
 if TYPE_CHECKING:
     from fedgate.server.trust.pki import RegionTls
@@ -29,6 +29,7 @@ def export_public(tls: RegionTls, region_pub: Path, directory: Path) -> list[Pat
     return copied
 
 
+@friendly
 def region_init(
     region: Annotated[str, typer.Option("--region", "-r", help="Region to set up, e.g. eu.")],
     home: Annotated[
@@ -67,11 +68,10 @@ def region_init(
     from fedgate.server.trust.pki import ensure_region_pki
 
     home = resolve_home(home)
-    with cli_errors():
-        result = ensure_region_pki(home, region, host or (), force=force)
-        key = ensure_region_key(home, region)
-        if public_dir is not None:
-            copied = export_public(result.tls, region_pub_path(home, region), public_dir)
+    result = ensure_region_pki(home, region, host or (), force=force)
+    key = ensure_region_key(home, region)
+    if public_dir is not None:
+        copied = export_public(result.tls, region_pub_path(home, region), public_dir)
     tls = result.tls
     ca = "new" if result.created_ca else "kept"
     server = f"issued ({result.reason})" if result.issued_server else "kept"
