@@ -19,6 +19,7 @@ from fedgate import __version__
 from fedgate.atomic_file import write_atomic
 from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env, port_open
+from fedgate.server.db.engine import resolve_url
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
 from fedgate.server.launch.run_records import mark_ended, region_store
@@ -178,6 +179,27 @@ class Submission:
         """One line: why this run ended without a result (an engine may say it its way)."""
         return _no_result(self)
 
+    def records_url(self) -> str | None:
+        """The database this run records its rounds in (None: not known here)."""
+        if self.region_config is None:
+            return None
+        return resolve_url(self.region_config.db or None, self.home, self.region)
+
+    def recorded_rounds(self) -> list[int]:
+        """The rounds the run's database holds: the record, where progress lines may lag."""
+        # heavy import: the database is opened only to explain a run that ended badly
+        from fedgate.server.audit.store import Store
+        from fedgate.server.db.migrate import open_readonly
+
+        started = next((e for e in self.events if e["kind"] == "started"), {})
+        run_id, url = started.get("run_id") or self.run_id, self.records_url()
+        if not run_id or url is None:
+            return []
+        try:
+            return [r.round for r in Store(open_readonly(url)).rounds(run_id)]
+        except (FedgateError, OSError):  # no such run or database: nothing recorded
+            return []
+
 
 def _flwr(home: Path, region: RegionConfig, args: list[str], log, timeout: float):
     """Run one ``flwr`` CLI command against the region's SuperLink, output to ``log``."""
@@ -261,7 +283,8 @@ CHECK_EVERY = 1.0  # seconds between questions to the SuperLink about a run's st
 def _no_result(sub: Submission, why: str = "") -> str:
     """One line: which run ended how, what of it is kept, and which logs to read."""
     started = next((e for e in sub.events if e["kind"] == "started"), {})
-    rounds = [e["round"] for e in sub.events if e["kind"] == "round"]
+    rounds = sorted({e["round"] for e in sub.events if e["kind"] == "round"}
+                    | set(sub.recorded_rounds()))  # fmt: skip
     failed = sub.ended
     if failed:
         said = f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"

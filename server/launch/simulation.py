@@ -358,6 +358,9 @@ class SimSubmission(Submission):
                 _note_records(self.out_dir)
         return new
 
+    def records_url(self) -> str | None:
+        return run_db_url(self.out_dir)
+
     def no_result(self) -> str:
         ended = self.ended
         if ended is not None:
