@@ -322,22 +322,53 @@ def _parent_pid(cmd: list[str]) -> int:
     return int(cmd[cmd.index(flag) + 1]) if flag in cmd else os.getpid()
 
 
-def _processes_problem(sub: Submission) -> tuple[str, str]:
-    """Which process the run needs is dead (``superlink`` or ``executor``) and why, or
-    ('', '')."""
-    procs = {p.name: p for p in ProcessTable(sub.home).load()}
-    for kind, what in (("superlink", "SuperLink"), ("executor", "executor (flower-superexec)")):
-        p = procs.get(f"{kind}-{sub.region}")
-        if kind == "executor" and p is not None and not alive(_parent_pid(p.cmd)):
+_NEEDED = (
+    ("superlink", "SuperLink"),
+    ("executor", "executor (flower-superexec, which starts each run's ServerApp)"),
+)
+
+
+@dataclass(frozen=True)
+class ProcessProblem:
+    """A process a region's runs need (``kind``: superlink or executor) that is ``absent`` (never
+    started under this home) or dead; ``why`` says which, with its last log line."""
+
+    kind: str
+    why: str
+    absent: bool = False
+
+
+def region_process_problem(home: Path, region: str) -> ProcessProblem | None:
+    """The first process a region's runs need that is absent or dead; None when all are alive.
+    One wording for the refusal before a run and the check while following one."""
+    procs = {p.name: p for p in ProcessTable(home).load()}
+    for kind, what in _NEEDED:
+        p = procs.get(f"{kind}-{region}")
+        if p is None:
+            return ProcessProblem(kind, f"the region's {what} is not running under {home}", True)
+        if kind == "executor" and not alive(_parent_pid(p.cmd)):
             kind, what = "superlink", "SuperLink (and with it the executor)"
-        if p is not None and not alive(p.pid):
+        if not alive(p.pid):
             tail = " | ".join(last_lines(p.log, 1)) or "no log output"
-            return kind, (
-                f"the region's {what} (pid {p.pid}) died (its last log line: {tail[:200]}); "
-                f"restart the topology with `fedgate down --home {sub.home}` then "
-                f"`fedgate up --home {sub.home}`"
+            return ProcessProblem(
+                kind,
+                f"the region's {what} is not running: pid {p.pid} died (its last log "
+                f"line: {tail[:200]})",
             )
-    return "", ""
+    return None
+
+
+def _restart(home: Path) -> str:
+    return f"restart the topology with `fedgate down --home {home}` then `fedgate up --home {home}`"
+
+
+def _processes_problem(sub: Submission) -> tuple[str, str]:
+    """Which process a followed run needs died, and why; a process never listed is not a
+    death (('', ''))."""
+    problem = region_process_problem(sub.home, sub.region)
+    if problem is None or problem.absent:
+        return "", ""
+    return problem.kind, f"{problem.why}; {_restart(sub.home)}"
 
 
 def _check(sub: Submission, watch: Watch, on_note: Callable[[str], None]) -> str:
@@ -489,18 +520,14 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 def ensure_up(home: Path, fed: FederationConfig, region: RegionConfig) -> None:
     """Fail clearly when the region's SuperLink or executor is not running under ``home``."""
-    table = ProcessTable(home)
-    running = {p.name for p in table.running()}
-    if f"superlink-{region.name}" not in running or not port_open(region.superlink_port):
-        raise TopologyError(
-            f"region {region.name}'s SuperLink is not running under {home}; "
-            f"start the topology with `fedgate up --home {home}` first"
-        )
-    executor = next((p for p in table.load() if p.name == f"executor-{region.name}"), None)
-    if executor is None or not alive(executor.pid):
-        tail = "" if executor is None else " | ".join(last_lines(executor.log, 2))
-        raise TopologyError(
-            f"region {region.name}'s executor (flower-superexec, which starts each run's "
-            f"ServerApp) is not running{f' ({tail[:200]})' if tail else ''}; restart the "
-            f"topology with `fedgate down --home {home}` then `fedgate up --home {home}`"
-        )
+    problem = region_process_problem(home, region.name)
+    if problem is None and not port_open(region.superlink_port):
+        port = region.superlink_port
+        problem = ProcessProblem("superlink", f"the region's SuperLink does not answer on {port}")
+    if problem is None:
+        return
+    if problem.absent and problem.kind == "superlink":
+        fix = f"start the topology with `fedgate up --home {home}` first"
+    else:
+        fix = _restart(home)
+    raise TopologyError(f"region {region.name}: {problem.why}; {fix}")
