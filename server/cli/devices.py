@@ -18,6 +18,7 @@ import typer
 
 from fedgate.atomic_file import write_atomic
 from fedgate.home import resolve_home
+from fedgate.server.cli.common import HomeOpt as Home
 from fedgate.server.cli.common import friendly
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
 
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
     from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
 Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
-Home = Annotated[
-    Path | None,
-    typer.Option("--home", help="State directory (default: $FEDGATE_HOME or ~/.fedgate)."),
-]
 Db = Annotated[
     str | None,
     typer.Option(
