@@ -431,6 +431,46 @@ def stop_submission(sub: Submission, by: str, note: str, status: str = "stopped"
         stop_link_run(sub.control, sub.run_id)
 
 
+def _advance(
+    sub: Submission,
+    watch: Watch,
+    on_event: Callable[[Submission, dict[str, Any]], None],
+    note: Callable[[Submission, str], None],
+    poll: float,
+) -> bool:
+    """Feed ``sub``'s new progress records to ``on_event`` and judge it once: True when it has
+    finished; raises ``RunFailedError`` (after recording how it ended) when it ended without a
+    result; False while it goes on."""
+    for event in sub.poll():
+        on_event(sub, event)
+    if sub.ended is not None:
+        if sub.finished is None:
+            _end_unfinished(sub, "failed", sub.no_result())
+            raise RunFailedError(sub.no_result())
+        return True
+    if sub.run_id:
+        why = _check(sub, watch, lambda text: note(sub, text))
+        if not why:
+            return False
+        for event in sub.poll():
+            on_event(sub, event)
+        if sub.finished is not None:
+            return True
+        _end_unfinished(sub, "interrupted", why)
+        raise RunFailedError(_no_result(sub, why))
+    if sub.proc is not None and sub.proc.poll() is not None:
+        # A simulated run is its process: its final record may land just after.
+        grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
+        while sub.ended is None and time.monotonic() < grace:
+            time.sleep(poll)
+            for event in sub.poll():
+                on_event(sub, event)
+        if sub.finished is None:
+            raise RunFailedError(sub.no_result())
+        return True
+    return False
+
+
 def follow(
     subs: list[Submission],
     on_event: Callable[[Submission, dict[str, Any]], None],
@@ -458,32 +498,7 @@ def follow(
     try:
         while pending:
             for sub in list(pending):
-                for event in sub.poll():
-                    on_event(sub, event)
-                if sub.ended is not None:
-                    if sub.finished is None:
-                        _end_unfinished(sub, "failed", sub.no_result())
-                        raise RunFailedError(sub.no_result())
-                    pending.remove(sub)
-                elif sub.run_id:
-                    why = _check(sub, watches[id(sub)], lambda t, s=sub: note(s, t))
-                    if why:
-                        for event in sub.poll():
-                            on_event(sub, event)
-                        if sub.finished is not None:
-                            pending.remove(sub)
-                            continue
-                        _end_unfinished(sub, "interrupted", why)
-                        raise RunFailedError(_no_result(sub, why))
-                elif sub.proc is not None and sub.proc.poll() is not None:
-                    # A simulated run is its process: its final record may land just after.
-                    grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
-                    while sub.ended is None and time.monotonic() < grace:
-                        time.sleep(poll)
-                        for event in sub.poll():
-                            on_event(sub, event)
-                    if sub.finished is None:
-                        raise RunFailedError(sub.no_result())
+                if _advance(sub, watches[id(sub)], on_event, note, poll):
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
                 for sub in pending:
