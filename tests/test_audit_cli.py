@@ -135,6 +135,7 @@ def test_default_database_and_key_from_home(tmp_path) -> None:
     home = tmp_path / "home"
     store = Store.open(default_url(home, "eu"), signer=ensure_region_key(home, "eu"))
     store.record_run("1", "eu", "carol", {})
+    store.finish_run("1")  # a run not ended verifies as IN PROGRESS
     env = {"FEDGATE_DB": ""}
     result = _cli("verify", "--home", str(home), "--region", "eu", env=env)
     assert result.exit_code == 0 and "OK" in result.output, result.output

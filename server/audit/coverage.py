@@ -91,7 +91,8 @@ class Coverage:
         return sorted(set(self.launched) - self.ended, key=self.launched.__getitem__)
 
     def finish(self, events: int, signed: set[int], last_signed: int) -> list[Problem]:
-        """Problems given the seqs of the heads that verified and matched their event."""
+        """Problems given the seqs of the heads that verified and matched their event (a
+        validly signed head that does not match is named by the chain checks at its seq)."""
         if events and not signed:
             return [
                 Problem(
@@ -109,15 +110,15 @@ class Coverage:
             for seq, kind in self.checkpoints
             if seq not in signed
         ]
-        live = set(self.running)
+        live, cutoff = set(self.running), max(last_signed, self.tail_from)
         for seq, kind, run in self.tail:
-            if seq <= last_signed or kind in CHECKPOINT_KINDS:
+            if seq <= cutoff or kind in CHECKPOINT_KINDS:
                 continue
             if kind not in PROGRESS_KINDS or run not in live:
                 problems.append(
                     Problem(
                         seq,
-                        f"{kind} is after the last signed head (seq {last_signed}) "
+                        f"{kind} is after the last signed head (seq {cutoff}) "
                         "and no run in progress explains it (appended, or heads deleted)",
                     )
                 )
