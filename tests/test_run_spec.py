@@ -4,7 +4,6 @@ key, where it is and what it allows; never a traceback, never a failure mid-run.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
 from pathlib import Path
@@ -56,9 +55,7 @@ BAD_VALUES = [
     ("eu", "round-timeout", INF, "round-timeout must be a finite number > 0, got inf"),
     ("eu", "rounds", 0, "rounds must be >= 1, got 0"),
     ("eu", "f", -1, "f must be >= 0, got -1"),
-    ("eu", "nodes", [], "nodes must list at least one device profile"),
     ("eu", "nodes", [["phone"]], "unknown device profile(s) [['phone']]"),
-    ("eu", "clients-per-round", 8, "clients-per-round must be <= the 7 node(s) a run samples from"),
     ("eu", "db", "nowhere://x", "db must be empty (SQLite under the fedgate home) or a sqlite:///"),
     ("eu", "db", "nowhere://x", "got a URL of scheme 'nowhere'"),
     ("eu", "db", "fedgate.db", "got no URL"),
@@ -133,11 +130,15 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     [
         (["--rounds", "0"], "command line [regions.eu]: rounds must be >= 1, got 0"),
         (["--f", "-2"], "command line [regions.eu]: f must be >= 0, got -2"),
-        (["--clients-per-round", "50"], "clients-per-round must be <= the 7 node(s)"),
+        (
+            ["--engine", "simulation", "--clients-per-round", "50"],
+            "clients-per-round must be <= the 7 simulated device(s)",
+        ),
         (["--min-clients", "0"], "min-clients must be >= 1, got 0"),
         (
             ["--engine", "simulation", "--num-supernodes", "2"],
-            "clients-per-round must be <= the 2 node(s) a run samples from, got 7",
+            "clients-per-round must be <= the 2 simulated device(s) (--num-supernodes; "
+            "default: the region's nodes), got 7",
         ),
     ],
 )
@@ -152,11 +153,19 @@ def test_command_line_overrides_pass_the_same_checks(
     assert not (tmp_path / "regions").exists()  # refused before anything started
 
 
-def test_a_simulation_may_sample_more_devices_than_the_region_lists() -> None:
-    eu = dataclasses.replace(default_federation().region("eu"), clients_per_round=10)
+def test_a_simulation_samples_at_most_its_devices_a_deployment_also_joined_ones() -> None:
+    """Deployed, devices beyond the region's nodes may join (``fedgate client join``; see
+    tests/test_integration_region.py), so only a simulation bounds clients-per-round."""
+    data = default_data()
+    data["regions"]["eu"]["clients-per-round"] = 10
+    eu = parse_federation(data).region("eu")
     validate_region(eu, "command line", node_count=12)
-    with pytest.raises(ConfigError, match="<= the 7 node"):
-        validate_region(eu, "command line")
+    with pytest.raises(ConfigError, match="clients-per-round must be <= the 7 simulated"):
+        validate_region(eu, "command line", node_count=len(eu.nodes))
+    data["regions"]["eu"].update(nodes=[], attacks={}, revoked=[])
+    joined_only = parse_federation(data).region("eu")
+    with pytest.raises(ConfigError, match="must be <= the 0 simulated device"):
+        validate_region(joined_only, "command line", node_count=0)
 
 
 def test_config_error_is_a_usage_error_and_a_value_error() -> None:

@@ -148,7 +148,7 @@ def status_cmd(
 
 def overridden(region: RegionConfig, node_count: int | None = None, **changes: Any) -> RegionConfig:
     """``region`` with the CLI's overrides applied and checked by the config's own rules;
-    ``node_count``: the devices a run samples from, if not the region's nodes."""
+    ``node_count``: the devices a simulated run has."""
     changes = {k: v for k, v in changes.items() if v is not None}
     new = dataclasses.replace(region, **changes)
     validate_region(new, "command line", node_count)
@@ -211,7 +211,8 @@ def region_run_cmd(
     if engine not in ("simulation", "deployment"):
         raise ConfigError(f"unknown engine {engine!r}; use 'simulation' or 'deployment'")
     home, fed = resolve(home, config)
-    sim_devices = num_supernodes if engine == "simulation" and num_supernodes else None
+    devices = num_supernodes or len(fed.region(region).nodes)
+    sim_devices = devices if engine == "simulation" else None
     reg = overridden(
         fed.region(region), sim_devices, rounds=rounds, aggregator=aggregator, f=f,
         clients_per_round=clients_per_round, min_clients=min_clients,
@@ -234,7 +235,7 @@ def region_run_cmd(
                       f"`fedgate region attach {sub.run_id} --region {reg.name}`")  # fmt: skip
     else:
         # overridden() checked that clients-per-round (>= min-clients) fits these devices
-        sub = submit_simulation(fed, reg, home, sim_devices or len(reg.nodes))
+        sub = submit_simulation(fed, reg, home, devices)
     console.print(f"{engine} run of region {reg.name}: results in {sub.out_dir}")
     try:
         with RunBoard({reg.name: reg.rounds}, console) as board:

@@ -57,7 +57,7 @@ class RegionConfig:
 
     @property
     def last_port(self) -> int:
-        """The highest port the region uses (its last SuperNode's)."""
+        """The highest port the region may use: its last SuperNode's (port+10 with none)."""
         return self.node_runtime_port(max(len(self.nodes), 1) - 1)
 
 
@@ -141,21 +141,23 @@ def _node_attacks(where: str, table: dict[str, Any]) -> dict[int, str]:
 
 def validate_region(r: RegionConfig, where: str = "config", node_count: int | None = None) -> None:
     """Raise ``ConfigError`` naming the first setting of ``r`` outside what it allows, or
-    inconsistent with the others; ``node_count`` (default: its nodes) is how many devices
-    a run can sample from."""
+    inconsistent with the others; ``node_count``: the devices a simulated run has."""
     loc = f"{where} [regions.{r.name}]"
     settings = {f.name: getattr(r, f.name) for f in RUN_SETTINGS}
     check_settings({"region": r.name, **settings}, loc)
-    if not r.nodes:
-        raise ConfigError(f'{loc}: nodes must list at least one device profile, e.g. ["phone"]')
     bad = [p for p in r.nodes if not isinstance(p, str) or p not in PROFILES]
     if bad:
         raise ConfigError(f"{loc}: unknown device profile(s) {bad}; known: {sorted(PROFILES)}")
-    nodes = len(r.nodes) if node_count is None else node_count
-    if r.clients_per_round > nodes:
+    if r.nodes and len(r.nodes) < r.min_clients:
         raise ConfigError(
-            f"{loc}: clients-per-round must be <= the {nodes} node(s) a run samples from, "
-            f"got {r.clients_per_round}"
+            f"{loc}: {len(r.nodes)} node(s) can never reach min-clients={r.min_clients}"
+        )
+    # A deployed region's devices may also join from elsewhere (`fedgate client join`), so
+    # its nodes bound clients-per-round only where they are all the devices: a simulation.
+    if node_count is not None and r.clients_per_round > node_count:
+        raise ConfigError(
+            f"{loc}: clients-per-round must be <= the {node_count} simulated device(s) "
+            f"(--num-supernodes; default: the region's nodes), got {r.clients_per_round}"
         )
     # heavy import (flwr): loaded only when a config is validated
     from fedgate.clients.sim.misbehaviour import known_profiles
