@@ -153,6 +153,14 @@ def test_command_line_overrides_pass_the_same_checks(
     assert not (tmp_path / "regions").exists()  # refused before anything started
 
 
+def test_the_demos_rounds_pass_the_same_check(tmp_path: Path) -> None:
+    result = RUNNER.invoke(cli.app, ["demo", "--home", str(tmp_path / "demo"), "--rounds", "0"])
+    assert result.exit_code == 1 and "command line [regions.eu]: rounds must be >= 1, got 0" in (
+        result.output
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "demo").exists()
+
+
 def test_a_simulation_samples_at_most_its_devices_a_deployment_also_joined_ones() -> None:
     """Deployed, devices beyond the region's nodes may join (``fedgate client join``; see
     tests/test_integration_region.py), so only a simulation bounds clients-per-round."""
