@@ -129,13 +129,14 @@ def key_of(name: str) -> str:
 
 
 def _coerced(raw: Any, kind: Any, what: str) -> Any:
+    """``raw`` as the field's type (Flower may hand over "3" or 3.0 for 3); never a bool."""
     if kind == tuple[str, ...]:
         return tuple(str(raw).split(",")) if str(raw) else ()
     if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
         raise ConfigError(f"{what} must be {kind.__name__}, got {raw!r}")
     try:
         return kind(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{what} must be {kind.__name__}, got {raw!r}") from None
 
 
