@@ -11,11 +11,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedgate.clients.identity import load_identity, read_enrollment, read_trust_anchor
+from fedgate.errors import UsageError
 
 NODE_CONFIG_KEY = "device-dir"
 
 
-class DeviceSetupError(RuntimeError):
+class DeviceSetupError(UsageError, RuntimeError):
     """This SuperNode has no usable enrolled device identity."""
 
 

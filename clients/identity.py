@@ -11,7 +11,6 @@ Layout of a device directory::
 from __future__ import annotations
 
 import json
-import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedgate.atomic_file import write_atomic
 from fedgate.clients.profiles import PROFILES
 from fedgate.crypto import (
     SignatureError,
@@ -30,6 +30,7 @@ from fedgate.crypto import (
     save_private_key,
     save_public_key,
 )
+from fedgate.errors import UsageError
 
 KEY_FILE = "device.key"
 PUB_FILE = "device.pub"
@@ -37,7 +38,7 @@ ENROLLMENT_FILE = "enrollment.json"
 ANCHORS_DIR = "anchors"
 
 
-class IdentityError(ValueError):
+class IdentityError(UsageError, ValueError):
     """A device directory is missing, unreadable or inconsistent."""
 
 
@@ -123,7 +124,7 @@ def load_or_create_identity(device_dir: Path) -> tuple[DeviceIdentity, bool]:
 
 
 def save_enrollment(device_dir: Path, enrollment: Enrollment) -> None:
-    _write_atomic(Path(device_dir) / ENROLLMENT_FILE, json.dumps(enrollment.__dict__, indent=2))
+    write_atomic(Path(device_dir) / ENROLLMENT_FILE, json.dumps(enrollment.__dict__, indent=2))
 
 
 def read_enrollment(device_dir: Path) -> Enrollment | None:
@@ -202,10 +203,3 @@ def enroll_identity(
     save_enrollment(device_dir, enrollment)
     anchor_path = save_trust_anchor(device_dir, region, anchor)
     return EnrolledIdentity(identity, enrollment, new_key, anchor_path, previous)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -20,10 +20,11 @@ from types import FrameType
 
 from fedgate.clients.identity import read_enrollment
 from fedgate.clients.node_key import NODE_KEY_FILE, NODE_PUB_FILE, NodeKey, supernode_flags
+from fedgate.errors import UnavailableError
 from fedgate.procenv import flower_env, port_open
 
 
-class JoinError(RuntimeError):
+class JoinError(UnavailableError, RuntimeError):
     """The device cannot join: not enrolled, no node key, or its SuperNode did not start."""
 
 

@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgate.crypto import sha256_hex
+from fedgate.errors import UsageError
 
 NODE_KEY_FILE = "node-auth.key"
 NODE_PUB_FILE = "node-auth.pub"
 _NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
-class NodeAuthError(RuntimeError):
+class NodeAuthError(UsageError, RuntimeError):
     """A node key is unusable or the SuperLink refused or could not be reached."""
 
 

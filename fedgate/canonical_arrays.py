@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fedgate.errors import VerificationError
+
 DOMAIN_TAG = b"fedgate-arrays/v1\x00"
 ALLOWED_KINDS = frozenset("biuf")  # bool, signed int, unsigned int, float
 ALLOWED_DTYPES = frozenset(
@@ -48,7 +50,7 @@ MAX_NAME_BYTES = 1024
 NamedArrays = Mapping[str, ArrayLike] | Iterable[tuple[str, ArrayLike]]
 
 
-class CanonicalArraysError(ValueError):
+class CanonicalArraysError(VerificationError, ValueError):
     """The arrays cannot be serialized canonically (bad name, dtype or duplicate)."""
 
 

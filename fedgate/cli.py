@@ -19,12 +19,19 @@ client_app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
-    """Attach every verb; each lives in ``fedgate.server.cli`` beside the code it drives."""
+    """Attach every verb (once); each lives in ``fedgate.server.cli`` beside the code it drives."""
+    global _registered
+    if _registered:
+        return
     # the verbs load when the CLI runs, not when fedgate.cli is imported
     from fedgate.server.cli import register
 
     register(app, region_app, client_app)
+    _registered = True
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ nothing here is written twice anywhere else in fedgate.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedgate.atomic_file import SECRET, write_atomic
+from fedgate.errors import EXIT_USAGE, VerificationError
 
-class SignatureError(ValueError):
+
+class SignatureError(VerificationError, ValueError):
     """A signature or key did not verify or could not be parsed."""
+
+
+class KeyFileError(SignatureError):
+    """A key file the user pointed at cannot be read as a key: usage (exit 1), not a failed
+    verification."""
+
+    exit_code = EXIT_USAGE
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -70,21 +79,12 @@ def save_private_key(key: Ed25519PrivateKey, path: Path, *, force: bool = False)
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a stale temp file would keep its old (maybe wider) mode
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, pem, mode=SECRET)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -94,16 +94,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     except FileNotFoundError:
         raise
     except ValueError as exc:
-        raise SignatureError(f"{path}: not a PEM private key ({exc})") from None
+        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path}: not an Ed25519 key")
+        raise KeyFileError(f"{path}: not an Ed25519 key")
     return key
 
 
 def save_public_key(key: Ed25519PublicKey | Ed25519PrivateKey, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(public_bytes(key).hex() + "\n")
+    write_atomic(path, public_bytes(key).hex() + "\n")
 
 
 def read_public_key(path: Path) -> Ed25519PublicKey:
@@ -112,5 +110,5 @@ def read_public_key(path: Path) -> Ed25519PublicKey:
     try:
         raw = bytes.fromhex(text)
     except ValueError:
-        raise SignatureError(f"{path}: not a hex-encoded Ed25519 public key") from None
+        raise KeyFileError(f"{path}: not a hex-encoded Ed25519 public key") from None
     return load_public_key(raw)

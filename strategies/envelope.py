@@ -35,6 +35,7 @@ from fedgate.crypto import (
     sign,
     verify,
 )
+from fedgate.errors import VerificationError
 from fedgate.strategies.fates import ClientFate
 
 PROTOCOL_VERSION = 1
@@ -94,7 +95,7 @@ class Reason:
     VERIFICATION_ERROR = "verification-error"
 
 
-class RejectedUpdate(Exception):
+class RejectedUpdate(VerificationError):
     """An update failed verification; ``code`` is one of ``Reason``."""
 
     def __init__(self, code: str, detail: str = "") -> None:
@@ -197,7 +198,7 @@ class Envelope:
         )
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(VerificationError, ValueError):
     """The envelope names a protocol version this server does not speak."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedgate.crypto import SignatureError, canonical_json, sign, verify
+from fedgate.errors import VerificationError
 
 INSTRUCTION_TYPE = "fedgate.instruction"
 INSTRUCTION_VERSION = 1
@@ -66,7 +67,7 @@ class InstructionReason:
     WRONG_REGION = "wrong-region"
 
 
-class InstructionError(ValueError):
+class InstructionError(VerificationError, ValueError):
     """A round instruction is unsigned, wrongly signed, foreign or malformed."""
 
     def __init__(self, message: str, code: str = InstructionReason.MALFORMED) -> None:

@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from fedgate.canonical_arrays import CanonicalArraysError
+from fedgate.errors import UnavailableError
 from fedgate.strategies.aggregators import Aggregator
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
 from fedgate.strategies.fates import ClientFate
@@ -77,7 +78,7 @@ class RoundSigner:
         return stamped, digest
 
 
-class NotEnoughNodesError(RuntimeError):
+class NotEnoughNodesError(UnavailableError, RuntimeError):
     """Fewer SuperNodes than the round's minimum connected before the deadline."""
 
 

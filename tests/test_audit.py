@@ -66,12 +66,18 @@ def test_signed_heads_and_verification(db_url: str) -> None:
     assert head is not None and head.seq == 3 and len(log.heads()) == 1
     log.append("a.b", {"i": 3})
     ro = open_readonly(db_url)
-    report = verify_database(ro, _keys(key))
+    report = verify_database(ro, _keys(key), require_signed=False)
     assert report.ok and report.events == 4 and report.signed_heads == 1
     assert (report.last_signed_seq, report.unsigned_tail) == (3, 1)
+    unsigned = verify_database(ro, _keys(key))  # by default nothing unsigned passes
+    assert not unsigned.ok and unsigned.first.seq == 4, unsigned.problems
+    assert "after the last signed head (seq 3)" in str(unsigned.first)
     assert verify_database(ro, None).heads_checked is False
     wrong = verify_database(ro, _keys(other))
-    assert not wrong.ok and "unknown key" in str(wrong.first)
+    assert not wrong.ok and any("unknown key" in str(p) for p in wrong.problems)
+    assert "event 1: not under any signed head" in str(wrong.first)  # its only head is void
+    chain_only = verify_database(ro, _keys(other), require_signed=False)
+    assert "unknown key" in str(chain_only.first)
     with pytest.raises(RuntimeError, match="no signing key"):
         AuditLog(open_database(db_url)).sign_head()
 
@@ -90,10 +96,12 @@ def test_export_verifies_offline(db_url: str, tmp_path, fmt: str) -> None:
     path = tmp_path / f"audit.{fmt}"
     path.write_text(buf.getvalue(), encoding="utf-8")
     keys = load_pubkeys([region_pub_path(tmp_path / "home", "eu")])
-    report = verify_export(path, keys)
+    report = verify_export(path, keys, require_signed=False)
     assert report.ok, report.problems
     assert (report.events, report.signed_heads, report.unsigned_tail) == (11, 1, 1)
     assert report.head == log.head()[1]
+    unsigned = verify_export(path, keys)  # by default the unsigned last event fails
+    assert not unsigned.ok and unsigned.first.seq == 11
 
 
 def test_empty_chain_verifies(db_url: str) -> None:

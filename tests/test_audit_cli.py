@@ -80,9 +80,9 @@ def test_runs_rounds_show(region) -> None:
     db, _ = region
     runs = _cli("runs", *db)
     assert runs.exit_code == 0 and "alice" in runs.output and "finished" in runs.output
-    [run] = json.loads(_cli("runs", *db, "--json").output)
+    [run] = json.loads(_cli("runs", *db, "--json").stdout)
     assert (run["id"], run["rounds"], run["config"]) == ("7", 2, {"rounds": 2})
-    rounds = json.loads(_cli("rounds", *db, "--run", "7", "--json").output)
+    rounds = json.loads(_cli("rounds", *db, "--run", "7", "--json").stdout)
     assert [(r["round"], r["accepted"], r["rejected"]) for r in rounds] == [(1, 2, 1), (2, 2, 1)]
     assert rounds[1]["metrics"] == {"val-acc": 0.7}
     assert "val-acc=0.6" in _cli("rounds", *db, "--run", "7").output
@@ -90,7 +90,7 @@ def test_runs_rounds_show(region) -> None:
     assert show.exit_code == 0
     for text in ("bad-signature", "trimmed", "kept", "rejected", "4.5"):
         assert text in show.output
-    detail = json.loads(_cli("show", *db, "--run", "7", "--round", "2", "--json").output)
+    detail = json.loads(_cli("show", *db, "--run", "7", "--round", "2", "--json").stdout)
     fates = {
         c["node_id"]: (c["verdict"], c["reason"], c["fate"], c["score"]) for c in detail["clients"]
     }
@@ -114,7 +114,7 @@ def test_missing_things_are_clear_errors(region, tmp_path) -> None:
         (("verify", "--export", str(tmp_path / "none.jsonl"), "--no-signatures"), "no export"),
     ):
         result = _cli(*args, env={"FEDGATE_DB": ""})
-        assert result.exit_code == 2, (args, result.output)
+        assert result.exit_code == 1, (args, result.output)  # bad input (fedgate.errors)
         assert words in result.output and "Traceback" not in result.output
 
 
@@ -125,7 +125,7 @@ def test_export_then_verify_offline(region, tmp_path) -> None:
         result = _cli("export", *db, "--format", fmt, "--out", str(out))
         assert result.exit_code == 0, result.output
         ok = _cli("verify", "--export", str(out), "--pubkeys", str(home / "keys"), "--json")
-        report = json.loads(ok.output)
+        report = json.loads(ok.stdout)
         assert ok.exit_code == 0 and report["ok"] and report["unsigned_tail"] == 0
     stdout = _cli("export", *db)
     assert stdout.output.splitlines()[0].startswith('{"record":"chain"')
@@ -135,6 +135,7 @@ def test_default_database_and_key_from_home(tmp_path) -> None:
     home = tmp_path / "home"
     store = Store.open(default_url(home, "eu"), signer=ensure_region_key(home, "eu"))
     store.record_run("1", "eu", "carol", {})
+    store.finish_run("1")  # a run not ended verifies as IN PROGRESS
     env = {"FEDGATE_DB": ""}
     result = _cli("verify", "--home", str(home), "--region", "eu", env=env)
     assert result.exit_code == 0 and "OK" in result.output, result.output

@@ -15,7 +15,7 @@ from fedgate.server.audit.chain import event_hash, head_message
 from fedgate.server.cli.audit import register
 from fedgate.server.db import make_engine, open_database, open_readonly
 
-N = 12  # events; heads are signed at seq 4 and 8
+N = 12  # events; heads are signed at seq 4, 8 and 12
 
 
 def _sql(url: str, *statements: str) -> None:
@@ -106,7 +106,7 @@ def chain(db_url: str, tmp_path):
     log = AuditLog(open_database(db_url), signer=key)
     for i in range(N):
         log.append("x.y", {"i": i})
-        if i + 1 in (4, 8):
+        if i + 1 in (4, 8, N):
             log.sign_head()
     keydir = tmp_path / "keys"
     save_public_key(key, keydir / "region-eu.pub")
@@ -134,20 +134,23 @@ def test_tampering_is_detected_and_named(chain, name: str) -> None:
     assert words in str(report.first) or any(words in str(p) for p in report.problems)
 
     result = _cli("verify", "--db", url, "--pubkeys", str(keydir))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # verification failed (fedgate.errors)
     assert "FAILED" in result.output
     if bad_seq is not None:
         assert f"first: event {bad_seq}:" in result.output
-    data = json.loads(_cli("verify", "--db", url, "--pubkeys", str(keydir), "--json").output)
+    data = json.loads(_cli("verify", "--db", url, "--pubkeys", str(keydir), "--json").stdout)
     assert data["ok"] is False and data["first_bad_seq"] == bad_seq
 
 
 def test_untampered_chain_passes_cli(chain) -> None:
-    url, _, _, keydir = chain
+    url, log, _, keydir = chain
     result = _cli("verify", "--db", url, "--pubkeys", str(keydir))
     assert result.exit_code == 0, result.output
     assert "OK" in result.output and f"{N} events" in result.output
-    assert _cli("verify", "--db", url, "--pubkeys", str(keydir), "--strict").exit_code == 1
+    assert _cli("verify", "--db", url, "--pubkeys", str(keydir), "--strict").exit_code == 0
+    log.append("x.y", {"i": N})  # an unsigned event no run in progress explains
+    result = _cli("verify", "--db", url, "--pubkeys", str(keydir))
+    assert result.exit_code == 2 and f"first: event {N + 1}:" in result.output, result.output
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -170,4 +173,4 @@ def test_tampered_export_is_detected(chain, tmp_path, fmt: str) -> None:
         bad.write_text("".join(variant), encoding="utf-8")
         assert verify_export(bad, {fingerprint(key): key.public_key()}).first.seq == seq
         result = _cli("verify", "--export", str(bad), "--pubkeys", str(keydir))
-        assert result.exit_code == 1 and f"event {seq}" in result.output
+        assert result.exit_code == 2 and f"event {seq}" in result.output

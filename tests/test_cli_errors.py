@@ -88,7 +88,7 @@ def test_unknown_region_is_named(tmp_path: Path) -> None:
 
 def test_deployment_run_needs_the_topology_up(tmp_path: Path) -> None:
     code, out = run("region", "run", "--region", "eu", "--home", tmp_path)
-    assert code == 1 and "fedgate up" in out
+    assert code == 3 and "fedgate up" in out  # a service unavailable (fedgate.errors)
 
 
 def _one_region(tmp_path: Path, port: int) -> Path:
@@ -123,3 +123,49 @@ def test_superlink_that_does_not_come_up_names_its_log(tmp_path: Path, monkeypat
 def test_typer_app_is_not_pretty_printing_exceptions() -> None:
     assert isinstance(cli.app, typer.Typer)
     assert cli.app.pretty_exceptions_enable is False
+
+
+def test_every_verb_runs_inside_the_one_error_handler() -> None:
+    from fedgate.cli import _register
+    from fedgate.cli import app as root
+    from fedgate.server.cli.common import GUARDED
+
+    _register()
+    seen: list[str] = []
+
+    def walk(app: typer.Typer, prefix: str) -> None:
+        for command in app.registered_commands:
+            name = f"{prefix} {command.name or command.callback.__name__}"
+            assert getattr(command.callback, GUARDED, False), f"{name} bypasses cli_errors"
+            seen.append(name)
+        for group in app.registered_groups:
+            walk(group.typer_instance, f"{prefix} {group.name}")
+
+    walk(root, "fedgate")
+    assert {"fedgate audit verify", "fedgate region init", "fedgate client join"} <= set(seen)
+    assert len(seen) >= 20, seen
+
+
+def test_exit_codes_follow_the_error_kind(tmp_path: Path) -> None:
+    import sqlalchemy.exc
+
+    from fedgate.errors import UnavailableError, UsageError, VerificationError
+    from fedgate.server.cli.common import friendly
+
+    def failing(exc: BaseException):
+        @friendly
+        def verb() -> None:
+            raise exc
+
+        with pytest.raises(typer.Exit) as exited:
+            verb()
+        return exited.value.exit_code
+
+    assert failing(UsageError("bad option")) == 1
+    assert failing(VerificationError("bad signature")) == 2
+    assert failing(UnavailableError("database down")) == 3
+    assert failing(FileNotFoundError(2, "No such file", str(tmp_path / "x"))) == 1
+    assert failing(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("refused"))) == 3
+    assert failing(KeyboardInterrupt()) == 130
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        failing(ZeroDivisionError())

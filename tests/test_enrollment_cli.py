@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fedgate.clients.identity import KEY_FILE, create_identity, load_identity, read_enrollment
 from fedgate.crypto import generate_key, save_public_key
-from fedgate.server.audit.keys import region_pub_path
+from fedgate.server.audit.keys import ensure_region_key, region_pub_path
 from fedgate.server.cli.devices import register_client, register_region
 from fedgate.server.trust.enrollment import region_registry
 
@@ -39,6 +39,7 @@ def cli(monkeypatch):
 
 
 def token(cli, home: Path, region: str = "eu", *extra: object) -> str:
+    ensure_region_key(home, region)  # what `fedgate region init` / `fedgate up` do first
     out = cli("region", "enroll-token", "--region", region, "--home", home, *extra)
     return out.stdout.strip().splitlines()[0]
 
@@ -79,6 +80,7 @@ def test_token_enroll_list_revoke(cli, tmp_path: Path, db_url: str) -> None:
 
 def test_home_defaults_to_fedgate_home(cli, tmp_path: Path) -> None:
     env = {"FEDGATE_HOME": str(tmp_path / "home")}
+    ensure_region_key(tmp_path / "home", "eu")  # `fedgate region init` / `up` did this
     tok = cli("region", "enroll-token", "--region", "eu", env=env).stdout.strip()
     cli("client", "enroll", "--token", tok, "--region", "eu", "--profile", "phone", env=env)
     device = load_identity(tmp_path / "home" / "device")
@@ -88,6 +90,7 @@ def test_home_defaults_to_fedgate_home(cli, tmp_path: Path) -> None:
 
 
 def test_no_devices_yet(cli, tmp_path: Path) -> None:
+    ensure_region_key(tmp_path, "eu")
     out = cli("region", "devices", "--region", "eu", "--home", tmp_path).stdout
     assert "no devices enrolled in region eu" in out
     assert (
@@ -147,7 +150,7 @@ def test_missing_region_key_names_the_fix(cli, tmp_path: Path) -> None:
         "--profile", "pi", code=1,
     )  # fmt: skip
     assert "error: no public key of region eu" in result.output
-    assert "--region-key" in result.output and "enroll-token" in result.output
+    assert "--region-key" in result.output and "fedgate region init" in result.output
     assert not (tmp_path / "device" / KEY_FILE).exists()
 
 
@@ -177,6 +180,7 @@ def test_missing_region_key_names_the_fix(cli, tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_clean_errors(cli, tmp_path: Path, args: list[str], message: str) -> None:
+    ensure_region_key(tmp_path, "eu")  # a region set up here: the error is the one named
     result = cli(*args, "--home", tmp_path, code=1)
     assert message in result.output and result.output.startswith("error:")
 
@@ -203,3 +207,29 @@ def test_missing_options_are_usage_errors(cli, tmp_path: Path) -> None:
     cli("region", "enroll-token", "--home", tmp_path, code=2)
     cli("client", "enroll", "--region", "eu", "--token", "t", "--home", tmp_path, code=2)
     cli("region", "revoke", "--region", "eu", "--home", tmp_path, code=2)
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["region", "devices", "--region", "eu"],
+        ["region", "enroll-token", "--region", "eu"],
+        ["region", "revoke", "0123456789abcdef", "--region", "eu"],
+    ],
+)
+def test_operator_verbs_on_a_mistyped_home_create_nothing(cli, tmp_path: Path, verb) -> None:
+    """A --home where the region was never set up is a one-line error (exit 1) that names the
+    way out; no home, database or region key appears."""
+    typo = tmp_path / "hmoe"
+    result = cli(*verb, "--home", typo, code=1)
+    assert "not set up under" in result.output and "fedgate region init" in result.output
+    assert not typo.exists()
+
+
+def test_listing_an_initialised_region_creates_no_database(cli, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ensure_region_key(home, "eu")
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    out = cli("region", "devices", "--region", "eu", "--home", home).stdout
+    assert "no devices enrolled in region eu" in out
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before

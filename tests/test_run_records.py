@@ -88,3 +88,20 @@ def test_a_stop_is_recorded_and_the_first_end_stands(tmp_path) -> None:
     with store.engine.connect() as conn:
         kinds = [k for (k,) in conn.execute(text("SELECT kind FROM events ORDER BY seq"))]
     assert kinds.count("run.stopped") == 2 and "run.finished" not in kinds
+
+
+def test_a_failed_run_names_the_rounds_its_database_holds(tmp_path) -> None:
+    """The failure line is told by the region database, not only by progress lines: a run
+    whose round 1 is recorded but never reached the progress file does not say "no round was
+    recorded" (a defect seen in live runs)."""
+    from fedgate.server.launch.runner import Submission
+
+    record(tmp_path, "r7", 1)
+    sub = Submission("eu", tmp_path, tmp_path / "out", tmp_path / "out" / "flwr-run.log", None,
+                     run_id="r7", region_config=EU)  # fmt: skip
+    sub.events = [{"kind": "started", "run_id": "r7"}]
+    line = sub.no_result()
+    assert "round 1 stays recorded in the region database" in line, line
+    assert "no round was recorded" not in line
+    sub.run_id, sub.events = "r8", [{"kind": "started", "run_id": "r8"}]  # unknown run
+    assert "no round was recorded" in sub.no_result()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,6 +17,8 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, select
 
 from fedgate.crypto import canonical_json
+from fedgate.errors import UsageError
+from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import HeadRecord
 from fedgate.server.audit.log import CHAIN, EVENTS, HEADS, _head
 from fedgate.server.audit.verify import ChainVerifier, Keys, VerifyReport
@@ -39,7 +41,7 @@ CSV_FIELDS = (
 FORMATS = ("jsonl", "csv")
 
 
-class ExportError(ValueError):
+class ExportError(UsageError, ValueError):
     """An export file is unreadable or not in the fedgate export format."""
 
 
@@ -149,8 +151,16 @@ def _str(line: _Line, key: str) -> str:
     return value
 
 
-def verify_export(path: str | Path, keys: Keys | None) -> VerifyReport:
-    """Verify an export file offline against trusted public ``keys`` (by fingerprint)."""
+def verify_export(
+    path: str | Path,
+    keys: Keys | None,
+    *,
+    anchors: Iterable[Anchor] = (),
+    require_signed: bool | None = None,
+) -> VerifyReport:
+    """Verify an export file offline against trusted public ``keys`` (by fingerprint), the
+    ``anchors`` it must include, and (``require_signed``) ``coverage.py``'s rules."""
+    anchors = list(anchors)
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"no export file at {path}")
@@ -179,7 +189,9 @@ def verify_export(path: str | Path, keys: Keys | None) -> VerifyReport:
             )
         elif kind == "event":
             if checker is None:
-                checker = ChainVerifier(chain, heads, keys)
+                checker = ChainVerifier(
+                    chain, heads, keys, anchors=anchors, require_signed=require_signed
+                )
             payload = line.record.get("payload")
             text = payload if isinstance(payload, str) else _canonical(line, payload)
             checker.feed(
@@ -193,7 +205,7 @@ def verify_export(path: str | Path, keys: Keys | None) -> VerifyReport:
         else:
             raise ExportError(f"line {line.number}: unknown record {kind!r}")
     if checker is None:
-        checker = ChainVerifier(chain, heads, keys)
+        checker = ChainVerifier(chain, heads, keys, anchors=anchors, require_signed=require_signed)
     return checker.finish(_int(header, "seq"), _str(header, "hash"))
 
 

@@ -4,17 +4,22 @@ Appends are serialised by the database itself: SQLite writers start with
 ``BEGIN IMMEDIATE`` (see ``fedgate.server.db.engine``), PostgreSQL writers lock the single
 ``audit_chain`` row with ``SELECT ... FOR UPDATE``. Either way two writers, in threads or
 in processes, never read the same head, so the chain never forks and seqs stay contiguous.
+With a witness directory (``FEDGATE_AUDIT_WITNESS_DIR``) every signed head is also appended
+there once its transaction commits (``witness.py``), as an anchor outside the database.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from fedgate.crypto import fingerprint, sign
+from fedgate.server.audit.anchors import WITNESS_ENV
 from fedgate.server.audit.chain import (
     KIND_RE,
     EventRecord,
@@ -24,6 +29,7 @@ from fedgate.server.audit.chain import (
     head_message,
     now_ts,
 )
+from fedgate.server.audit.witness import queue as witness_queue
 from fedgate.server.db.engine import run_write
 from fedgate.server.db.models import AuditChain, Event, SignedHead
 
@@ -43,11 +49,20 @@ def _prepare(items: Iterable[Item]) -> list[tuple[str, str]]:
 
 
 class AuditLog:
-    """Audit chain of one database; ``signer`` (the region server key) signs heads."""
+    """Audit chain of one database; ``signer`` (the region server key) signs heads, and
+    each head it signs is mirrored into ``witness_dir`` (default: ``$FEDGATE_AUDIT_WITNESS_DIR``;
+    none when unset)."""
 
-    def __init__(self, engine: Engine, signer: Ed25519PrivateKey | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        signer: Ed25519PrivateKey | None = None,
+        witness_dir: str | Path | None = None,
+    ) -> None:
         self.engine = engine
         self.signer = signer
+        witness_dir = witness_dir or os.environ.get(WITNESS_ENV) or None
+        self.witness_dir = Path(witness_dir).resolve() if witness_dir else None
         self._chain_id: str | None = None
 
     @property
@@ -133,6 +148,8 @@ class AuditLog:
         signature = sign(self.signer, head_message(chain, seq, head, signed_at)).hex()
         record = HeadRecord(seq, head, key, signature, signed_at)
         conn.execute(insert(HEADS).values(**record.__dict__))
+        if self.witness_dir is not None:
+            witness_queue(conn, self.witness_dir, chain, record)
         return record
 
     def head(self) -> tuple[int, str]:

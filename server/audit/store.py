@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from fedgate.errors import UsageError
 from fedgate.server.audit.log import AuditLog, Item
 from fedgate.server.db.engine import run_write
 from fedgate.server.db.migrate import open_database
@@ -34,7 +35,7 @@ ARTIFACTS, APPROVALS = Artifact.__table__, Approval.__table__
 EVENTS = Event.__table__
 
 
-class StoreError(LookupError):
+class StoreError(UsageError, LookupError):
     """A referenced run, round or artifact does not exist."""
 
 

@@ -2,7 +2,11 @@
 
 Every problem names its place: the first bad event's seq, or the signed head at fault.
 Detected: edited payloads or hashes, deleted, inserted or reordered events, truncation
-below a signed head or the chain-head record, and forged or replaced signed heads.
+below a signed head or the chain-head record, and forged or replaced signed heads. When
+signatures are checked, events must also lie under signed heads (``coverage.py``: a log
+rewritten or extended without the region key fails), and ``anchors`` (the auditor's
+checkpoint, the region's witnessed heads; ``anchors.py``) must be included and extended,
+which catches a rollback or rewrite that leaves the database self-consistent.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, select
 
 from fedgate.crypto import SignatureError, verify
+from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import (
     GENESIS,
     HEX64_RE,
@@ -23,20 +29,13 @@ from fedgate.server.audit.chain import (
     head_message,
     json_string,
 )
+from fedgate.server.audit.coverage import Coverage, ModelRef
 from fedgate.server.audit.log import CHAIN, HEADS, _head
+from fedgate.server.audit.problem import Problem
+from fedgate.server.db.blobs import BlobError, BlobStore
 
 Keys = Mapping[str, Ed25519PublicKey]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One verification failure; ``seq`` is the event at fault (None: not one event)."""
-
-    seq: int | None
-    message: str
-
-    def __str__(self) -> str:
-        return self.message if self.seq is None else f"event {self.seq}: {self.message}"
+__all__ = ["ChainVerifier", "Keys", "Problem", "VerifyReport", "check_models", "verify_database"]
 
 
 @dataclass
@@ -48,11 +47,24 @@ class VerifyReport:
     signed_heads: int = 0
     heads_checked: bool = True
     last_signed_seq: int = 0
+    last_head: HeadRecord | None = None  # the latest head that verified and matched
+    coverage_checked: bool = False
+    anchors_checked: int = 0
+    in_progress: list[str] = field(default_factory=list)  # runs launched and not ended
+    models: list[ModelRef] = field(default_factory=list)  # model blobs round.closed names
+    models_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def status(self) -> str:
+        """``failed``, ``in-progress`` (a run has not ended: not yet final) or ``ok``."""
+        if self.problems:
+            return "failed"
+        return "in-progress" if self.in_progress else "ok"
 
     @property
     def first(self) -> Problem | None:
@@ -69,6 +81,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
+            "status": self.status,
             "chain": self.chain_id,
             "events": self.events,
             "last_seq": self.last_seq,
@@ -77,6 +90,11 @@ class VerifyReport:
             "signatures_checked": self.heads_checked,
             "last_signed_seq": self.last_signed_seq,
             "unsigned_tail": self.unsigned_tail,
+            "coverage_checked": self.coverage_checked,
+            "anchors_checked": self.anchors_checked,
+            "in_progress": list(self.in_progress),
+            "models_named": len(self.models),
+            "models_checked": self.models_checked,
             "first_problem": str(self.first) if self.first else None,
             "first_bad_seq": self.first.seq if self.first else None,
             "problems": [str(p) for p in self.problems],
@@ -84,9 +102,20 @@ class VerifyReport:
 
 
 class ChainVerifier:
-    """Streaming verifier: give it the heads, feed events in order, then ``finish``."""
+    """Streaming verifier: give it the heads, feed events in order, then ``finish``.
 
-    def __init__(self, chain_id: str, heads: Iterable[HeadRecord], keys: Keys | None) -> None:
+    ``require_signed`` (default: when signatures are checked) applies ``coverage.py``'s rules;
+    every ``anchors`` head must be a valid signed head of the log, at a seq the log reaches."""
+
+    def __init__(
+        self,
+        chain_id: str,
+        heads: Iterable[HeadRecord],
+        keys: Keys | None,
+        *,
+        anchors: Iterable[Anchor] = (),
+        require_signed: bool | None = None,
+    ) -> None:
         self.report = VerifyReport(chain_id, heads_checked=keys is not None)
         self._chain = chain_id
         self._expect = 1
@@ -95,9 +124,39 @@ class ChainVerifier:
         self._prefix = f'{{"chain":{json_string(chain_id)},"kind":'
         self._kinds: dict[str, str] = {}
         self._prev_safe = True  # GENESIS is hex
+        self._signed: set[int] = set()
+        valid: set[tuple[int, str]] = set()
         for head in heads:
             if self._check_signature(head, keys):
                 self._pending.setdefault(head.seq, []).append(head)
+                valid.add((head.seq, head.head))
+        self._anchors: dict[int, list[Anchor]] = {}
+        for anchor in anchors:
+            self._add_anchor(anchor, keys, valid)
+        if require_signed is None:
+            require_signed = keys is not None
+        self.report.coverage_checked = require_signed
+        self._coverage = Coverage(max(self._pending, default=0)) if require_signed else None
+
+    def _add_anchor(self, anchor: Anchor, keys: Keys | None, valid: set) -> None:
+        head = anchor.head
+        self.report.anchors_checked += 1
+        if anchor.chain != self._chain:
+            self._problem(
+                None,
+                f"the {anchor.label} is of chain {anchor.chain}, this log is "
+                f"chain {self._chain} (a different log, or this one rewritten)",
+            )
+            return
+        if not self._check_signature(head, keys, f"the {anchor.label} at seq {head.seq}"):
+            return
+        if (head.seq, head.head) not in valid:
+            self._problem(
+                head.seq,
+                f"the {anchor.label} is not among the log's valid signed "
+                "heads (rolled back or rewritten)",
+            )
+        self._anchors.setdefault(head.seq, []).append(anchor)
 
     def _order_problem(self, seq: int, expect: int) -> None:
         if seq > expect:
@@ -109,8 +168,8 @@ class ChainVerifier:
     def _problem(self, seq: int | None, message: str) -> None:
         self.report.problems.append(Problem(seq, message))
 
-    def _check_signature(self, head: HeadRecord, keys: Keys | None) -> bool:
-        where = f"signed head at seq {head.seq} (key {head.key[:16]})"
+    def _check_signature(self, head: HeadRecord, keys: Keys | None, where: str = "") -> bool:
+        where = where or f"signed head at seq {head.seq} (key {head.key[:16]})"
         if head.seq < 1 or not HEX64_RE.match(head.head):
             self._problem(None, f"{where}: malformed")
             return False
@@ -137,6 +196,7 @@ class ChainVerifier:
     def feed_many(self, rows: Iterable[tuple[int, str, str, str, str, str]]) -> None:
         """Check events in seq order; rows are ``(seq, kind, ts, payload, prev, hash)``."""
         rep, kinds, pending, prefix = self.report, self._kinds, self._pending, self._prefix
+        anchors, cov = self._anchors, self._coverage
         expect, last, count, ts_ok = self._expect, self._prev, 0, TS_RE.match
         # ``last`` is safe to splice unquoted once it matched a recomputed hash (hex only).
         safe = self._prev_safe
@@ -165,6 +225,12 @@ class ChainVerifier:
                     self._problem(seq, "content does not match its hash (edited)")
             if seq in pending:
                 self._check_heads(seq, digest, pending.pop(seq))
+            if seq in anchors:
+                for anchor in anchors.pop(seq):
+                    if anchor.head.head != digest:
+                        self._problem(seq, f"differs from the {anchor.label}")
+            if cov is not None and cov.wants(seq, kind):
+                cov.see(seq, kind, payload)
             safe, last = ok, digest
             if seq >= expect:
                 expect = seq + 1
@@ -178,7 +244,9 @@ class ChainVerifier:
         for head in heads:
             if head.head == digest:
                 rep.signed_heads += 1
-                rep.last_signed_seq = max(rep.last_signed_seq, seq)
+                self._signed.add(seq)
+                if seq >= rep.last_signed_seq:
+                    rep.last_signed_seq, rep.last_head = seq, head
             else:
                 self._problem(seq, f"differs from the signed head at seq {seq}")
 
@@ -192,6 +260,18 @@ class ChainVerifier:
                 f"signed head covers seq {seq} (truncated)",
             )
         self._pending.clear()
+        for seq in sorted(self._anchors):
+            for anchor in self._anchors[seq]:
+                self._problem(
+                    rep.last_seq + 1,
+                    f"missing: chain ends at {rep.last_seq} but the {anchor.label} is at seq "
+                    f"{seq} (rolled back)",
+                )
+        self._anchors.clear()
+        if self._coverage is not None:
+            cov = self._coverage
+            rep.problems.extend(cov.finish(rep.events, self._signed, rep.last_signed_seq))
+            rep.in_progress, rep.models = cov.running, list(cov.models)
         if state_seq is not None:
             if state_seq > rep.last_seq:
                 self._problem(
@@ -205,7 +285,14 @@ class ChainVerifier:
         return rep
 
 
-def verify_database(engine: Engine, keys: Keys | None, *, batch: int = 20_000) -> VerifyReport:
+def verify_database(
+    engine: Engine,
+    keys: Keys | None,
+    *,
+    anchors: Iterable[Anchor] = (),
+    require_signed: bool | None = None,
+    batch: int = 20_000,
+) -> VerifyReport:
     """Verify the chain stored in ``engine``'s database, in one consistent snapshot."""
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
@@ -213,7 +300,9 @@ def verify_database(engine: Engine, keys: Keys | None, *, batch: int = 20_000) -
         with conn.begin():
             state = conn.execute(select(CHAIN.c.chain_id, CHAIN.c.seq, CHAIN.c.head)).one()
             heads = [_head(r) for r in conn.execute(select(HEADS).order_by(HEADS.c.seq))]
-            checker = ChainVerifier(state.chain_id, heads, keys)
+            checker = ChainVerifier(
+                state.chain_id, heads, keys, anchors=anchors, require_signed=require_signed
+            )
             for rows in _event_batches(conn, batch):
                 checker.feed_many(rows)
     return checker.finish(state.seq, state.head)
@@ -236,3 +325,19 @@ def _event_batches(conn: Connection, batch: int) -> Iterator[list[tuple]]:
             yield rows
     finally:
         cur.close()
+
+
+def check_models(report: VerifyReport, blobs: str | Path) -> VerifyReport:
+    """Check each model blob the log names (``round.closed``'s ``model``) against its digest in
+    the blob store at ``blobs``; a missing or altered file is a problem at its event."""
+    store = BlobStore(blobs)
+    for ref in report.models:
+        where = f"model of run {ref.run} round {ref.round} ({ref.sha256[:12]})"
+        try:
+            store.get(ref.sha256)
+        except BlobError as exc:
+            report.problems.append(Problem(ref.seq, f"{where}: {exc}"))
+        except OSError as exc:
+            report.problems.append(Problem(ref.seq, f"{where}: unreadable ({exc.strerror})"))
+        report.models_checked += 1
+    return report

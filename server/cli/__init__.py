@@ -12,6 +12,7 @@ import typer
 def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer) -> None:
     """Attach every verb to the ``fedgate`` app and its ``region`` and ``client`` sub-apps."""
     from fedgate.server.cli.audit import register as register_audit
+    from fedgate.server.cli.common import guard_every_verb
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
     from fedgate.server.cli.pki import register as register_pki
@@ -27,3 +28,4 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     app.add_typer(region_app, name="region")
     app.add_typer(client_app, name="client")
     register_audit(app)
+    guard_every_verb(app)

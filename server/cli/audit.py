@@ -1,7 +1,10 @@
 """``fedgate audit``: the auditor's read-only verbs (verify, runs, rounds, show, export).
 
-Databases are opened read-only (SQLite ``mode=ro``, PostgreSQL read-only transactions).
-Exit status: 0 fine, 1 verification failed, 2 unusable input (database, keys, file).
+Databases are opened read-only (SQLite ``mode=ro``, PostgreSQL read-only transactions). The
+views (runs, rounds, show) show what the audit chain states and flag, in red, every mirror-table
+row that disagrees with it. Exit status (``fedgate.errors``): 0 fine, 1 bad input (option,
+file, key, run id), 2 verification failed (with ``--strict``: also a log not yet final, or a
+table that disagrees with the chain), 3 the database is unavailable.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ from __future__ import annotations
 # runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 import dataclasses
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from fedgate.errors import UsageError, VerificationError
+from fedgate.home import resolve_home
+from fedgate.server.cli.common import friendly
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -34,45 +39,27 @@ DbOpt = Annotated[
     ),
 ]
 HomeOpt = Annotated[
-    Path,
-    typer.Option("--home", envvar="FEDGATE_HOME", help="fedgate home (databases, keys)."),
+    Path | None,
+    typer.Option(
+        "--home",
+        help="fedgate home: databases, keys, blobs (default: $FEDGATE_HOME or ~/.fedgate).",
+    ),
 ]
 RegionOpt = Annotated[
     str | None, typer.Option("--region", envvar="FEDGATE_REGION", help="Region name.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 RunOpt = Annotated[str, typer.Option("--run", help="Run id.")]
-DEFAULT_HOME = Path(".fedgate")
+StrictViewOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Exit 2 when a table disagrees with the audit chain or the chain does not verify.",
+    ),
+]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class _Fail(Exception):
-    """An input problem reported as one line with exit status 2."""
-
-
-def _input_errors() -> tuple[type[Exception], ...]:
-    """What ``_errors`` reports with exit status 2; called only when a verb raises."""
-    # heavy import: loaded only when a verb that runs fails
-    from fedgate.crypto import SignatureError
-    from fedgate.server.audit.export import ExportError
-    from fedgate.server.audit.store import StoreError
-    from fedgate.server.db.engine import DatabaseError
-
-    return (_Fail, DatabaseError, StoreError, ExportError, SignatureError)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except _input_errors() as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        err.print(f"[red]error:[/red] {exc.strerror}: {exc.filename}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _engine(db: str | None, home: Path, region: str | None) -> Engine:
@@ -83,7 +70,9 @@ def _engine(db: str | None, home: Path, region: str | None) -> Engine:
     try:
         url = resolve_url(db, home, region)
     except DatabaseError:
-        raise _Fail("no database: pass --db URL or --region NAME (or set FEDGATE_DB)") from None
+        raise UsageError(
+            "no database: pass --db URL or --region NAME (or set FEDGATE_DB)"
+        ) from None
     return open_readonly(url)
 
 
@@ -121,51 +110,66 @@ def _keys(pubkeys: list[Path], home: Path, region: str | None, skip: bool) -> di
         default = region_pub_path(home, region) if region else None
         if default is None or not default.is_file():
             where = f" (none at {default})" if default else ""
-            raise _Fail(
+            raise UsageError(
                 f"no public keys: pass --pubkeys DIR or FILE{where}, "
                 "or --no-signatures to check the chain alone"
             )
         pubkeys = [default]
     keys = load_pubkeys(pubkeys)
     if not keys:
-        raise _Fail(f"no .pub files in {', '.join(map(str, pubkeys))}")
+        raise UsageError(f"no .pub files in {', '.join(map(str, pubkeys))}")
     return keys
 
 
-def _report(report: VerifyReport, source: str, as_json: bool, strict: bool) -> None:
-    failed = not report.ok or (strict and report.unsigned_tail > 0)
+def _report(report: VerifyReport, source: str, as_json: bool, strict: bool, extra: dict) -> None:
+    final = report.status == "ok" and not report.unsigned_tail
+    failed = not report.ok or (strict and not final)
     if as_json:
-        _print_json({**report.to_dict(), "source": source, "ok": not failed})
+        _print_json({**report.to_dict(), **extra, "source": source, "ok": not failed})
     elif not report.ok:
         first = report.first
         out.print(
             f"[bold red]FAILED[/bold red] {source}: {len(report.problems)} problem(s); "
-            f"first: {first}",
+            f"first: {escape(str(first))}",
             highlight=False,
         )
         for problem in report.problems[:20]:
             out.print(f"  - {problem}", highlight=False, markup=False)
     else:
         sig = "signatures checked" if report.heads_checked else "signatures NOT checked"
+        word = "[bold green]OK[/bold green]"
+        if report.in_progress:
+            style = "red" if strict else "yellow"
+            word = f"[bold {style}]IN PROGRESS[/bold {style}]"
+        anchors = f", {report.anchors_checked} anchor(s)" if report.anchors_checked else ""
+        models = f", {report.models_checked} model blob(s)" if report.models_checked else ""
         out.print(
-            f"[bold green]OK[/bold green] {source}: chain {report.chain_id}, "
+            f"{word} {source}: chain {report.chain_id}, "
             f"{report.events} events, head seq {report.last_seq}, "
-            f"{report.signed_heads} signed heads ({sig})",
+            f"{report.signed_heads} signed heads ({sig}){anchors}{models}",
             highlight=False,
         )
+        if report.in_progress:
+            out.print(f"run(s) not ended: {', '.join(report.in_progress)}", highlight=False)
         if report.unsigned_tail:
             style = "red" if strict else "yellow"
             out.print(
                 f"[{style}]{report.unsigned_tail} event(s) after the last signed head "
                 f"(seq {report.last_signed_seq}) are not yet signed[/{style}]"
             )
+        if not report.coverage_checked:
+            out.print("[yellow]coverage by signed heads NOT checked (--no-signatures)[/yellow]")
+        if "checkpoint" in extra:
+            out.print(f"checkpoint saved: {extra['checkpoint']} (seq {report.last_signed_seq})")
     if failed:
-        raise typer.Exit(1)
+        first = report.first or f"not final ({report.status}, {report.unsigned_tail} unsigned)"
+        raise VerificationError(f"{source}: verification failed: {first}")
 
 
+@friendly
 def verify(
     db: DbOpt = None,
-    home: HomeOpt = DEFAULT_HOME,
+    home: HomeOpt = None,
     region: RegionOpt = None,
     export: Annotated[
         Path | None,
@@ -184,104 +188,203 @@ def verify(
     ] = False,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Also fail when events after the last signed head exist."),
+        typer.Option(
+            "--strict",
+            help="Also fail while a run is in progress or events after the last signed head exist.",
+        ),
+    ] = False,
+    since: Annotated[
+        Path | None,
+        typer.Option(
+            "--since",
+            help="Your checkpoint file: the log must extend it (same chain, "
+            "its head present and signed).",
+        ),
+    ] = None,
+    save_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-checkpoint",
+            help="After a passing verification, save the last "
+            "signed head here (for a later --since).",
+        ),
+    ] = None,
+    witness_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--witness-dir",
+            help="The region's witness mirror "
+            "($FEDGATE_AUDIT_WITNESS_DIR): every head in it must be in the log.",
+        ),
+    ] = None,
+    blobs: Annotated[
+        Path | None,
+        typer.Option(
+            "--blobs",
+            help="Blob store to check the model digests against "
+            "(default for a database: <home>/blobs).",
+        ),
+    ] = None,
+    no_blobs: Annotated[
+        bool, typer.Option("--no-blobs", help="Do not check the model blobs the log names.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute the hash chain and check every signed head; name the first bad event."""
+    """Recompute the hash chain, check every signed head, that every event lies under one
+    (or belongs to a run in progress), the anchors and the model blobs; name the first bad
+    event."""
     # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.anchors import load_checkpoint, read_witness, write_checkpoint
     from fedgate.server.audit.export import verify_export
+    from fedgate.server.audit.verify import check_models, verify_database
+
+    home = resolve_home(home)
+    keys = _keys(list(pubkeys or []), home, region, no_signatures)
+    anchors = [load_checkpoint(since)] if since is not None else []
+    if witness_dir is not None:
+        anchors += read_witness(witness_dir)
+    if export is not None:
+        report, source = verify_export(export, keys, anchors=anchors), str(export)
+    else:
+        engine = _engine(db, home, region)
+        report = verify_database(engine, keys, anchors=anchors)
+        source = engine.url.render_as_string(hide_password=True)
+        blobs = blobs or home / "blobs"
+    if blobs is not None and not no_blobs:
+        check_models(report, blobs)
+    extra: dict[str, Any] = {}
+    if save_checkpoint is not None and report.ok:
+        if report.last_head is None:
+            raise UsageError("nothing to checkpoint: the log has no valid signed head")
+        write_checkpoint(save_checkpoint, report.chain_id, report.last_head)
+        extra["checkpoint"] = str(save_checkpoint)
+    _report(report, source, as_json, strict, extra)
+
+
+def _open_views(db: str | None, home: Path | None, region: str | None, strict: bool) -> Any:
+    """The store (mirror tables) and the chain's view of it; warns (fails, ``strict``) when the
+    chain itself does not verify."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.store import Store
     from fedgate.server.audit.verify import verify_database
+    from fedgate.server.audit.views import read_view
 
-    with _errors():
-        keys = _keys(list(pubkeys or []), home, region, no_signatures)
-        if export is not None:
-            report, source = verify_export(export, keys), str(export)
-        else:
-            engine = _engine(db, home, region)
-            report = verify_database(engine, keys)
-            source = engine.url.render_as_string(hide_password=True)
-    _report(report, source, as_json, strict)
+    engine = _engine(db, resolve_home(home), region)
+    report = verify_database(engine, None, require_signed=False)
+    if not report.ok:
+        message = f"the audit chain does not verify (first: {report.first}); run `audit verify`"
+        if strict:
+            raise VerificationError(message)
+        err.print(f"[bold red]warning:[/] {escape(message)}", highlight=False)
+    return Store(engine), read_view(engine)
 
 
+def _disagreements(found: list[str], strict: bool) -> None:
+    """Print every table row that disagrees with the chain, in red; ``strict``: fail."""
+    for line in found:
+        err.print(f"[red]disagrees: {escape(line)}[/red]", highlight=False)
+    if found:
+        err.print(
+            f"[bold red]{len(found)} table value(s) disagree with the audit chain; shown above: "
+            "the chain's[/bold red]",
+            highlight=False,
+        )
+        if strict:
+            raise VerificationError(f"{len(found)} table value(s) disagree with the audit chain")
+
+
+@friendly
 def runs(
     db: DbOpt = None,
-    home: HomeOpt = DEFAULT_HOME,
+    home: HomeOpt = None,
     region: RegionOpt = None,
+    strict: StrictViewOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List training runs."""
-    from fedgate.server.audit.store import Store  # heavy import: loaded only when this verb runs
+    """List training runs (as the audit chain states them)."""
+    from fedgate.server.audit.views import runs_disagreements  # heavy import: only this verb
 
-    with _errors():
-        items = Store(_engine(db, home, region)).runs()
+    store, view = _open_views(db, home, region, strict)
+    items = list(view.runs.values())
     if as_json:
         _print_json(items)
-        return
-    table = Table(title="runs")
-    for col in ("run", "region", "launched by", "status", "started", "finished", "rounds"):
-        table.add_column(col)
-    for r in items:
-        table.add_row(
-            r.id,
-            r.region,
-            r.launched_by,
-            r.status,
-            _when(r.started_at),
-            _when(r.finished_at),
-            str(r.rounds),
-        )
-    out.print(table)
+    else:
+        table = Table(title="runs")
+        for col in ("run", "region", "launched by", "status", "started", "finished", "rounds"):
+            table.add_column(col)
+        for r in items:
+            table.add_row(
+                r.id,
+                r.region,
+                r.launched_by,
+                r.status,
+                _when(r.started_at),
+                _when(r.finished_at),
+                str(r.rounds),
+            )
+        out.print(table)
+    _disagreements(runs_disagreements(view, store), strict)
 
 
+@friendly
 def rounds(
     run: RunOpt,
     db: DbOpt = None,
-    home: HomeOpt = DEFAULT_HOME,
+    home: HomeOpt = None,
     region: RegionOpt = None,
+    strict: StrictViewOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the rounds of one run."""
-    from fedgate.server.audit.store import Store  # heavy import: loaded only when this verb runs
+    """List the rounds of one run (as the audit chain states them)."""
+    from fedgate.server.audit.views import rounds_disagreements  # heavy import: only this verb
 
-    with _errors():
-        items = Store(_engine(db, home, region)).rounds(run)
+    store, view = _open_views(db, home, region, strict)
+    items = view.run_rounds(run)
     if as_json:
         _print_json(items)
-        return
-    table = Table(title=f"run {run}: rounds")
-    for col in ("round", "sampled", "accepted", "rejected", "aggregated", "metrics", "note"):
-        table.add_column(col)
-    for r in items:
-        metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
-        table.add_row(
-            str(r.round),
-            str(r.sampled),
-            str(r.accepted),
-            str(r.rejected),
-            "yes" if r.aggregated else "no",
-            metrics,
-            r.note,
-        )
-    out.print(table)
+    else:
+        table = Table(title=f"run {run}: rounds")
+        for col in ("round", "sampled", "accepted", "rejected", "aggregated", "metrics", "note"):
+            table.add_column(col)
+        for r in items:
+            metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
+            table.add_row(
+                str(r.round),
+                str(r.sampled),
+                str(r.accepted),
+                str(r.rejected),
+                "yes" if r.aggregated else "no",
+                metrics,
+                r.note,
+            )
+        out.print(table)
+    _disagreements(rounds_disagreements(view, store, run), strict)
 
 
+@friendly
 def show(
     run: RunOpt,
     round_no: Annotated[int, typer.Option("--round", help="Round number.")],
     db: DbOpt = None,
-    home: HomeOpt = DEFAULT_HOME,
+    home: HomeOpt = None,
     region: RegionOpt = None,
+    strict: StrictViewOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one round: every client's fate, with reasons and aggregator scores."""
-    from fedgate.server.audit.store import Store  # heavy import: loaded only when this verb runs
+    """Show one round: every client's fate, with reasons and aggregator scores (as the audit
+    chain states them)."""
+    from fedgate.server.audit.views import round_disagreements  # heavy import: only this verb
 
-    with _errors():
-        info, updates = Store(_engine(db, home, region)).round_detail(run, round_no)
+    store, view = _open_views(db, home, region, strict)
+    info, updates = view.round_detail(run, round_no)
     if as_json:
         _print_json({"round": info, "clients": updates})
-        return
+    else:
+        _print_round(info, updates)
+    _disagreements(round_disagreements(view, store, run, round_no), strict)
+
+
+def _print_round(info: Any, updates: list[Any]) -> None:
     metrics = " ".join(f"{k}={_num(v)}" for k, v in info.metrics.items())
     out.print(
         f"run {info.run_id} round {info.round}: sampled {info.sampled}, accepted "
@@ -319,30 +422,30 @@ def show(
     out.print(table)
 
 
+@friendly
 def export(
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
     ] = None,
     db: DbOpt = None,
-    home: HomeOpt = DEFAULT_HOME,
+    home: HomeOpt = None,
     region: RegionOpt = None,
 ) -> None:
-    """Export the audit chain with its signed heads, for offline verification."""
+    """Export the audit chain (the events themselves) with its signed heads, for offline
+    verification."""
     # heavy import: loaded only when this verb runs
+    from fedgate.atomic_file import open_atomic
     from fedgate.server.audit.export import FORMATS, export_chain
 
-    with _errors():
-        if fmt not in FORMATS:
-            raise _Fail(f"unknown format {fmt!r} (jsonl or csv)")
-        engine = _engine(db, home, region)
-        if output is None:
-            export_chain(engine, sys.stdout, fmt)
-            return
-        tmp = output.with_name(output.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            count = export_chain(engine, fh, fmt)
-        os.replace(tmp, output)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} (jsonl or csv)")
+    engine = _engine(db, resolve_home(home), region)
+    if output is None:
+        export_chain(engine, sys.stdout, fmt)
+        return
+    with open_atomic(output) as fh:
+        count = export_chain(engine, fh, fmt)
     err.print(f"exported {count} events to {output}", highlight=False)
 
 

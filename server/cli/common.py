@@ -1,25 +1,26 @@
-"""What the verb modules share: the consoles, the ``--home``/``--config`` options, the one-line
-error wrapper and the run summary they print."""
+"""What the verb modules share: the consoles, the ``--home``/``--config`` options, the one CLI
+error handler (``cli_errors``/``friendly``) and the run summary they print."""
 
 from __future__ import annotations
 
 # A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
 # runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedgate.home import default_home
-from fedgate.server.launch.config import FEDERATION_FILE, ConfigError, resolve
-from fedgate.server.launch.processes import TopologyError
+from fedgate.errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE, FedgateError
+from fedgate.home import resolve_home
+from fedgate.server.launch.config import FEDERATION_FILE, resolve
 
-__all__ = ["FEDERATION_FILE", "default_home", "resolve"]  # re-exported for the verb modules
+__all__ = ["FEDERATION_FILE", "resolve", "resolve_home"]  # re-exported for the verb modules
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -36,36 +37,66 @@ ConfigOpt = Annotated[
 ]
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    """The failures ``friendly`` reports as one line. Called only when a verb raises (an
-    ``except`` clause evaluates its expression then), so start-up imports none of them."""
-    # heavy import: loaded only when a verb that runs fails
-    from fedgate.server.db.engine import DatabaseError
-    from fedgate.server.launch.fleet_proxy import ProxyError
-    from fedgate.server.launch.runner import RunFailedError
-    from fedgate.server.trust.enrollment import EnrollmentError
-    from fedgate.server.trust.node_auth import NodeAuthError
-    from fedgate.server.trust.pki import PkiError
+def _sqlalchemy_error() -> type[Exception]:
+    """``SQLAlchemyError``; called only when a verb raises, so start-up never imports it."""
+    from sqlalchemy.exc import SQLAlchemyError  # heavy import: only when a verb fails
 
-    return (ConfigError, TopologyError, RunFailedError, PkiError, ProxyError, NodeAuthError,
-            EnrollmentError, DatabaseError)  # fmt: skip
+    return SQLAlchemyError
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # reasons may hold [...]
+    raise typer.Exit(code) from None
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """The one CLI error handler: an expected failure becomes one red ``error:`` line and the
+    exit status documented in ``fedgate.errors`` (1 usage or configuration, 2 verification
+    failed, 3 a service unavailable, 130 Ctrl-C); only a bug shows a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:  # first: Ctrl-C never waits for an import
+        err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except FedgateError as exc:
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:  # a file or directory the user named (missing, unreadable, exists)
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", EXIT_USAGE)
+    except Exception as exc:
+        if not isinstance(exc, _sqlalchemy_error()):
+            raise
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        _fail(f"database: {first}", EXIT_UNAVAILABLE)
+
+
+GUARDED = "__fedgate_cli_errors__"
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn fedgate's expected failures into one red line and exit code 1 (or 130 on Ctrl-C)."""
+    """Run a verb inside ``cli_errors`` (its signature, hence its options, unchanged)."""
+    if getattr(fn, GUARDED, False):
+        return fn
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with cli_errors():
             return fn(*args, **kwargs)
-        except KeyboardInterrupt:  # first: Ctrl-C never waits for _expected_errors' imports
-            err.print("[yellow]interrupted; everything fedgate started has been stopped[/]")
-            raise typer.Exit(130) from None
-        except _expected_errors() as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")  # reasons may hold [...]
-            raise typer.Exit(1) from None
 
+    setattr(wrapper, GUARDED, True)
     return wrapper
+
+
+def guard_every_verb(app: typer.Typer) -> None:
+    """Put every verb of ``app`` and its sub-apps inside ``cli_errors`` (``friendly``), so no
+    verb can miss the one handler."""
+    for command in app.registered_commands:
+        if command.callback is not None:
+            command.callback = friendly(command.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            guard_every_verb(group.typer_instance)
 
 
 def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from fedgate.atomic_file import write_atomic
 from fedgate.server.cli.common import (
     FEDERATION_FILE,
     console,
@@ -42,7 +43,7 @@ def run_demo(
         down(home)  # a previous demo interrupted hard: never leave its processes behind
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    (home / FEDERATION_FILE).write_text(DEFAULT_FEDERATION_TOML)
+    write_atomic(home / FEDERATION_FILE, DEFAULT_FEDERATION_TOML)
     console.rule("[bold]fedgate demo")
     console.print(
         f"home {home}: {len(fed.regions)} regions ({', '.join(fed.region_names)}), "
@@ -77,7 +78,7 @@ def run_demo(
             for name, res in finished.items()
         },
     }
-    (home / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(home / "summary.json", json.dumps(summary, indent=2))
     plot_accuracy({n: board.rows[n].history for n in finished}, home / "accuracy.png")
     console.print(summary_table(finished, "fedgate demo summary"))
     for name, report in audits.items():
@@ -109,7 +110,7 @@ def demo_cmd(
     """Train two regions (eu, us) on real Flower SuperLinks and SuperNodes, then clean up."""
     fed = default_federation()
     if rounds is not None:
-        fed = friendly(with_rounds)(fed, rounds)
+        fed = with_rounds(fed, rounds)
     friendly(run_demo)(home.resolve(), fed, console, insecure=insecure)
 
 

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 # A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
 # runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
-import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fedgate.atomic_file import write_atomic
+from fedgate.home import resolve_home
+from fedgate.server.cli.common import HomeOpt as Home
+from fedgate.server.cli.common import friendly
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
 
 if TYPE_CHECKING:
     from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
 Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
-Home = Annotated[
-    Path | None,
-    typer.Option("--home", help="State directory (default: $FEDGATE_HOME or ~/.fedgate)."),
-]
 Db = Annotated[
     str | None,
     typer.Option(
@@ -54,60 +52,15 @@ InsecureOpt = Annotated[
 ]
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    """What ``_clean_errors`` reports as one line; called only when a verb raises."""
-    # heavy import: loaded only when a verb that runs fails
-    from fedgate.clients.identity import IdentityError
-    from fedgate.crypto import SignatureError
-    from fedgate.server.db.engine import DatabaseError
-    from fedgate.server.trust.enrollment import EnrollmentError
-    from fedgate.server.trust.node_auth import NodeAuthError
-
-    return (
-        EnrollmentError,
-        IdentityError,
-        SignatureError,
-        DatabaseError,
-        NodeAuthError,
-        FileExistsError,
-    )
-
-
-def _sqlalchemy_error() -> type[Exception]:
-    """``SQLAlchemyError``; called only when a verb raises."""
-    from sqlalchemy.exc import SQLAlchemyError  # heavy import: loaded only when a verb fails
-
-    return SQLAlchemyError
-
-
-@contextlib.contextmanager
-def _clean_errors() -> Iterator[None]:
-    """Expected failures become one red ``error:`` line and exit status 1."""
-    try:
-        yield
-    except _expected_errors() as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(1) from None
-    except _sqlalchemy_error() as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        typer.secho(f"error: database: {first}", err=True, fg="red")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}", err=True, fg="red")
-        raise typer.Exit(1) from None
-
-
 def _home(home: Path | None) -> Path:
-    from fedgate.home import default_home
-
-    return (home or default_home()).resolve()
+    return resolve_home(home)
 
 
 def _registry(home: Path | None, region: str, db: str | None) -> DatabaseDeviceRegistry:
     # heavy import: loaded only when a verb runs
     from fedgate.server.trust.enrollment import check_region_name, region_registry
 
-    return region_registry(_home(home), check_region_name(region), db)
+    return region_registry(_home(home), check_region_name(region), db, create=False)
 
 
 def _when(ts: float | None) -> str:
@@ -116,6 +69,7 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
+@friendly
 def enroll_token(
     region: Region,
     home: Home = None,
@@ -125,12 +79,13 @@ def enroll_token(
     ),
 ) -> None:
     """Issue a one-time enrollment token for REGION (printed once; only its hash is kept)."""
-    with _clean_errors(), _registry(home, region, db) as registry:
+    with _registry(home, region, db) as registry:
         token = registry.issue_token(ttl_hours * 3600)
         typer.echo(token)
         typer.echo(f"one-time token for region {region}, expires in {ttl_hours:g} h", err=True)
 
 
+@friendly
 def enroll(
     token: Annotated[str, typer.Option(help="One-time token from `fedgate region enroll-token`.")],
     region: Region,
@@ -161,40 +116,39 @@ def enroll(
     from fedgate.server.launch.transport import control_target
     from fedgate.server.trust.enrollment import check_region_name, region_anchor, region_registry
 
-    with _clean_errors():
-        check_region_name(region)
-        check_profile(profile)
-        where = _home(home)
-        device_dir = device_dir or where / "device"
-        target = control_target(where, region, superlink, root_certificates, insecure)
-        previous = read_enrollment(device_dir)
-        if previous is not None and previous.region == region and not force:
-            typer.echo(f"device {previous.device_id} is already enrolled in region {region}")
-            _node_key(target, device_dir, previous.device_id, region)
-            return
-        anchor = read_public_key(region_key) if region_key else region_anchor(where, region)
-        with region_registry(where, region, db) as registry:
-            done = enroll_identity(
-                device_dir,
-                region,
-                profile,
-                anchor,
-                lambda pub: registry.enroll(token, pub, profile=profile).device_id,
-                force=force,
-            )
-        typer.echo(f"enrolled device {done.enrollment.device_id} in region {region}")
-        _node_key(target, device_dir, done.enrollment.device_id, region)
-        if done.new_key:
-            typer.echo(f"new device key: {device_dir / KEY_FILE} (mode 0600)", err=True)
-        typer.echo(f"trusting region {region}'s server key: {done.anchor_path}", err=True)
-        old = done.replaced
-        if old is not None and old.device_id != done.enrollment.device_id:
-            typer.echo(
-                f"note: the old key {old.device_id[:16]} stays enrolled in region {old.region} "
-                f"until revoked (`fedgate region revoke {old.device_id[:16]} "
-                f"--region {old.region}`)",
-                err=True,
-            )
+    check_region_name(region)
+    check_profile(profile)
+    where = _home(home)
+    device_dir = device_dir or where / "device"
+    target = control_target(where, region, superlink, root_certificates, insecure)
+    previous = read_enrollment(device_dir)
+    if previous is not None and previous.region == region and not force:
+        typer.echo(f"device {previous.device_id} is already enrolled in region {region}")
+        _node_key(target, device_dir, previous.device_id, region)
+        return
+    anchor = read_public_key(region_key) if region_key else region_anchor(where, region)
+    with region_registry(where, region, db, create=False) as registry:
+        done = enroll_identity(
+            device_dir,
+            region,
+            profile,
+            anchor,
+            lambda pub: registry.enroll(token, pub, profile=profile).device_id,
+            force=force,
+        )
+    typer.echo(f"enrolled device {done.enrollment.device_id} in region {region}")
+    _node_key(target, device_dir, done.enrollment.device_id, region)
+    if done.new_key:
+        typer.echo(f"new device key: {device_dir / KEY_FILE} (mode 0600)", err=True)
+    typer.echo(f"trusting region {region}'s server key: {done.anchor_path}", err=True)
+    old = done.replaced
+    if old is not None and old.device_id != done.enrollment.device_id:
+        typer.echo(
+            f"note: the old key {old.device_id[:16]} stays enrolled in region {old.region} "
+            f"until revoked (`fedgate region revoke {old.device_id[:16]} "
+            f"--region {old.region}`)",
+            err=True,
+        )
 
 
 def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
@@ -204,8 +158,7 @@ def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
 
     if target is not None and target.root_certificates is not None:
         ca = device_dir / "anchors" / f"{region}-ca.pem"
-        ca.parent.mkdir(parents=True, exist_ok=True)
-        ca.write_bytes(Path(target.root_certificates).read_bytes())
+        write_atomic(ca, Path(target.root_certificates).read_bytes())
     node, node_id = register_device_node(target, device_dir, device_id)
     if node_id is None:
         typer.echo(
@@ -217,9 +170,24 @@ def _node_key(target, device_dir: Path, device_id: str, region: str) -> None:
         typer.echo(f"node key registered with the SuperLink at {target.address} (node {node_id})")
 
 
+@friendly
 def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJson = False) -> None:
-    """List REGION's enrolled devices and whether they are revoked."""
-    with _clean_errors(), _registry(home, region, db) as registry:
+    """List REGION's enrolled devices and whether they are revoked (creates nothing)."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.db.engine import parse_url, resolve_url, sqlite_path
+    from fedgate.server.trust.enrollment import check_region_name, existing_region_key
+
+    url = parse_url(resolve_url(db, _home(home), check_region_name(region)))
+    missing = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+    if missing is not None and not missing.exists():  # never create a database to list it
+        existing_region_key(_home(home), region)  # a region never set up here: say so
+        typer.echo(
+            "[]"
+            if as_json
+            else f"no devices enrolled in region {region} (no database yet at {missing})"
+        )
+        return
+    with _registry(home, region, db) as registry:
         devices = registry.devices()
         if as_json:
             typer.echo(json.dumps([d.to_json() for d in devices], indent=2))
@@ -245,6 +213,7 @@ def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJs
         Console().print(table)
 
 
+@friendly
 def revoke(
     device: Annotated[str, typer.Argument(help="Device id (or a unique prefix of 8+ chars).")],
     region: Region,
@@ -262,21 +231,21 @@ def revoke(
     from fedgate.server.trust.enrollment import check_region_name, revoke_device
     from fedgate.server.trust.node_registration import unregister_device_node
 
-    with _clean_errors():
-        where = _home(home)
-        revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
-        typer.echo(f"revoked device {revoked.device_id} in region {region}")
-        target = control_target(where, region, superlink, root_certificates, insecure)
-        dropped = unregister_device_node(target, revoked.device_id)
-        if dropped is None:
-            typer.echo(
-                "its node key was not unregistered: no SuperLink given (--superlink) or running",
-                err=True,
-            )
-        else:
-            typer.echo(f"unregistered node(s) {dropped} at {target.address}")
+    where = _home(home)
+    revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
+    typer.echo(f"revoked device {revoked.device_id} in region {region}")
+    target = control_target(where, region, superlink, root_certificates, insecure)
+    dropped = unregister_device_node(target, revoked.device_id)
+    if dropped is None:
+        typer.echo(
+            "its node key was not unregistered: no SuperLink given (--superlink) or running",
+            err=True,
+        )
+    else:
+        typer.echo(f"unregistered node(s) {dropped} at {target.address}")
 
 
+@friendly
 def join(
     superlink: Annotated[
         str, typer.Option(help="The region's device-facing (fleet proxy) address HOST:PORT.")
@@ -302,28 +271,24 @@ def join(
     """Join training: run this device's SuperNode and its ClientApp until Ctrl-C."""
     # heavy import: loaded only when this verb runs
     from fedgate.clients.identity import IdentityError, read_enrollment
-    from fedgate.clients.join import JoinError, JoinSpec
+    from fedgate.clients.join import JoinSpec
     from fedgate.clients.join import join as run_join
 
-    with _clean_errors():
-        device_dir = device_dir or _home(home) / "device"
-        enrollment = read_enrollment(device_dir)
-        if enrollment is None:
-            raise IdentityError(f"{device_dir} is not enrolled; run `fedgate client enroll`")
-        ca = None
-        if not insecure:
-            ca = root_certificates or device_dir / "anchors" / f"{enrollment.region}-ca.pem"
-            if not ca.is_file():
-                raise IdentityError(f"no region CA at {ca}; pass --root-certificates")
-        else:
-            typer.secho("warning: --insecure: no TLS to the SuperLink", err=True, fg="yellow")
-        spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
-                        num_partitions)  # fmt: skip
-        try:
-            code = run_join(spec, echo=typer.echo)
-        except JoinError as exc:
-            raise IdentityError(str(exc)) from None
-        raise typer.Exit(code)
+    device_dir = device_dir or _home(home) / "device"
+    enrollment = read_enrollment(device_dir)
+    if enrollment is None:
+        raise IdentityError(f"{device_dir} is not enrolled; run `fedgate client enroll`")
+    ca = None
+    if not insecure:
+        ca = root_certificates or device_dir / "anchors" / f"{enrollment.region}-ca.pem"
+        if not ca.is_file():
+            raise IdentityError(f"no region CA at {ca}; pass --root-certificates")
+    else:
+        typer.secho("warning: --insecure: no TLS to the SuperLink", err=True, fg="yellow")
+    spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
+                    num_partitions)  # fmt: skip
+    code = run_join(spec, echo=typer.echo)
+    raise typer.Exit(code)
 
 
 def register_region(region_app: typer.Typer) -> None:

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fedgate.home import default_home
+from fedgate.atomic_file import PUBLIC, write_atomic
+from fedgate.home import resolve_home
+from fedgate.server.cli.common import friendly
 
 if TYPE_CHECKING:
     from fedgate.server.trust.pki import RegionTls
@@ -22,14 +24,12 @@ def export_public(tls: RegionTls, region_pub: Path, directory: Path) -> list[Pat
     copied = []
     for source in (tls.ca_cert, region_pub):
         target = directory / source.name
-        tmp = directory / f".{source.name}.tmp"
-        tmp.write_bytes(source.read_bytes())
-        tmp.chmod(0o644)
-        tmp.replace(target)
+        write_atomic(target, source.read_bytes(), mode=PUBLIC)
         copied.append(target)
     return copied
 
 
+@friendly
 def region_init(
     region: Annotated[str, typer.Option("--region", "-r", help="Region to set up, e.g. eu.")],
     home: Annotated[
@@ -63,22 +63,15 @@ def region_init(
 ) -> None:
     """Create REGION's TLS CA and server certificate and its signing key (idempotent)."""
     # heavy import: loaded only when this verb runs
-    from fedgate.crypto import SignatureError, fingerprint
+    from fedgate.crypto import fingerprint
     from fedgate.server.audit.keys import ensure_region_key, region_pub_path
-    from fedgate.server.trust.pki import PkiError, ensure_region_pki
+    from fedgate.server.trust.pki import ensure_region_pki
 
-    home = (home or default_home()).resolve()
-    try:
-        result = ensure_region_pki(home, region, host or (), force=force)
-        key = ensure_region_key(home, region)
-        if public_dir is not None:
-            copied = export_public(result.tls, region_pub_path(home, region), public_dir)
-    except (PkiError, SignatureError) as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.secho(f"error: {exc.strerror or exc}: {exc.filename or home}", err=True, fg="red")
-        raise typer.Exit(1) from None
+    home = resolve_home(home)
+    result = ensure_region_pki(home, region, host or (), force=force)
+    key = ensure_region_key(home, region)
+    if public_dir is not None:
+        copied = export_public(result.tls, region_pub_path(home, region), public_dir)
     tls = result.tls
     ca = "new" if result.created_ca else "kept"
     server = f"issued ({result.reason})" if result.issued_server else "kept"

@@ -11,15 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fedgate.home import default_home
+from fedgate.atomic_file import write_atomic
+from fedgate.errors import UsageError
 from fedgate.server.cli.common import (
     FEDERATION_FILE,
     ConfigOpt,
     HomeOpt,
     console,
-    err,
     friendly,
     resolve,
+    resolve_home,
     summary_table,
     write_report,
 )
@@ -32,6 +33,7 @@ from fedgate.server.launch.config import (
 from fedgate.server.launch.processes import ProcessTable
 
 
+@friendly
 def init_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Where to write it.")] = Path(
         "federation.toml"
@@ -40,9 +42,8 @@ def init_cmd(
 ) -> None:
     """Write the default federation config (regions eu and us) to a file to edit."""
     if config.exists() and not force:
-        err.print(f"[bold red]error:[/] {config} exists; pass --force to overwrite it")
-        raise typer.Exit(1)
-    config.write_text(DEFAULT_FEDERATION_TOML)
+        raise UsageError(f"{config} exists; pass --force to overwrite it")
+    write_atomic(config, DEFAULT_FEDERATION_TOML)
     console.print(f"wrote {config}; start it with `fedgate up --config {config}`")
 
 
@@ -64,9 +65,9 @@ def up_cmd(home: HomeOpt = None, config: ConfigOpt = None, insecure: InsecureOpt
     home, fed = resolve(home, config)
     home.mkdir(parents=True, exist_ok=True)
     if config is not None:
-        (home / FEDERATION_FILE).write_text(Path(config).read_text())
+        write_atomic(home / FEDERATION_FILE, Path(config).read_bytes())
     elif not (home / FEDERATION_FILE).exists():
-        (home / FEDERATION_FILE).write_text(DEFAULT_FEDERATION_TOML)
+        write_atomic(home / FEDERATION_FILE, DEFAULT_FEDERATION_TOML)
     up(fed, home, echo=console.print, insecure=insecure)
     console.print(f"up; stop with `fedgate down --home {home}`")
 
@@ -76,7 +77,7 @@ def down_cmd(home: HomeOpt = None) -> None:
     """Stop exactly the processes `fedgate up` started under this home."""
     from fedgate.server.launch.topology import down
 
-    home = (home or default_home()).resolve()
+    home = resolve_home(home)
     stopped = down(home)
     console.print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
 

@@ -7,18 +7,19 @@ and paths. Model weights go in as safetensors (never pickle).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fedgate.atomic_file import READ_ONLY, write_atomic
+from fedgate.errors import VerificationError
+
 HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 
-class BlobError(ValueError):
+class BlobError(VerificationError, ValueError):
     """A blob is missing, its digest is malformed, or its content does not match it."""
 
 
@@ -40,18 +41,7 @@ class BlobStore:
         target = self.path(sha)
         if target.is_file():
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data, mode=READ_ONLY)
         return sha
 
     def get(self, sha: str) -> bytes:

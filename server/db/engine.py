@@ -26,6 +26,8 @@ from sqlalchemy import Connection, Engine, Transaction, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
+from fedgate.errors import UnavailableError, UsageError
+
 ENV_URL = "FEDGATE_DB"
 ENV_RETRY = "FEDGATE_DB_RETRY_SECONDS"
 _WRITE = "fedgate_write"
@@ -36,7 +38,7 @@ log.addHandler(logging.NullHandler())  # library: quiet unless the application c
 T = TypeVar("T")
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(UsageError, RuntimeError):
     """A database is missing, unreachable, of the wrong schema, or its URL is malformed."""
 
 
@@ -226,8 +228,10 @@ def _hint(engine: Engine) -> str:
     return f"check that the PostgreSQL server at {url.host}:{url.port or 5432} is running"
 
 
-class DatabaseUnavailableError(DatabaseError):
+class DatabaseUnavailableError(DatabaseError, UnavailableError):
     """A write gave up: the database stayed unreachable or locked for the whole budget."""
+
+    exit_code = UnavailableError.exit_code
 
     def __init__(self, engine: Engine, what: str, attempts: int, elapsed: float, budget: float,
                  cause: BaseException) -> None:  # fmt: skip

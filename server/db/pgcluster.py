@@ -23,12 +23,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedgate.errors import UnavailableError
+
 BINARIES = ("initdb", "pg_ctl", "postgres")
 SUPERUSER = "fedgate"
 RUN_AS = "postgres"
 
 
-class PgClusterError(RuntimeError):
+class PgClusterError(UnavailableError, RuntimeError):
     """The PostgreSQL binaries are missing or the cluster would not start."""
 
 

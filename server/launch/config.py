@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.home import default_home
+from fedgate.home import resolve_home
 
 # ConfigError is defined beside the run spec whose rules raise it; callers import it from here
 from fedgate.server.region.run_spec import ConfigError, RunSpec, check_settings, key_of
@@ -279,7 +279,7 @@ FEDERATION_FILE = "federation.toml"
 
 def resolve(home: Path | None, config: Path | None) -> tuple[Path, FederationConfig]:
     """The home directory and the federation config a verb works on."""
-    home = (home or default_home()).resolve()
+    home = resolve_home(home)
     if config is not None:
         return home, load_federation(config)
     if (home / FEDERATION_FILE).is_file():

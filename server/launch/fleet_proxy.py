@@ -27,6 +27,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgate.atomic_file import write_atomic
+from fedgate.errors import UnavailableError
+
 # Fleet routes a SuperNode calls (flwr.supernode.fleet_http_client in Flower 1.41).
 FLEET_ROUTES = (
     "activate-node",
@@ -47,7 +50,7 @@ REFUSAL = "refused: this address serves only the Flower Fleet API"
 CONF_NAME = "nginx.conf"
 
 
-class ProxyError(RuntimeError):
+class ProxyError(UnavailableError, RuntimeError):
     """nginx is missing, its configuration is invalid, or the proxy is unhealthy."""
 
 
@@ -240,7 +243,7 @@ def write_config(spec: ProxySpec, state_dir: Path) -> ProxyPaths:
     paths = ProxyPaths(Path(state_dir).resolve())
     for directory in (paths.state_dir, paths.error_log.parent, paths.temp):
         directory.mkdir(parents=True, exist_ok=True)
-    paths.conf.write_text(render_main_config(spec, paths))
+    write_atomic(paths.conf, render_main_config(spec, paths))
     return paths
 
 

@@ -14,12 +14,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedgate.atomic_file import write_atomic
+from fedgate.errors import UnavailableError
 from fedgate.procenv import flower_env
 
 _TABLE_LOCK = threading.Lock()
 
 
-class TopologyError(RuntimeError):
+class TopologyError(UnavailableError, RuntimeError):
     """A process could not be started or did not become healthy."""
 
 
@@ -86,10 +88,7 @@ class ProcessTable:
         return [ManagedProcess(**p) for p in json.loads(self.path.read_text())]
 
     def save(self, procs: list[ManagedProcess]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(p) for p in procs], indent=1))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps([asdict(p) for p in procs], indent=1))
 
     def running(self) -> list[ManagedProcess]:
         return [p for p in self.load() if alive(p.pid) and self._is_ours(p)]

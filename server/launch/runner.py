@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fedgate import __version__
+from fedgate.atomic_file import write_atomic
+from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env, port_open
+from fedgate.server.db.engine import resolve_url
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
 from fedgate.server.launch.run_records import mark_ended, region_store
@@ -53,7 +56,7 @@ clientapp = "fedgate.clients.app:app"
 """
 
 
-class RunFailedError(RuntimeError):
+class RunFailedError(FedgateError, RuntimeError):
     """A submitted run ended without a result; the message names the log to read."""
 
 
@@ -124,9 +127,7 @@ def write_app(home: Path, config: Mapping[str, Any]) -> Path:
     text = APP_PYPROJECT.format(version=__version__, config=to_toml(neutral))
     path = app_dir / "pyproject.toml"
     if not path.exists() or path.read_text() != text:  # regions submit concurrently
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
     return app_dir
 
 
@@ -136,7 +137,7 @@ def cli_env(home: Path, region: RegionConfig) -> dict[str, str]:
     flwr_home = region_dir(home, region.name) / "cli"
     flwr_home.mkdir(parents=True, exist_ok=True)
     target = load_transport(home).control(region)
-    (flwr_home / "config.toml").write_text(flwr_connection_toml(region.name, target))
+    write_atomic(flwr_home / "config.toml", flwr_connection_toml(region.name, target))
     return flower_env({"FLWR_HOME": str(flwr_home)})
 
 
@@ -182,6 +183,27 @@ class Submission:
         """One line: why this run ended without a result (an engine may say it its way)."""
         return _no_result(self)
 
+    def records_url(self) -> str | None:
+        """The database this run records its rounds in (None: not known here)."""
+        if self.region_config is None:
+            return None
+        return resolve_url(self.region_config.db or None, self.home, self.region)
+
+    def recorded_rounds(self) -> list[int]:
+        """The rounds the run's database holds: the record, where progress lines may lag."""
+        # heavy import: the database is opened only to explain a run that ended badly
+        from fedgate.server.audit.store import Store
+        from fedgate.server.db.migrate import open_readonly
+
+        started = next((e for e in self.events if e["kind"] == "started"), {})
+        run_id, url = started.get("run_id") or self.run_id, self.records_url()
+        if not run_id or url is None:
+            return []
+        try:
+            return [r.round for r in Store(open_readonly(url)).rounds(run_id)]
+        except (FedgateError, OSError):  # no such run or database: nothing recorded
+            return []
+
 
 def _flwr(home: Path, region: RegionConfig, args: list[str], log, timeout: float):
     """Run one ``flwr`` CLI command against the region's SuperLink, output to ``log``."""
@@ -217,7 +239,7 @@ def submit(
     out_dir.mkdir(parents=True)
     config = {**run_config(fed, region, home, out_dir.resolve()), **(extra or {})}
     app_dir = write_app(home, config)
-    (out_dir / "run-config.toml").write_text(to_toml(config))
+    write_atomic(out_dir / "run-config.toml", to_toml(config))
     log = out_dir / "flwr-run.log"
     args = ["run", str(app_dir), region.name, "--run-config", str(out_dir / "run-config.toml"),
             "--format", "json"]  # fmt: skip
@@ -245,7 +267,7 @@ def submit(
         region.name, Path(home), out_dir, log, None, run_id=run_id, control=target,
         region_config=region,
     )  # fmt: skip
-    (out_dir / "run-id").write_text(run_id + "\n")
+    write_atomic(out_dir / "run-id", run_id + "\n")
     sub.proc = _log_stream(sub)
     return sub
 
@@ -265,7 +287,8 @@ CHECK_EVERY = 1.0  # seconds between questions to the SuperLink about a run's st
 def _no_result(sub: Submission, why: str = "") -> str:
     """One line: which run ended how, what of it is kept, and which logs to read."""
     started = next((e for e in sub.events if e["kind"] == "started"), {})
-    rounds = [e["round"] for e in sub.events if e["kind"] == "round"]
+    rounds = sorted({e["round"] for e in sub.events if e["kind"] == "round"}
+                    | set(sub.recorded_rounds()))  # fmt: skip
     failed = sub.ended
     if failed:
         said = f"ServerApp: {' '.join(str(failed.get('error', 'failed')).split())}"
@@ -303,22 +326,53 @@ def _parent_pid(cmd: list[str]) -> int:
     return int(cmd[cmd.index(flag) + 1]) if flag in cmd else os.getpid()
 
 
-def _processes_problem(sub: Submission) -> tuple[str, str]:
-    """Which process the run needs is dead (``superlink`` or ``executor``) and why, or
-    ('', '')."""
-    procs = {p.name: p for p in ProcessTable(sub.home).load()}
-    for kind, what in (("superlink", "SuperLink"), ("executor", "executor (flower-superexec)")):
-        p = procs.get(f"{kind}-{sub.region}")
-        if kind == "executor" and p is not None and not alive(_parent_pid(p.cmd)):
+_NEEDED = (
+    ("superlink", "SuperLink"),
+    ("executor", "executor (flower-superexec, which starts each run's ServerApp)"),
+)
+
+
+@dataclass(frozen=True)
+class ProcessProblem:
+    """A process a region's runs need (``kind``: superlink or executor) that is ``absent`` (never
+    started under this home) or dead; ``why`` says which, with its last log line."""
+
+    kind: str
+    why: str
+    absent: bool = False
+
+
+def region_process_problem(home: Path, region: str) -> ProcessProblem | None:
+    """The first process a region's runs need that is absent or dead; None when all are alive.
+    One wording for the refusal before a run and the check while following one."""
+    procs = {p.name: p for p in ProcessTable(home).load()}
+    for kind, what in _NEEDED:
+        p = procs.get(f"{kind}-{region}")
+        if p is None:
+            return ProcessProblem(kind, f"the region's {what} is not running under {home}", True)
+        if kind == "executor" and not alive(_parent_pid(p.cmd)):
             kind, what = "superlink", "SuperLink (and with it the executor)"
-        if p is not None and not alive(p.pid):
+        if not alive(p.pid):
             tail = " | ".join(last_lines(p.log, 1)) or "no log output"
-            return kind, (
-                f"the region's {what} (pid {p.pid}) died (its last log line: {tail[:200]}); "
-                f"restart the topology with `fedgate down --home {sub.home}` then "
-                f"`fedgate up --home {sub.home}`"
+            return ProcessProblem(
+                kind,
+                f"the region's {what} is not running: pid {p.pid} died (its last log "
+                f"line: {tail[:200]})",
             )
-    return "", ""
+    return None
+
+
+def _restart(home: Path) -> str:
+    return f"restart the topology with `fedgate down --home {home}` then `fedgate up --home {home}`"
+
+
+def _processes_problem(sub: Submission) -> tuple[str, str]:
+    """Which process a followed run needs died, and why; a process never listed is not a
+    death (('', ''))."""
+    problem = region_process_problem(sub.home, sub.region)
+    if problem is None or problem.absent:
+        return "", ""
+    return problem.kind, f"{problem.why}; {_restart(sub.home)}"
 
 
 def _check(sub: Submission, watch: Watch, on_note: Callable[[str], None]) -> str:
@@ -381,6 +435,46 @@ def stop_submission(sub: Submission, by: str, note: str, status: str = "stopped"
         stop_link_run(sub.control, sub.run_id)
 
 
+def _advance(
+    sub: Submission,
+    watch: Watch,
+    on_event: Callable[[Submission, dict[str, Any]], None],
+    note: Callable[[Submission, str], None],
+    poll: float,
+) -> bool:
+    """Feed ``sub``'s new progress records to ``on_event`` and judge it once: True when it has
+    finished; raises ``RunFailedError`` (after recording how it ended) when it ended without a
+    result; False while it goes on."""
+    for event in sub.poll():
+        on_event(sub, event)
+    if sub.ended is not None:
+        if sub.finished is None:
+            _end_unfinished(sub, "failed", sub.no_result())
+            raise RunFailedError(sub.no_result())
+        return True
+    if sub.run_id:
+        why = _check(sub, watch, lambda text: note(sub, text))
+        if not why:
+            return False
+        for event in sub.poll():
+            on_event(sub, event)
+        if sub.finished is not None:
+            return True
+        _end_unfinished(sub, "interrupted", why)
+        raise RunFailedError(_no_result(sub, why))
+    if sub.proc is not None and sub.proc.poll() is not None:
+        # A simulated run is its process: its final record may land just after.
+        grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
+        while sub.ended is None and time.monotonic() < grace:
+            time.sleep(poll)
+            for event in sub.poll():
+                on_event(sub, event)
+        if sub.finished is None:
+            raise RunFailedError(sub.no_result())
+        return True
+    return False
+
+
 def follow(
     subs: list[Submission],
     on_event: Callable[[Submission, dict[str, Any]], None],
@@ -408,32 +502,7 @@ def follow(
     try:
         while pending:
             for sub in list(pending):
-                for event in sub.poll():
-                    on_event(sub, event)
-                if sub.ended is not None:
-                    if sub.finished is None:
-                        _end_unfinished(sub, "failed", sub.no_result())
-                        raise RunFailedError(sub.no_result())
-                    pending.remove(sub)
-                elif sub.run_id:
-                    why = _check(sub, watches[id(sub)], lambda t, s=sub: note(s, t))
-                    if why:
-                        for event in sub.poll():
-                            on_event(sub, event)
-                        if sub.finished is not None:
-                            pending.remove(sub)
-                            continue
-                        _end_unfinished(sub, "interrupted", why)
-                        raise RunFailedError(_no_result(sub, why))
-                elif sub.proc is not None and sub.proc.poll() is not None:
-                    # A simulated run is its process: its final record may land just after.
-                    grace = time.monotonic() + (FINAL_RECORD_GRACE if sub.events else 1.0)
-                    while sub.ended is None and time.monotonic() < grace:
-                        time.sleep(poll)
-                        for event in sub.poll():
-                            on_event(sub, event)
-                    if sub.finished is None:
-                        raise RunFailedError(sub.no_result())
+                if _advance(sub, watches[id(sub)], on_event, note, poll):
                     pending.remove(sub)
             if pending and time.monotonic() > deadline:
                 for sub in pending:
@@ -470,18 +539,14 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 def ensure_up(home: Path, fed: FederationConfig, region: RegionConfig) -> None:
     """Fail clearly when the region's SuperLink or executor is not running under ``home``."""
-    table = ProcessTable(home)
-    running = {p.name for p in table.running()}
-    if f"superlink-{region.name}" not in running or not port_open(region.superlink_port):
-        raise TopologyError(
-            f"region {region.name}'s SuperLink is not running under {home}; "
-            f"start the topology with `fedgate up --home {home}` first"
-        )
-    executor = next((p for p in table.load() if p.name == f"executor-{region.name}"), None)
-    if executor is None or not alive(executor.pid):
-        tail = "" if executor is None else " | ".join(last_lines(executor.log, 2))
-        raise TopologyError(
-            f"region {region.name}'s executor (flower-superexec, which starts each run's "
-            f"ServerApp) is not running{f' ({tail[:200]})' if tail else ''}; restart the "
-            f"topology with `fedgate down --home {home}` then `fedgate up --home {home}`"
-        )
+    problem = region_process_problem(home, region.name)
+    if problem is None and not port_open(region.superlink_port):
+        port = region.superlink_port
+        problem = ProcessProblem("superlink", f"the region's SuperLink does not answer on {port}")
+    if problem is None:
+        return
+    if problem.absent and problem.kind == "superlink":
+        fix = f"start the topology with `fedgate up --home {home}` first"
+    else:
+        fix = _restart(home)
+    raise TopologyError(f"region {region.name}: {problem.why}; {fix}")

@@ -32,7 +32,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from fedgate.atomic_file import write_atomic
 from fedgate.clients.identity import enroll_identity
+from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
@@ -131,7 +133,7 @@ def virtual_client_app(devices: Path, data_root: Path | None = None):
 # -- the child process -------------------------------------------------------------------------
 
 
-class ServerAppError(Exception):
+class ServerAppError(FedgateError):
     """The ServerApp raised (as opposed to the engine around it)."""
 
 
@@ -334,7 +336,7 @@ def _note_records(out_dir: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         summary = json.loads(path.read_text())
         summary["records"] = str(run_db_path(out_dir))
-        path.write_text(json.dumps(summary, indent=2))
+        write_atomic(path, json.dumps(summary, indent=2))
 
 
 def _exit_text(code: int | None) -> str:
@@ -355,6 +357,9 @@ class SimSubmission(Submission):
                 event["records"] = str(run_db_path(self.out_dir))
                 _note_records(self.out_dir)
         return new
+
+    def records_url(self) -> str | None:
+        return run_db_url(self.out_dir)
 
     def no_result(self) -> str:
         ended = self.ended
@@ -426,7 +431,7 @@ def write_run_config(
     path = out_dir / "run-config.json"
     config = run_config(fed, region, home, out_dir.resolve())
     config["db"] = run_db_url(out_dir)
-    path.write_text(json.dumps(config, indent=2))
+    write_atomic(path, json.dumps(config, indent=2))
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedgate.clients.device import node_config_arg
 from fedgate.procenv import port_open
-from fedgate.server.launch.config import FederationConfig, RegionConfig
+from fedgate.server.launch.config import ConfigError, FederationConfig, RegionConfig
 from fedgate.server.launch.fleet_proxy import check_config, healthy, start_command, write_config
 from fedgate.server.launch.local_devices import device_dir
 from fedgate.server.launch.processes import (
@@ -66,8 +66,8 @@ def _check_ports(fed: FederationConfig) -> None:
         ports = [r.superlink_port, r.fleet_port]
         ports += [r.node_runtime_port(i) for i in range(len(r.nodes))]
         busy = [p for p in ports if not port_free(p)]
-        if busy:
-            raise TopologyError(
+        if busy:  # the user's choice of ports, not a failed service: usage (exit 1)
+            raise ConfigError(
                 f"region {r.name}: port(s) {busy} already in use on {HOST} "
                 f"(another `fedgate up`? run `fedgate down`, or change `port` in the config)"
             )

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgate.atomic_file import write_atomic
 from fedgate.clients.node_key import supernode_flags
 from fedgate.server.launch.config import ConfigError, RegionConfig, resolve
 from fedgate.server.launch.fleet_proxy import ProxySpec
@@ -82,8 +83,7 @@ class Transport:
 
     def save(self) -> None:
         path = self.home / "run" / TRANSPORT_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"insecure": self.insecure}))
+        write_atomic(path, json.dumps({"insecure": self.insecure}))
 
 
 def load_transport(home: Path) -> Transport:

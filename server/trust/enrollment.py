@@ -20,13 +20,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fedgate.clients.identity import enroll_identity
-from fedgate.crypto import SignatureError, fingerprint, load_public_key, read_public_key, sha256_hex
-from fedgate.server.audit.keys import ensure_region_key, region_pub_path
+from fedgate.crypto import (
+    SignatureError,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    read_public_key,
+    sha256_hex,
+)
+from fedgate.errors import UsageError
+from fedgate.server.audit.keys import ensure_region_key, region_key_path, region_pub_path
 from fedgate.server.audit.store import Store
 from fedgate.server.db.engine import resolve_url, write_txn
 from fedgate.server.db.models import Device as DeviceRow
@@ -44,7 +52,7 @@ DEVICES = DeviceRow.__table__
 TOKENS = EnrollmentToken.__table__
 
 
-class EnrollmentError(ValueError):
+class EnrollmentError(UsageError, ValueError):
     """An enrollment, revocation or registry operation was refused."""
 
 
@@ -327,17 +335,31 @@ def region_registry(
     db: str | None = None,
     *,
     clock: Callable[[], float] = time.time,
+    create: bool = True,
 ) -> DatabaseDeviceRegistry:
     """The registry of ``region`` in its database, migrated to the newest schema.
 
     The database is ``db``, else ``$FEDGATE_DB``, else ``<home>/region-<region>.db``; audit
-    heads are signed with the region server key (``<home>/keys/region-<region>.key``,
-    created on first use).
+    heads are signed with the region server key (``<home>/keys/region-<region>.key``). With
+    ``create`` the key is made on first use (what ``up`` needs); without it (every operator
+    verb) a home where the region was never set up is an error and nothing is created.
     """
     check_region_name(region)
     url = resolve_url(db, home, region)
-    signer = ensure_region_key(home, region)
+    signer = ensure_region_key(home, region) if create else existing_region_key(home, region)
     return DatabaseDeviceRegistry(Store.open(url, signer=signer), region, clock=clock)
+
+
+def existing_region_key(home: str | Path, region: str) -> Ed25519PrivateKey:
+    """The region's signing key under ``home``; an error naming the way out if it is absent."""
+    path = region_key_path(home, region)
+    if not path.is_file():
+        raise EnrollmentError(
+            f"region {region} is not set up under {home} (no signing key {path}): run "
+            f"`fedgate region init --region {region}` or `fedgate up` there first, or pass the "
+            "right --home"
+        )
+    return load_private_key(path)
 
 
 def region_anchor(home: str | Path, region: str) -> Ed25519PublicKey:
@@ -346,7 +368,7 @@ def region_anchor(home: str | Path, region: str) -> Ed25519PublicKey:
     if not path.is_file():
         raise EnrollmentError(
             f"no public key of region {region} at {path}; initialise the region on this home "
-            f"first (`fedgate region enroll-token --region {region}` creates its key) "
+            f"first (`fedgate region init --region {region}` creates its key) "
             "or pass --region-key FILE"
         )
     return read_public_key(path)
@@ -384,5 +406,5 @@ def revoke_device(
     home: str | Path, region: str, device: str, db: str | None = None, *, reason: str = ""
 ) -> Device:
     """Revoke ``device`` (its id or a unique prefix of 8+ hex digits) in ``region``."""
-    with region_registry(home, region, db) as registry:
+    with region_registry(home, region, db, create=False) as registry:
         return registry.revoke(registry.resolve(device), reason=reason)

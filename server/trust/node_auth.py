@@ -26,6 +26,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedgate.atomic_file import SECRET, write_atomic
 from fedgate.clients.node_key import (
     NODE_KEY_FILE,
     NODE_PUB_FILE,
@@ -36,7 +37,6 @@ from fedgate.clients.node_key import (
     public_key_bytes,
 )
 from fedgate.crypto import sha256_hex
-from fedgate.server.trust.pki import write_atomic
 
 if TYPE_CHECKING:
     from flwr.supercore.control import ControlHttpClient
@@ -78,7 +78,7 @@ def ensure_node_key(directory: Path, *, force: bool = False, comment: str = "") 
     if node.private_path.exists() and not force:
         key = load_node_private_key(node.private_path)
         if not node.public_path.exists():
-            node.public_path.write_bytes(_ssh_public_line(key, comment))
+            write_atomic(node.public_path, _ssh_public_line(key, comment))
         elif load_node_public_key(node.public_path).public_numbers() != (
             key.public_key().public_numbers()
         ):
@@ -94,8 +94,8 @@ def ensure_node_key(directory: Path, *, force: bool = False, comment: str = "") 
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    write_atomic(node.private_path, pem, 0o600)
-    node.public_path.write_bytes(_ssh_public_line(key, comment))
+    write_atomic(node.private_path, pem, mode=SECRET)
+    write_atomic(node.public_path, _ssh_public_line(key, comment))
     return node
 
 

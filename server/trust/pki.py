@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedgate.atomic_file import SECRET, write_atomic
+from fedgate.errors import UsageError
+
 DEFAULT_NAMES = ("localhost", "127.0.0.1")
 CA_DAYS = 5 * 365
 SERVER_DAYS = 365
@@ -39,7 +42,7 @@ _BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-class PkiError(ValueError):
+class PkiError(UsageError, ValueError):
     """TLS material is missing, inconsistent or a requested name is invalid."""
 
 
@@ -136,20 +139,6 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(
         str(entry.value) for entry in san if isinstance(entry, x509.DNSName | x509.IPAddress)
     )
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Atomically write ``data`` to ``path`` with ``mode`` (set before any byte is written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -367,8 +356,8 @@ def ensure_region_pki(
     created_ca = force or not (tls.ca_cert.exists() or tls.ca_key.exists())
     if created_ca:
         ca_key, ca_cert = make_ca(region, now, ca_days)
-        write_atomic(tls.ca_key, _key_pem(ca_key), 0o600)
-        write_atomic(tls.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(tls.ca_key, _key_pem(ca_key), mode=SECRET)
+        write_atomic(tls.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     else:
         ca_key, ca_cert = load_ca(tls, now)
 
@@ -384,8 +373,8 @@ def ensure_region_pki(
         reason = "new CA"
     if reason:
         key, cert = make_server_cert(region, names, ca_key, ca_cert, now, server_days)
-        write_atomic(tls.server_key, _key_pem(key), 0o600)
-        write_atomic(tls.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(tls.server_key, _key_pem(key), mode=SECRET)
+        write_atomic(tls.server_cert, cert.public_bytes(serialization.Encoding.PEM))
     else:
         cert = _load_cert(tls.server_cert)
         names = certificate_names(cert)

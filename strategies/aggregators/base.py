@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fedgate.errors import UsageError
+
 Updates = np.ndarray | Sequence[np.ndarray]
 """An ``(n, d)`` array, or per-layer arrays ``(n, *shape_l)`` sharing the client axis ``n``."""
 
@@ -34,7 +36,7 @@ def loss_summary(losses: float | np.ndarray) -> tuple[float, np.ndarray]:
     return float(per.mean()), per
 
 
-class AggregatorConfigError(ValueError):
+class AggregatorConfigError(UsageError, ValueError):
     """An aggregator cannot run with the given parameters (e.g. too few clients for ``f``)."""
 
 
