@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import add_exit_handler
 from safetensors.numpy import save_file
 
+from fedgate.atomic_file import write_atomic
 from fedgate.models.data import Dataset, common_test_split, region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate, example_losses
@@ -28,6 +29,7 @@ from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
+from fedgate.server.region.executor_watch import ExecutorWatch
 from fedgate.server.region.fast_grid import FastPollGrid
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.server.region.progress import ProgressWriter
@@ -240,6 +242,7 @@ class RunEnd:
     store: Store
     run_id: str
     progress: ProgressWriter
+    watch: ExecutorWatch = field(default_factory=lambda: ExecutorWatch(None, None))
     done: bool = False
 
     def failed(self, status: str, error: str) -> None:
@@ -254,6 +257,13 @@ class RunEnd:
         self.progress.write("failed", status=status, error=error)
 
     def interrupted(self) -> None:
+        if self.watch.executor_died():  # what the launcher's follower records too
+            self.failed(
+                "failed",
+                "failed: the region's executor (flower-superexec) that started this ServerApp "
+                "died; restart the topology with `fedgate down` then `fedgate up`",
+            )
+            return
         self.failed(
             "interrupted",
             "interrupted: the ServerApp was stopped by a signal (its SuperLink went away, "
@@ -277,7 +287,7 @@ def run_region(grid: Grid, run_config: Mapping[str, Any], run_id: int | str) -> 
                        "started; it is not started now")  # fmt: skip
         return {}
     store.record_run(run_id, where.region, spec.launched_by, spec.to_run_config())
-    end = RunEnd(store, run_id, progress)
+    end = RunEnd(store, run_id, progress, ExecutorWatch.of_this_process())
     # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
     # force-exits 5 s later, before any ``except`` below could run: record that first.
     add_exit_handler(end.interrupted, run_before_force_exit=True)
@@ -288,7 +298,7 @@ def run_region(grid: Grid, run_config: Mapping[str, Any], run_id: int | str) -> 
         raise
     end.done = True
     store.finish_run(run_id, status="finished", note=json.dumps(summary["rejected_by_reason"]))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     progress.write("finished", **summary)
     return summary
 
