@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import processes_mentioning, region_toml
 
-from fedgate.server.launch.processes import ProcessTable, free_port_block
-from fedgate.server.launch.runner import follow, submit
+from fedgate.server.launch.processes import ProcessTable, TopologyError, free_port_block
+from fedgate.server.launch.runner import _wait_for_devices, ensure_up, follow, submit
 from fedgate.server.launch.simulation import submit_simulation
 
 pytestmark = pytest.mark.integration
@@ -22,6 +23,10 @@ def test_two_rounds_on_real_superlink_and_supernodes(local_topology) -> None:
     home, fed = local_topology(region)
     running = {p.name for p in ProcessTable(home).running()}
     assert {"superlink-eu", "supernode-eu-0", "supernode-eu-2", "workers-eu"} <= running
+    # a run no round of which could start is refused at submit time, after a short wait
+    ensure_up(home, fed, fed.region("eu"))
+    with pytest.raises(TopologyError, match=r"3 SuperNode\(s\) online, fewer than min-clients=4"):
+        _wait_for_devices(home, replace(fed.region("eu"), min_clients=4), timeout=1.0)
 
     events = []
     sub = submit(fed, fed.region("eu"), home)

@@ -24,7 +24,7 @@ from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
 from fedgate.server.launch.run_records import mark_ended, region_store
 from fedgate.server.launch.superlink_runs import link_run, stop_link_run
-from fedgate.server.launch.topology import _bin, region_dir
+from fedgate.server.launch.topology import _bin, online_nodes, region_dir
 from fedgate.server.launch.transport import load_transport
 from fedgate.server.region.progress import read_progress
 from fedgate.server.region.run_spec import RunSpec
@@ -544,9 +544,29 @@ def ensure_up(home: Path, fed: FederationConfig, region: RegionConfig) -> None:
         port = region.superlink_port
         problem = ProcessProblem("superlink", f"the region's SuperLink does not answer on {port}")
     if problem is None:
+        _wait_for_devices(home, region)
         return
     if problem.absent and problem.kind == "superlink":
         fix = f"start the topology with `fedgate up --home {home}` first"
     else:
         fix = _restart(home)
     raise TopologyError(f"region {region.name}: {problem.why}; {fix}")
+
+
+DEVICES_WAIT = 60.0  # seconds a run waits for min-clients SuperNodes to be online
+
+
+def _wait_for_devices(home: Path, region: RegionConfig, timeout: float = DEVICES_WAIT) -> None:
+    """Refuse a run no round of which could start: wait (on the SuperLink's node list, which
+    a busy machine may update late) until ``min-clients`` SuperNodes are online. A region's
+    devices may be local (``nodes``) or joined over the network, so this is known only now."""
+    transport = load_transport(home)
+    deadline = time.monotonic() + timeout
+    while (online := online_nodes(region, transport)) < region.min_clients:
+        if time.monotonic() > deadline:
+            raise TopologyError(
+                f"region {region.name}: {online} SuperNode(s) online, fewer than min-clients="
+                f"{region.min_clients} after {timeout:.0f} s; start its devices (`fedgate up`) or "
+                "join devices (`fedgate client join`), or lower min-clients"
+            )
+        time.sleep(0.5)
