@@ -4,7 +4,9 @@ Run config keys (``[tool.flwr.app.config]`` of the generated app, or ``--run-con
 ``region``, ``regions`` (comma list), ``rounds``, ``clients-per-round``, ``min-clients``,
 ``aggregator``, ``f``, ``pre``, ``model``, ``lr``, ``alpha``, ``seed``, ``max-examples``,
 ``round-timeout``, ``home`` (the fedgate home: region key, registry, database),
-``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, ``out-dir``
+``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, ``launch-request``
+(the operator's signed request naming this config's digest; see ``server/audit/actors.py``),
+``out-dir``
 (where progress and results are written), ``init-model`` (SHA-256 of the starting model in
 the blob store; empty: fresh initialisation from ``seed``), ``first-round`` (1, or the round
 a resumed run continues with) and ``resume-from`` (the run it continues).
@@ -28,6 +30,7 @@ from safetensors.numpy import save_file
 from fedgate.models.data import common_test_split, region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate, example_losses
+from fedgate.server.audit.actors import ActorError
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
@@ -35,6 +38,7 @@ from fedgate.server.db.engine import RetryPolicy, retry_policy
 from fedgate.server.region.fast_grid import FastPollGrid
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.server.region.progress import ProgressWriter
+from fedgate.server.trust.actors import admit_launch
 from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 from fedgate.strategies.envelope import signature_screen
 from fedgate.strategies.robust_strategy import (
@@ -178,7 +182,12 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
         progress.write("failed", status="stopped", error=f"run {run_id} was stopped before it "
                        "started; it is not started now")  # fmt: skip
         return {}
-    store.record_run(run_id, where.region, str(cfg.get("launched-by", "unknown")), cfg)
+    try:  # who launched it: the operator whose signed request names this config
+        launch = admit_launch(store, where.region, cfg)
+    except ActorError as exc:
+        progress.write("failed", status="refused", error=str(exc))
+        return {}
+    store.record_run(run_id, where.region, launch.launched_by, launch.config, launch.request)
     end = RunEnd(store, run_id, progress)
     # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
     # force-exits 5 s later, before any ``except`` below could run: record that first.
