@@ -31,9 +31,9 @@ from fedgate.server.audit.actors import (
     sign_request,
     signed_if_needed,
 )
-from fedgate.server.audit.keys import keys_dir
+from fedgate.server.audit.keys import ensure_region_key, keys_dir
 from fedgate.server.audit.store import Store
-from fedgate.server.db.engine import run_write
+from fedgate.server.db.engine import resolve_url, run_write
 
 LOCAL_OPERATOR = "local-operator"
 
@@ -144,6 +144,16 @@ def ensure_local_operator(home: str | Path, store: Store, region: str) -> Actor 
         return None
     name = LOCAL_OPERATOR if roster.named(LOCAL_OPERATOR) is None else f"{LOCAL_OPERATOR}-2"
     return add_actor(store, region, name, OPERATOR, key)
+
+
+def ensure_region_operator(home: str | Path, region: str, db: str | None = None) -> Actor | None:
+    """``ensure_local_operator`` on ``region``'s database (``db``, else ``$FEDGATE_DB``, else
+    the SQLite file under ``home``), audited with the region key."""
+    store = Store.open(resolve_url(db, home, region), signer=ensure_region_key(home, region))
+    try:
+        return ensure_local_operator(home, store, region)
+    finally:
+        store.engine.dispose()
 
 
 def _with(payload: dict[str, Any], request: ActorRequest | None) -> dict[str, Any]:
