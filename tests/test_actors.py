@@ -236,6 +236,13 @@ def test_a_region_without_actors_keeps_unsigned_acts(tmp_path: Path) -> None:
     registry.issue_token()
     launch = admit_launch(store, "eu", {**CONFIG, "launched-by": "root@vm"})
     assert launch.launched_by == "root@vm" and launch.request is None
+    # a launcher that signs anyway (its home has an operator key): nothing to check it against
+    signed = {
+        **CONFIG,
+        "launched-by": "root@vm",
+        "launch-request": sign_launch(generate_key(), "eu", CONFIG),
+    }
+    assert admit_launch(store, "eu", signed) == launch
     assert ActorCheck().see(1, "device.token_issued", next(store.audit.events()).payload) == []
 
 

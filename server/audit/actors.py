@@ -302,8 +302,11 @@ def admit(
     roster: Roster | None = None,
 ) -> Actor | None:
     """Refuse (``ActorError``) a ``kind`` event about ``subject`` that ``request`` does not
-    authorise at the chain's head, or whose request was used before; else its actor."""
+    authorise at the chain's head, or whose request was used before; else its actor (None:
+    the region needs no request yet, and one given is not recorded)."""
     roster = roster or roster_in(conn, region)
+    if not roster.required(kind):
+        return None
     try:
         actor = roster.judge(kind, subject, request)
     except ActorError as exc:
