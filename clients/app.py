@@ -30,6 +30,7 @@ from flwr.clientapp import ClientApp
 from fedgate.clients.device import Device, load_device
 from fedgate.clients.profiles import DeviceProfile, get_profile
 from fedgate.models.data import Dataset, DigitsShardLoader, NpzDirectoryLoader
+from fedgate.models.defaults import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_SEED
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate, train_local
 from fedgate.strategies.envelope import arrayrecord_digest, sign_update
@@ -80,8 +81,8 @@ def resolve_setup(node_config: dict, round_config: dict) -> DeviceSetup:
         regions=regions,
         partition_id=pid,
         num_partitions=nparts,
-        alpha=float(round_config.get("alpha", 0.5)),
-        seed=int(round_config.get("seed", 0)),
+        alpha=float(round_config.get("alpha", DEFAULT_ALPHA)),
+        seed=int(round_config.get("seed", DEFAULT_SEED)),
         data_dir=str(node_config.get("data-dir", "")),
     )
 
@@ -178,7 +179,7 @@ def train(msg: Message, context: Context) -> Message:
         train_data,
         epochs=setup.profile.epochs,
         batch_size=setup.profile.batch_size,
-        lr=float(cfg.get("lr", 0.1)),
+        lr=float(cfg.get("lr", DEFAULT_LR)),
         max_examples=setup.profile.max_examples,
         step_delay=setup.profile.step_delay,
         seed=seed,

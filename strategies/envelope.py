@@ -36,6 +36,16 @@ from fedgate.crypto import (
     verify,
 )
 from fedgate.errors import VerificationError
+from fedgate.formats import (
+    HEX64_RE,
+    MAX_ENVELOPE_CHARS,
+    MAX_METRICS,
+    MAX_ROUND,
+    MAX_SAFE,
+    MAX_TEXT,
+    NONCE_RE,
+    SIGNATURE_RE,
+)
 from fedgate.strategies.fates import ClientFate
 
 PROTOCOL_VERSION = 1
@@ -45,16 +55,8 @@ ENVELOPE_FIELD = "envelope"
 SIGNATURE_FIELD = "signature"
 CONFIG_RUN_ID = "run-id"  # keys the server adds to the train ConfigRecord
 CONFIG_NONCE = "nonce"
-MAX_ENVELOPE_CHARS = 8192
-MAX_TEXT = 128
-MAX_METRICS = 32
-MAX_ROUND = 2**31 - 1
-MAX_SAFE = 2**53 - 1  # largest integer JSON carries exactly
 NPY_MAX_HEADER = 10_000  # numpy.load's default header limit
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NONCE = re.compile(r"(?:[0-9a-f]{2}){16,64}")
-_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _FIELDS = frozenset(
     {
         "type",
@@ -178,8 +180,8 @@ class Envelope:
         for name in ("region", "run_id"):
             _text(name, obj[name])
         for name in ("base_digest", "device_id", "arrays_digest"):
-            _match(name, obj[name], _HEX64, "64 lowercase hex digits")
-        _match("nonce", obj["nonce"], _NONCE, "32-128 lowercase hex digits")
+            _match(name, obj[name], HEX64_RE, "64 lowercase hex digits")
+        _match("nonce", obj["nonce"], NONCE_RE, "32-128 lowercase hex digits")
         _integer("round", obj["round"], 0, MAX_ROUND)
         _integer("num_examples", obj["num_examples"], 1, MAX_SAFE)
         metrics = _metrics(obj["metrics"])
@@ -412,7 +414,7 @@ def parse_record(record: Any) -> tuple[Envelope, bytes, bytes]:
         raise RejectedUpdate(Reason.MALFORMED, "envelope and signature must be strings")
     if len(text) > MAX_ENVELOPE_CHARS:
         raise RejectedUpdate(Reason.MALFORMED, f"envelope over {MAX_ENVELOPE_CHARS} characters")
-    if not _SIGNATURE.fullmatch(sig):
+    if not SIGNATURE_RE.fullmatch(sig):
         raise RejectedUpdate(Reason.MALFORMED, "signature must be 128 lowercase hex digits")
     try:
         envelope = decode_envelope(text)

@@ -24,7 +24,6 @@ specification is ``docs/signing.md``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,20 +32,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedgate.crypto import SignatureError, canonical_json, sign, verify
 from fedgate.errors import VerificationError
+from fedgate.formats import (
+    HEX64_RE,
+    MAX_INSTRUCTION_ENTRIES,
+    MAX_ROUND,
+    MAX_SAFE,
+    MAX_TEXT,
+    NONCE_RE,
+    SIGNATURE_RE,
+)
 
 INSTRUCTION_TYPE = "fedgate.instruction"
 INSTRUCTION_VERSION = 1
 SIGNATURE_KEY = "instruction-sig"
 KINDS = ("train", "evaluate")
 REQUIRED = {"region": str, "run-id": str, "server-round": int, "nonce": str}
-MAX_ENTRIES = 64
-MAX_TEXT = 128  # region and run-id length, as in the update envelope
-MAX_ROUND = 2**31 - 1
-MAX_SAFE = 2**53 - 1  # largest integer RFC 8785 carries exactly
-
-_SIGNATURE = re.compile(r"[0-9a-f]{128}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NONCE = re.compile(r"(?:[0-9a-f]{2}){16,64}")
 # Python type of a ConfigRecord value -> its tag in the signed form (bool before int: a
 # bool is an int in Python).
 _TAGS: tuple[tuple[type, str], ...] = (
@@ -136,8 +136,10 @@ def _entries(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config without the signature, after checking its size and key types."""
     if not isinstance(config, Mapping):
         raise InstructionError(f"instruction config is a {type(config).__name__}, not a mapping")
-    if len(config) > MAX_ENTRIES:
-        raise InstructionError(f"instruction has more than {MAX_ENTRIES} config entries")
+    if len(config) > MAX_INSTRUCTION_ENTRIES:
+        raise InstructionError(
+            f"instruction has more than {MAX_INSTRUCTION_ENTRIES} config entries"
+        )
     out: dict[str, Any] = {}
     for key, value in config.items():
         if not isinstance(key, str):
@@ -151,7 +153,7 @@ def instruction_bytes(kind: str, model_digest: str, config: Mapping[str, Any]) -
     """The exact bytes the region server signs for one message."""
     if kind not in KINDS:
         raise InstructionError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(model_digest, str) or not _HEX64.fullmatch(model_digest):
+    if not isinstance(model_digest, str) or not HEX64_RE.fullmatch(model_digest):
         raise InstructionError("model digest must be 64 lowercase hex digits")
     body = {
         "type": INSTRUCTION_TYPE,
@@ -176,7 +178,7 @@ def _check_fields(config: Mapping[str, Any]) -> None:
     for key in ("region", "run-id"):
         if not 1 <= len(config[key]) <= MAX_TEXT:
             raise InstructionError(f"instruction {key} must have 1-{MAX_TEXT} characters")
-    if not _NONCE.fullmatch(config["nonce"]):
+    if not NONCE_RE.fullmatch(config["nonce"]):
         raise InstructionError("instruction nonce must be 32-128 lowercase hex digits")
     if not 0 <= config["server-round"] <= MAX_ROUND:
         raise InstructionError(f"instruction server-round must be in [0, {MAX_ROUND}]")
@@ -210,7 +212,7 @@ def verify_instruction(
         raise InstructionError(
             f"unsigned instruction (no {SIGNATURE_KEY})", InstructionReason.UNSIGNED
         )
-    if not isinstance(sig, str) or not _SIGNATURE.fullmatch(sig):
+    if not isinstance(sig, str) or not SIGNATURE_RE.fullmatch(sig):
         raise InstructionError(f"{SIGNATURE_KEY} must be 128 lowercase hex digits")
     _check_fields(config)
     try:

@@ -11,7 +11,6 @@ from logging import INFO, WARNING
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -20,7 +19,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from fedgate.canonical_arrays import CanonicalArraysError
@@ -29,6 +28,20 @@ from fedgate.strategies.aggregators import Aggregator
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
 from fedgate.strategies.fates import ClientFate
 from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
+from fedgate.strategies.train_round import (
+    Screen,
+    apply_decisions,
+    federated_metrics,
+    round_updates,
+    screen_replies,
+    too_few_note,
+    train_metrics,
+    unanswered,
+    unflatten_record,
+)
+
+ARRAYS_KEY = "arrays"  # the message content's ArrayRecord (the model), as the ClientApp reads it
+CONFIG_KEY = "config"  # the message content's ConfigRecord (the signed instruction)
 
 
 @dataclass
@@ -82,7 +95,6 @@ class NotEnoughNodesError(UnavailableError, RuntimeError):
     """Fewer SuperNodes than the round's minimum connected before the deadline."""
 
 
-Screen = Callable[[Message, int, ArrayRecord], ClientFate]
 Scorer = Callable[[ArrayRecord], "float | np.ndarray"]
 """The server's loss of a candidate global model on its own held-out data (lower is better):
 one number, or one loss per held-out example (the ensemble then tests its choice's margin)."""
@@ -129,24 +141,8 @@ def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -
     return ClientFate(node, True, num_examples=int(n))
 
 
-def flatten_record(record: ArrayRecord) -> np.ndarray:
-    """All arrays of ``record`` as one float32 vector (read in place, one copy)."""
-    return np.concatenate(
-        [array_view(a).astype(np.float32, copy=False).ravel() for a in record.values()]
-    )
-
-
-def unflatten_record(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
-    out, pos = {}, 0
-    for key, arr in like.items():
-        size = int(np.prod(arr.shape))
-        out[key] = Array(vector[pos : pos + size].reshape(arr.shape).astype(np.float32))
-        pos += size
-    return ArrayRecord(out)
-
-
-class RobustStrategy(FedAvg):
-    """FedAvg's message flow with screening and a pluggable robust aggregator.
+class RobustStrategy(Strategy):
+    """Flower's strategy round trip with screening and a pluggable robust aggregator.
 
     Each round: sample ``clients_per_round`` nodes (waiting at most ``wait_timeout`` for
     ``min_clients`` to connect), screen every reply (``screen``), aggregate the accepted
@@ -171,13 +167,6 @@ class RobustStrategy(FedAvg):
         wait_timeout: float = 60.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=min_clients,
-            min_evaluate_nodes=min_clients,
-            min_available_nodes=min_clients,
-        )
         self.aggregator = aggregator
         self.clients_per_round = clients_per_round
         self.min_clients = min_clients
@@ -195,6 +184,7 @@ class RobustStrategy(FedAvg):
         self._rng = random.Random(seed)
 
     def summary(self) -> None:
+        """Log the rule and the round's sizes."""
         log(
             INFO,
             "\t├── aggregator: %s (f=%s), clients per round %s (min %s), example cap %s",
@@ -285,8 +275,8 @@ class RobustStrategy(FedAvg):
                 {"nodes": [str(n) for n in nodes], "model_digest": digest,
                  "nonce": str(config.get("nonce", ""))},
             )  # fmt: skip
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, kind)
+        content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        return [Message(content=content, dst_node_id=node, message_type=kind) for node in nodes]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -304,85 +294,53 @@ class RobustStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        assert self._current is not None, "configure_train runs before aggregate_train"
+        """Screen the round's replies, rate the previous model with the accepted ones and
+        aggregate their deltas; ``(None, None)`` keeps the global model."""
+        current = self._current
+        assert current is not None, "configure_train runs before aggregate_train"
         replies = list(replies)
         sampled = self._sampled.pop(server_round, [])
         record = RoundRecord(round=server_round, sampled=len(sampled) or len(replies))
-        answered = {reply.metadata.src_node_id for reply in replies}
-        for node in sampled:
-            if node not in answered:
-                fate = ClientFate(node, False, "no-reply", "no reply before the round timeout")
-                record.clients.append(fate)
-                log(WARNING, "round %s: node %s did not reply", server_round, node)
-        accepted: list[tuple[ClientFate, Message]] = []
-        for reply in replies:
-            fate = self.screen(reply, server_round, self._current)
-            record.clients.append(fate)
-            if fate.accepted:
-                fate.num_examples = min(fate.num_examples, self.max_examples)
-                accepted.append((fate, reply))
-            else:
-                log(
-                    WARNING,
-                    "round %s: rejected node %s: %s %s",
-                    server_round,
-                    fate.node_id,
-                    fate.reason,
-                    fate.detail,
-                )
+        record.clients = unanswered(sampled, replies)
+        for fate in record.clients:
+            log(WARNING, "round %s: node %s did not reply", server_round, fate.node_id)
+        fates, accepted = screen_replies(
+            replies, self.screen, server_round, current, self.max_examples
+        )
+        record.clients.extend(fates)
+        for fate in fates:
+            if not fate.accepted:
+                log(WARNING, "round %s: rejected node %s: %s %s",
+                    server_round, fate.node_id, fate.reason, fate.detail)  # fmt: skip
         self._federated_evaluation(
-            server_round - 1,
-            [next(iter(m.content.metric_records.values())) for _, m in accepted],
-            weight_key="eval-examples",
+            server_round - 1, [a.metrics for a in accepted], weight_key="eval-examples"
         )
         if len(accepted) < self.min_clients:
-            record.note = (
-                f"only {len(accepted)} accepted update(s) (< min-clients {self.min_clients}); "
-                "global model kept"
-            )
+            record.note = too_few_note(len(accepted), self.min_clients)
             log(WARNING, "round %s: %s", server_round, record.note)
             self._finish(record)
             return None, None
 
-        base = flatten_record(self._current)
-        deltas = np.stack(
-            [
-                flatten_record(next(iter(m.content.array_records.values()))) - base
-                for _, m in accepted
-            ]
-        )
-        weights = np.array([f.num_examples for f, _ in accepted], dtype=np.float64)
-        if self.scorer is not None and hasattr(self.aggregator, "set_scorer"):
-            scorer, like = self.scorer, self._current
-            self.aggregator.set_scorer(lambda delta: scorer(unflatten_record(base + delta, like)))
-        result = self.aggregator(deltas, weights)
+        updates = round_updates(current, accepted)
+        self._offer_scorer(updates.base, current)
+        result = self.aggregator(updates.deltas, updates.weights)
         if result.note:
             record.note = result.note
             log(INFO, "round %s: %s", server_round, result.note)
-        for diag in result.diagnostics:
-            fate = accepted[diag.index][0]
-            fate.fate, fate.score, fate.weight = diag.fate, diag.score, float(diag.weight)
+        apply_decisions(accepted, result)
         record.aggregated = True
         self._finish(record)
+        metrics = train_metrics(accepted, updates.weights, record.rejected)
+        record.metrics["train-loss"] = float(metrics["train-loss"])
+        return unflatten_record(updates.base + result.vector, current), metrics
 
-        metrics = [next(iter(m.content.metric_records.values())) for _, m in accepted]
-        total = float(weights.sum())
-        agg_metrics = MetricRecord(
-            {
-                "train-loss": float(
-                    sum(
-                        float(m.get("train-loss", 0.0)) * w
-                        for m, w in zip(metrics, weights, strict=True)
-                    )
-                    / total
-                ),
-                "num-examples": int(total),
-                "accepted": len(accepted),
-                "rejected": record.rejected,
-            }
-        )
-        record.metrics["train-loss"] = float(agg_metrics["train-loss"])
-        return unflatten_record(base + result.vector, self._current), agg_metrics
+    def _offer_scorer(self, base: np.ndarray, like: ArrayRecord) -> None:
+        """Hand an aggregator that chooses between candidates (the validated ensemble) the
+        server's loss of the model ``base + delta`` for each candidate ``delta``."""
+        if self.scorer is None or not hasattr(self.aggregator, "set_scorer"):
+            return
+        scorer = self.scorer
+        self.aggregator.set_scorer(lambda delta: scorer(unflatten_record(base + delta, like)))
 
     def _finish(self, record: RoundRecord) -> None:
         self.rounds.append(record)
@@ -404,20 +362,9 @@ class RobustStrategy(FedAvg):
     ) -> MetricRecord | None:
         """Example-weighted ``eval-loss``/``eval-acc`` of round ``server_round``'s model;
         kept on the round's record and reported to ``on_evaluated``."""
-        rated = [
-            (r, float(r[weight_key]))
-            for r in records
-            if all(isinstance(r.get(k), int | float) for k in ("eval-loss", "eval-acc", weight_key))
-            and float(r[weight_key]) > 0
-        ]
-        if not rated:
+        metrics = federated_metrics(records, weight_key)
+        if metrics is None:
             return None
-        total = sum(w for _, w in rated)
-        metrics = {
-            f"fed-{k}": sum(float(r[k]) * w for r, w in rated) / total
-            for k in ("eval-loss", "eval-acc")
-        }
-        metrics["fed-eval-devices"] = float(len(rated))
         if (record := self.record_for(server_round)) is not None:
             record.metrics.update(metrics)
         if self._result is not None:

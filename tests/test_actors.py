@@ -24,6 +24,7 @@ from fedgate.server.audit.actors import (
 from fedgate.server.audit.store import Store
 from fedgate.server.audit.verify import verify_database
 from fedgate.server.trust.actors import (
+    ActorUsageError,
     add_actor,
     admit_launch,
     ensure_local_operator,
@@ -72,9 +73,7 @@ def region(tmp_path: Path) -> Region:
     device = generate_key()
     registry.enroll(registry.issue_token(), device.public_key().public_bytes_raw())
     registry.revoke(fingerprint(device), reason="lost")
-    launch = admit_launch(
-        store, "eu", {**CONFIG, "launch-request": sign_launch(operator, "eu", CONFIG)}
-    )
+    launch = admit_launch(store, "eu", CONFIG, sign_launch(operator, "eu", CONFIG), "root@vm")
     store.record_run(1, "eu", launch.launched_by, launch.config, launch.request)
     return Region(tmp_path, store, region_key, operator, approver)
 
@@ -147,12 +146,12 @@ def test_a_replayed_request_fails_verify_and_is_refused_when_written(region: Reg
     problems = check([*events, (last + 1, "device.revoked", again)])
     replayed = f"its request was already used by event {revoked} (replayed)"
     assert problems == [f"event {last + 1}: device.revoked: {replayed}"]
-    signed = {**CONFIG, "launch-request": sign_launch(region.operator, "eu", CONFIG)}
-    admit_launch(region.store, "eu", signed)  # not yet used: admitted
-    launch = admit_launch(region.store, "eu", signed)
+    signed = sign_launch(region.operator, "eu", CONFIG)
+    admit_launch(region.store, "eu", CONFIG, signed, "x")  # not yet used: admitted
+    launch = admit_launch(region.store, "eu", CONFIG, signed, "x")
     region.store.record_run(2, "eu", launch.launched_by, launch.config, launch.request)
     with pytest.raises(ActorError, match="already used by event"):
-        admit_launch(region.store, "eu", signed)
+        admit_launch(region.store, "eu", CONFIG, signed, "x")
 
 
 def test_unregistered_removed_and_wrong_role_keys_fail(region: Region) -> None:
@@ -197,14 +196,10 @@ def test_writes_are_refused_without_an_operators_request(region: Region) -> None
     with pytest.raises(ActorError, match="an approver"):
         region.registry(region.approver).revoke(fingerprint(device))
     with pytest.raises(ActorError, match="carries no signed request"):
-        admit_launch(region.store, "eu", CONFIG)
+        admit_launch(region.store, "eu", CONFIG, "", "root@vm")
     other = {**CONFIG, "rounds": 4}  # signed for another config
     with pytest.raises(ActorError, match="names"):
-        admit_launch(
-            region.store,
-            "eu",
-            {**other, "launch-request": sign_launch(region.operator, "eu", CONFIG)},
-        )
+        admit_launch(region.store, "eu", other, sign_launch(region.operator, "eu", CONFIG), "x")
     with pytest.raises(ActorError, match="carries no signed request"):
         add_actor(region.store, "eu", "mallory", "operator", generate_key())
     seq = region.store.audit.head()[0]
@@ -234,15 +229,11 @@ def test_a_region_without_actors_keeps_unsigned_acts(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'old.db'}", signer=generate_key())
     registry = DatabaseDeviceRegistry(store, "eu")
     registry.issue_token()
-    launch = admit_launch(store, "eu", {**CONFIG, "launched-by": "root@vm"})
+    launch = admit_launch(store, "eu", CONFIG, "", "root@vm")
     assert launch.launched_by == "root@vm" and launch.request is None
     # a launcher that signs anyway (its home has an operator key): nothing to check it against
-    signed = {
-        **CONFIG,
-        "launched-by": "root@vm",
-        "launch-request": sign_launch(generate_key(), "eu", CONFIG),
-    }
-    assert admit_launch(store, "eu", signed) == launch
+    signed = sign_launch(generate_key(), "eu", CONFIG)
+    assert admit_launch(store, "eu", CONFIG, signed, "root@vm") == launch
     assert ActorCheck().see(1, "device.token_issued", next(store.audit.events()).payload) == []
 
 
@@ -304,3 +295,28 @@ def test_actor_verbs(cli, tmp_path: Path) -> None:
     cli("region", "actors", "remove", "alice", "--region", "eu", *home)
     listed = json.loads(cli("region", "actors", "list", "--region", "eu", "--json", *home).stdout)
     assert [a["name"] for a in listed] == ["local-operator"]
+
+
+def test_the_launcher_signs_what_the_serverapp_reads_back(region: Region, tmp_path: Path) -> None:
+    """The request travels in the run config through TOML (Flower's ``--run-config``) and
+    names the digest of the ``RunSpec`` the ServerApp reads back; an edited setting fails."""
+    import tomllib
+
+    from fedgate.server.launch.config import default_federation
+    from fedgate.server.launch.runner import run_config, signed_launch, to_toml
+    from fedgate.server.region.run_spec import RunSpec
+
+    fed = default_federation()
+    config = {**run_config(fed, fed.region("eu"), region.home, tmp_path), "first-round": 2}
+    sent = signed_launch(region.home, "eu", config)  # the home's operator key
+    received = tomllib.loads(to_toml(sent))
+    spec = RunSpec.from_run_config(received)
+    launch = admit_launch(
+        region.store, "eu", spec.to_run_config(), received["launch-request"], spec.launched_by
+    )
+    assert launch.launched_by.startswith("local-operator (")
+    edited = RunSpec.from_run_config({**received, "rounds": 99}).to_run_config()
+    with pytest.raises(ActorError, match="names"):
+        admit_launch(region.store, "eu", edited, received["launch-request"], "x")
+    with pytest.raises(ActorUsageError, match="no actor key at"):
+        signed_launch(region.home, "eu", config, tmp_path / "missing.key")

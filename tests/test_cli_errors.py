@@ -60,7 +60,10 @@ def test_missing_and_malformed_config(tmp_path: Path) -> None:
         (("rounds = 5", "rounds = 0", 1), "rounds must be >= 1"),
         (("rounds = 5", "rounds = 'many'", 1), "rounds must be int"),
         (("rounds = 5", "roundz = 5", 1), "unknown key"),
-        (('model = "mlp-64-32-10"', 'model = "gpt"', 1), "unknown model"),
+        (
+            ('model = "mlp-64-32-10"', 'model = "gpt"', 1),
+            "model must be one of mlp-64-32-10, cnn-small-v1, got 'gpt'",
+        ),
         (("revoked = [5]", "revoked = [9]", 1), "out of range"),
         (('4 = "sign-flip"', '4 = "meteor"', 1), "unknown attack profile"),
         (("port = 9200", "port = 9103", 1), "overlap at port"),

@@ -11,8 +11,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedgate.crypto import generate_key
+from fedgate.formats import MAX_INSTRUCTION_ENTRIES
 from fedgate.strategies.instruction import (
-    MAX_ENTRIES,
     SIGNATURE_KEY,
     Instruction,
     InstructionError,
@@ -228,7 +228,7 @@ def test_malformed_arguments_and_containers() -> None:
         assert refusal(config) == InstructionReason.MALFORMED
     assert refusal({**signed(), 3: "x"}) == InstructionReason.MALFORMED
     assert refusal({**signed(), "k\ud800": 1}) == InstructionReason.MALFORMED
-    crowded = {**signed(), **{f"k{i}": i for i in range(MAX_ENTRIES)}}
+    crowded = {**signed(), **{f"k{i}": i for i in range(MAX_INSTRUCTION_ENTRIES)}}
     assert refusal(crowded) == InstructionReason.MALFORMED
     with pytest.raises(InstructionError, match="entries"):
         sign_instruction(SERVER, "train", DIGEST, crowded)

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedgate.crypto import generate_key
+from fedgate.formats import MAX_INSTRUCTION_ENTRIES
 from fedgate.strategies.instruction import (
     KINDS,
-    MAX_ENTRIES,
     SIGNATURE_KEY,
     InstructionError,
     InstructionReason,
@@ -57,7 +57,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         "server-round": draw(st.integers(0, 2**31 - 1)),
         "nonce": draw(NONCES),
     }
-    extra = draw(st.dictionaries(EXTRA_KEYS, VALUES, max_size=MAX_ENTRIES - 5))
+    extra = draw(st.dictionaries(EXTRA_KEYS, VALUES, max_size=MAX_INSTRUCTION_ENTRIES - 5))
     return {**config, **extra}
 
 

@@ -19,6 +19,7 @@ from fedgate.clients.sim.attacks import apply_attack, poison_dataset
 from fedgate.clients.sim.misbehaviour import SIGNING_FAULTS, signed_reply
 from fedgate.models.data import Dataset
 from fedgate.models.train import flatten, unflatten
+from fedgate.strategies.rule_config import REGION_DEFAULT
 
 
 def poisoned_update(attack: str, base: ArrayRecord, trained: ArrayRecord, cfg: dict, seed: int):
@@ -31,7 +32,7 @@ def poisoned_update(attack: str, base: ArrayRecord, trained: ArrayRecord, cfg: d
         attack,
         delta,
         rng=rng,
-        f=int(cfg.get("f", 1)),
+        f=int(cfg.get("f", REGION_DEFAULT.f)),
         n=int(cfg.get("clients-per-round", 0)) or None,
     )
     arrays = unflatten(before + bad.astype(np.float32), like)

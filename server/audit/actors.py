@@ -39,7 +39,8 @@ from fedgate.crypto import (
     verify,
 )
 from fedgate.errors import VerificationError
-from fedgate.server.audit.chain import HEX64_RE, now_ts
+from fedgate.formats import is_hex64
+from fedgate.server.audit.chain import now_ts
 from fedgate.server.audit.problem import Problem
 from fedgate.server.db.models import Event
 
@@ -128,7 +129,7 @@ class ActorRequest:
         if not all(isinstance(raw[n], str) for n in names):
             raise ActorError("every field of a request is a string")
         request = cls(**{n: raw[n] for n in names})
-        if not HEX64_RE.match(request.actor) or not _NONCE_RE.match(request.nonce):
+        if not is_hex64(request.actor) or not _NONCE_RE.match(request.nonce):
             raise ActorError("a request's actor is a key fingerprint, its nonce 32 hex digits")
         return request
 

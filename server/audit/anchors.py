@@ -16,7 +16,8 @@ from typing import Any
 
 from fedgate.atomic_file import write_atomic
 from fedgate.errors import UsageError
-from fedgate.server.audit.chain import HEX64_RE, HeadRecord
+from fedgate.formats import is_hex64
+from fedgate.server.audit.chain import HeadRecord
 
 CHECKPOINT_FORMAT = "fedgate.audit.checkpoint.v1"
 WITNESS_ENV = "FEDGATE_AUDIT_WITNESS_DIR"
@@ -50,7 +51,7 @@ def _head(data: Any, where: str) -> tuple[str, HeadRecord]:
     except (KeyError, TypeError, ValueError):
         raise AnchorError(f"{where}: not a signed audit head") from None
     texts = (chain, head.head, head.key, head.signature, head.signed_at)
-    if not all(isinstance(t, str) for t in texts) or not HEX64_RE.match(head.head):
+    if not all(isinstance(t, str) for t in texts) or not is_hex64(head.head):
         raise AnchorError(f"{where}: not a signed audit head")
     return chain, head
 

@@ -24,7 +24,6 @@ GENESIS = "0" * 64
 HEAD_PURPOSE = "fedgate.audit.head.v1"
 KIND_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
-HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def now_ts() -> str:

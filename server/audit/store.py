@@ -3,7 +3,8 @@
 Each write updates its tables and appends the matching audit events in one transaction,
 so the tables and the chain never disagree. ``record_round`` also signs the chain head
 when the audit log has a signing key (the design asks for one signature per round).
-Round records are duck-typed: dataclasses (``RoundRecord``/``ClientFate``) or dicts.
+Round records are duck-typed: dataclasses (``RoundRecord``/``ClientFate``) or dicts; what a
+round writes is computed without the database by ``fedgate.server.audit.round_rows``.
 Every write runs through ``run_write``: a database that is unavailable for a moment is
 retried (the whole transaction, so the chain is never half-written), then a clear
 ``DatabaseError`` names it.
@@ -14,7 +15,6 @@ registry (``fedgate.server.trust.enrollment.DatabaseDeviceRegistry``) on a ``Sto
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from fedgate.errors import UsageError
 from fedgate.server.audit.log import AuditLog, Item
+from fedgate.server.audit.round_rows import finite, metric_rows, round_write
 from fedgate.server.db.engine import run_write
 from fedgate.server.db.migrate import open_database
 from fedgate.server.db.models import Approval, Artifact, Event, Metric, Round, Run, Update
@@ -76,19 +77,6 @@ class UpdateInfo:
     fate: str
     score: float | None
     weight: float
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _now() -> datetime:
@@ -232,110 +220,28 @@ class Store:
     ) -> None:
         """Store one ``RoundRecord``-like outcome: round row, every client's fate, metrics,
         and (``model_sha256``) the digest of the round's model in the blob store."""
-        run, rnd = str(run_id), int(_get(record, "round"))
-        clients = list(_get(record, "clients", []) or [])
-        accepted = sum(bool(_get(c, "accepted")) for c in clients)
-        aggregated, note = bool(_get(record, "aggregated", False)), str(_get(record, "note", ""))
-        sampled = int(_get(record, "sampled", len(clients)))
-        metrics = {str(k): _finite(v) for k, v in (_get(record, "metrics", {}) or {}).items()}
-        rows, events = [], []
-        for c in clients:
-            row = {
-                "run_id": run,
-                "round": rnd,
-                "node_id": str(_get(c, "node_id")),
-                "device_id": str(_get(c, "device_id", "") or ""),
-                "digest": str(_get(c, "digest", "") or ""),
-                "verdict": "accepted" if _get(c, "accepted") else "rejected",
-                "reason": str(_get(c, "reason", "") or ""),
-                "detail": str(_get(c, "detail", "") or ""),
-                "num_examples": int(_get(c, "num_examples", 0) or 0),
-                "fate": str(_get(c, "fate", "") or ""),
-                "score": _finite(_get(c, "score")),
-                "weight": _finite(_get(c, "weight", 0.0)) or 0.0,
-            }
-            rows.append(row)
-            base = {"run": run, "round": rnd, "node": row["node_id"], "device": row["device_id"]}
-            events.append(
-                (
-                    f"update.{row['verdict']}",
-                    {
-                        **base,
-                        "digest": row["digest"],
-                        "num_examples": row["num_examples"],
-                        "reason": row["reason"],
-                        "detail": row["detail"],
-                    },
-                )
-            )
-            if row["fate"]:
-                events.append(
-                    (
-                        "aggregator.decision",
-                        {
-                            **base,
-                            "fate": row["fate"],
-                            "score": row["score"],
-                            "weight": row["weight"],
-                        },
-                    )
-                )
-        events.append(
-            (
-                "round.closed",
-                {
-                    "run": run,
-                    "round": rnd,
-                    "sampled": sampled,
-                    "accepted": accepted,
-                    "rejected": len(clients) - accepted,
-                    "aggregated": aggregated,
-                    "note": note,
-                    "metrics": metrics,
-                    **({"model": model_sha256} if model_sha256 else {}),
-                },
-            )
-        )
+        rows = round_write(run_id, record, model_sha256)
 
         def write(conn: Connection) -> None:
-            conn.execute(
-                insert(ROUNDS).values(
-                    run_id=run,
-                    round=rnd,
-                    sampled=sampled,
-                    accepted=accepted,
-                    rejected=len(clients) - accepted,
-                    aggregated=aggregated,
-                    note=note,
-                    closed_at=_now(),
-                )
-            )
-            if rows:
-                conn.execute(insert(UPDATES), rows)
-            finite = [
-                {"run_id": run, "round": rnd, "name": k, "value": v}
-                for k, v in metrics.items()
-                if v is not None
-            ]
-            if finite:
-                conn.execute(insert(METRICS), finite)
-            self._write(conn, events, sign=sign)
+            conn.execute(insert(ROUNDS).values(**rows.round, closed_at=_now()))
+            if rows.updates:
+                conn.execute(insert(UPDATES), rows.updates)
+            if rows.metrics:
+                conn.execute(insert(METRICS), rows.metrics)
+            self._write(conn, rows.events, sign=sign)
 
-        run_write(self.engine, write, f"recording round {rnd} of run {run}")
+        where = f"recording round {rows.round['round']} of run {rows.round['run_id']}"
+        run_write(self.engine, write, where)
 
     def record_metrics(
         self, run_id: int | str, round_no: int | None, metrics: Mapping[str, float]
     ) -> None:
         """Audit and store evaluation metrics (``round_no`` None: whole-run metrics)."""
         run = str(run_id)
-        values = {str(k): _finite(v) for k, v in metrics.items()}
+        values = {str(k): finite(v) for k, v in metrics.items()}
 
         def write(conn: Connection) -> None:
-            rows = [
-                {"run_id": run, "round": round_no, "name": k, "value": v}
-                for k, v in values.items()
-                if v is not None
-            ]
+            rows = metric_rows(run, round_no, values)
             if rows:
                 conn.execute(insert(METRICS), rows)
             self._write(conn, [("evaluation", {"run": run, "round": round_no, "metrics": values})])

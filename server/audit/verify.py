@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, select
 
 from fedgate.crypto import SignatureError, verify
+from fedgate.formats import is_hex64
 from fedgate.server.audit.actors import ACTS, ActorCheck
 from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import (
     GENESIS,
-    HEX64_RE,
     TS_RE,
     HeadRecord,
     head_message,
@@ -176,7 +176,7 @@ class ChainVerifier:
 
     def _check_signature(self, head: HeadRecord, keys: Keys | None, where: str = "") -> bool:
         where = where or f"signed head at seq {head.seq} (key {head.key[:16]})"
-        if head.seq < 1 or not HEX64_RE.match(head.head):
+        if head.seq < 1 or not is_hex64(head.head):
             self._problem(None, f"{where}: malformed")
             return False
         if keys is not None:

@@ -25,6 +25,7 @@ from fedgate.server.launch.config import (
     DEFAULT_FEDERATION_TOML,
     FederationConfig,
     default_federation,
+    validate_region,
 )
 from fedgate.server.launch.demo import DEMO_HOME, audit_line, plot_accuracy, verify_region_audit
 
@@ -89,6 +90,14 @@ def run_demo(
     return summary
 
 
+def with_rounds(fed: FederationConfig, rounds: int) -> FederationConfig:
+    """``fed`` with every region's rounds overridden, checked like the config file's."""
+    regions = tuple(dataclasses.replace(r, rounds=rounds) for r in fed.regions)
+    for region in regions:
+        validate_region(region, "command line")
+    return dataclasses.replace(fed, regions=regions)
+
+
 def demo_cmd(
     home: Annotated[
         Path, typer.Option("--home", help="Fresh state directory for the demo (wiped first).")
@@ -101,9 +110,7 @@ def demo_cmd(
     """Train two regions (eu, us) on real Flower SuperLinks and SuperNodes, then clean up."""
     fed = default_federation()
     if rounds is not None:
-        fed = dataclasses.replace(
-            fed, regions=tuple(dataclasses.replace(r, rounds=rounds) for r in fed.regions)
-        )
+        fed = with_rounds(fed, rounds)
     friendly(run_demo)(home.resolve(), fed, console, insecure=insecure)
 
 

@@ -147,11 +147,12 @@ def status_cmd(
         )
 
 
-def overridden(region: RegionConfig, **changes: Any) -> RegionConfig:
-    """``region`` with the CLI's overrides applied and re-validated."""
+def overridden(region: RegionConfig, node_count: int | None = None, **changes: Any) -> RegionConfig:
+    """``region`` with the CLI's overrides applied and checked by the config's own rules;
+    ``node_count``: the devices a simulated run has."""
     changes = {k: v for k, v in changes.items() if v is not None}
     new = dataclasses.replace(region, **changes)
-    validate_region(new, "command line")
+    validate_region(new, "command line", node_count)
     return new
 
 
@@ -218,8 +219,10 @@ def region_run_cmd(
     if engine not in ("simulation", "deployment"):
         raise ConfigError(f"unknown engine {engine!r}; use 'simulation' or 'deployment'")
     home, fed = resolve(home, config)
+    devices = num_supernodes or len(fed.region(region).nodes)
+    sim_devices = devices if engine == "simulation" else None
     reg = overridden(
-        fed.region(region), rounds=rounds, aggregator=aggregator, f=f,
+        fed.region(region), sim_devices, rounds=rounds, aggregator=aggregator, f=f,
         clients_per_round=clients_per_round, min_clients=min_clients,
     )  # fmt: skip
     if resume and init_from:
@@ -239,10 +242,8 @@ def region_run_cmd(
         console.print(f"run {sub.run_id} submitted; follow it elsewhere with "
                       f"`fedgate region attach {sub.run_id} --region {reg.name}`")  # fmt: skip
     else:
-        n = num_supernodes or len(reg.nodes)
-        if n < reg.min_clients:
-            raise ConfigError(f"--num-supernodes {n} is below min-clients {reg.min_clients}")
-        sub = submit_simulation(fed, reg, home, n)
+        # overridden() checked that clients-per-round (>= min-clients) fits these devices
+        sub = submit_simulation(fed, reg, home, devices)
     console.print(f"{engine} run of region {reg.name}: results in {sub.out_dir}")
     try:
         with RunBoard({reg.name: reg.rounds}, console) as board:

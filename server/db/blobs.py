@@ -7,7 +7,6 @@ and paths. Model weights go in as safetensors (never pickle).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 
 from fedgate.atomic_file import READ_ONLY, write_atomic
 from fedgate.errors import VerificationError
-
-HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
+from fedgate.formats import is_hex64
 
 
 class BlobError(VerificationError, ValueError):
@@ -28,7 +26,7 @@ class BlobStore:
         self.root = Path(root)
 
     def path(self, sha: str) -> Path:
-        if not HEX64_RE.match(sha):
+        if not is_hex64(sha):
             raise BlobError(f"not a SHA-256 hex digest: {sha!r}")
         return self.root / sha[:2] / sha
 

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.errors import UsageError
 from fedgate.home import resolve_home
-from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
-from fedgate.strategies.rule_config import REGION_DEFAULT
 
+# ConfigError is defined beside the run spec whose rules raise it; callers import it from here
+from fedgate.server.region.run_spec import ConfigError, RunSpec, check_settings, key_of
 
-class ConfigError(UsageError, ValueError):
-    """A federation or region configuration is missing or malformed."""
+MAX_PORT = 65535
+NODE_PORT_OFFSET = 10  # a region's SuperNodes listen from port + 10
 
 
 @dataclass(frozen=True)
 class RegionConfig:
-    """One compliance region: its Flower server settings and its devices."""
+    """One compliance region: its Flower server settings and its devices. The settings a run
+    takes default to ``RunSpec``'s (one place) and are checked against its rules."""
 
     name: str
-    rounds: int = 4
-    clients_per_round: int = 4
-    min_clients: int = 3
-    aggregator: str = REGION_DEFAULT.aggregator
-    f: int = REGION_DEFAULT.f
-    pre: str = REGION_DEFAULT.pre
-    model: str = DEFAULT_MODEL
-    lr: float = 0.1
-    round_timeout: float = 120.0
-    max_examples: int = 1000
+    rounds: int = RunSpec.rounds
+    clients_per_round: int = RunSpec.clients_per_round
+    min_clients: int = RunSpec.min_clients
+    aggregator: str = RunSpec.aggregator
+    f: int = RunSpec.f
+    pre: str = RunSpec.pre
+    model: str = RunSpec.model
+    lr: float = RunSpec.lr
+    round_timeout: float = RunSpec.round_timeout
+    max_examples: int = RunSpec.max_examples
     port: int = 9100
     nodes: tuple[str, ...] = ("phone", "pi", "phone", "pi")
     # Simulated misbehaviour, for demos and tests: node index -> attack profile name
@@ -40,7 +40,7 @@ class RegionConfig:
     # node indices whose devices are enrolled and then revoked before any run.
     attacks: dict[int, str] = field(default_factory=dict)
     revoked: tuple[int, ...] = ()
-    db: str = ""  # database URL; empty: SQLite file under the fedgate home
+    db: str = RunSpec.db  # database URL; empty: SQLite file under the fedgate home
 
     @property
     def superlink_port(self) -> int:
@@ -53,7 +53,12 @@ class RegionConfig:
         return self.port + 1
 
     def node_runtime_port(self, index: int) -> int:
-        return self.port + 10 + index
+        return self.port + NODE_PORT_OFFSET + index
+
+    @property
+    def last_port(self) -> int:
+        """The highest port the region may use: its last SuperNode's (port+10 with none)."""
+        return self.node_runtime_port(max(len(self.nodes), 1) - 1)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ class FederationConfig:
     """The whole federation: shared data settings and the regions."""
 
     name: str = "fedgate"
-    seed: int = 0
-    alpha: float = 0.5
+    seed: int = RunSpec.seed
+    alpha: float = RunSpec.alpha
     regions: tuple[RegionConfig, ...] = field(default_factory=tuple)
 
     @property
@@ -80,22 +85,14 @@ class FederationConfig:
         return asdict(self)
 
 
-_REGION_KEYS = {
-    "rounds": int,
-    "clients-per-round": int,
-    "min-clients": int,
-    "aggregator": str,
-    "f": int,
-    "pre": str,
-    "model": str,
-    "lr": float,
-    "round-timeout": float,
-    "max-examples": int,
+# The region's run settings (typed by RunSpec) and its topology.
+RUN_SETTINGS = tuple(f for f in fields(RunSpec) if f.name in RegionConfig.__dataclass_fields__)
+_REGION_KEYS: dict[str, type] = {
+    **{key_of(f.name): f.type for f in RUN_SETTINGS},
     "port": int,
     "nodes": list,
     "attacks": dict,
     "revoked": list,
-    "db": str,
 }
 
 
@@ -142,25 +139,25 @@ def _node_attacks(where: str, table: dict[str, Any]) -> dict[int, str]:
     return out
 
 
-def validate_region(r: RegionConfig, where: str = "config") -> None:
-    """Raise ``ConfigError`` naming the first inconsistent setting of ``r``."""
+def validate_region(r: RegionConfig, where: str = "config", node_count: int | None = None) -> None:
+    """Raise ``ConfigError`` naming the first setting of ``r`` outside what it allows, or
+    inconsistent with the others; ``node_count``: the devices a simulated run has."""
     loc = f"{where} [regions.{r.name}]"
-    if not r.name.isidentifier():
-        raise ConfigError(f"{loc}: region name must be a simple identifier like 'eu'")
-    if r.rounds < 1:
-        raise ConfigError(f"{loc}: rounds must be >= 1")
-    if r.min_clients < 1:
-        raise ConfigError(f"{loc}: min-clients must be >= 1")
-    if r.clients_per_round < r.min_clients:
-        raise ConfigError(f"{loc}: clients-per-round must be >= min-clients")
-    if r.model not in MODEL_IDS:
-        raise ConfigError(f"{loc}: unknown model {r.model!r}; known: {sorted(MODEL_IDS)}")
-    bad = [p for p in r.nodes if p not in PROFILES]
+    settings = {f.name: getattr(r, f.name) for f in RUN_SETTINGS}
+    check_settings({"region": r.name, **settings}, loc)
+    bad = [p for p in r.nodes if not isinstance(p, str) or p not in PROFILES]
     if bad:
         raise ConfigError(f"{loc}: unknown device profile(s) {bad}; known: {sorted(PROFILES)}")
     if r.nodes and len(r.nodes) < r.min_clients:
         raise ConfigError(
             f"{loc}: {len(r.nodes)} node(s) can never reach min-clients={r.min_clients}"
+        )
+    # A deployed region's devices may also join from elsewhere (`fedgate client join`), so
+    # its nodes bound clients-per-round only where they are all the devices: a simulation.
+    if node_count is not None and r.clients_per_round > node_count:
+        raise ConfigError(
+            f"{loc}: clients-per-round must be <= the {node_count} simulated device(s) "
+            f"(--num-supernodes; default: the region's nodes), got {r.clients_per_round}"
         )
     # heavy import (flwr): loaded only when a config is validated
     from fedgate.clients.sim.misbehaviour import known_profiles
@@ -173,10 +170,13 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
         raise ConfigError(
             f"{loc}: unknown attack profile(s) {unknown}; known: {', '.join(known_profiles())}"
         )
-    if not 1024 <= r.port <= 65000:
-        raise ConfigError(f"{loc}: port must be in [1024, 65000]")
-    if r.f < 0:
-        raise ConfigError(f"{loc}: f must be >= 0")
+    highest = MAX_PORT - (r.last_port - r.port)
+    if not 1024 <= r.port <= highest:
+        raise ConfigError(
+            f"{loc}: port must be in 1024..{highest} (the region uses ports port..port+"
+            f"{r.last_port - r.port}, one per node from port+{NODE_PORT_OFFSET}; the last "
+            f"must be <= {MAX_PORT}), got {r.port}"
+        )
     # heavy import (the aggregators, torch): loaded only when a config is validated
     from fedgate.strategies.rules import check_rule
 
@@ -184,6 +184,9 @@ def validate_region(r: RegionConfig, where: str = "config") -> None:
         check_rule(r.aggregator, r.f, r.pre or None, r.clients_per_round, r.min_clients)
     except ValueError as exc:
         raise ConfigError(f"{loc}: {exc}") from None
+
+
+_FEDERATION_KEYS: dict[str, type] = {"name": str, "seed": int, "alpha": float}
 
 
 def parse_federation(data: dict[str, Any], where: str = "config") -> FederationConfig:
@@ -200,15 +203,19 @@ def parse_federation(data: dict[str, Any], where: str = "config") -> FederationC
             if p in ports:
                 raise ConfigError(f"{where}: regions {ports[p]} and {r.name} overlap at port {p}")
             ports[p] = r.name
-    alpha = _typed(f"{where} [federation]", "alpha", fed.get("alpha", 0.5), float)
-    if alpha <= 0:
-        raise ConfigError(f"{where} [federation]: alpha must be > 0")
-    return FederationConfig(
-        name=_typed(f"{where} [federation]", "name", fed.get("name", "fedgate"), str),
-        seed=_typed(f"{where} [federation]", "seed", fed.get("seed", 0), int),
-        alpha=alpha,
-        regions=regions,
-    )
+    loc = f"{where} [federation]"
+    unknown = set(fed) - set(_FEDERATION_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{loc} has unknown key(s) {sorted(unknown)}; allowed: {sorted(_FEDERATION_KEYS)}"
+        )
+    defaults = FederationConfig()
+    kw = {
+        key: _typed(loc, key, fed.get(key, getattr(defaults, key)), kind)
+        for key, kind in _FEDERATION_KEYS.items()
+    }
+    check_settings({"seed": kw["seed"], "alpha": kw["alpha"]}, loc)
+    return FederationConfig(**kw, regions=regions)
 
 
 def load_federation(path: Path) -> FederationConfig:
@@ -217,7 +224,15 @@ def load_federation(path: Path) -> FederationConfig:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (create one with `fedgate init`)")
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_federation(data, str(path))

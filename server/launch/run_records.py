@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgate.formats import is_hex64
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
-from fedgate.server.db.blobs import HEX64_RE
 from fedgate.server.launch.config import ConfigError, RegionConfig
 
 
@@ -80,7 +80,7 @@ def init_point(home: Path, region: RegionConfig, source: str) -> StartPoint:
             f"--init-from {source}: no global model versions exist in {home} (the global "
             "coordinator has not merged any); use a run id or a model digest"
         )
-    if HEX64_RE.match(source):
+    if is_hex64(source):
         if not blobs.has(source):
             raise ConfigError(f"--init-from: no model {source[:12]}… in {Path(home) / 'blobs'}")
         return StartPoint(source)

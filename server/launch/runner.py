@@ -28,6 +28,7 @@ from fedgate.server.launch.superlink_runs import link_run, stop_link_run
 from fedgate.server.launch.topology import _bin, region_dir
 from fedgate.server.launch.transport import load_transport
 from fedgate.server.region.progress import read_progress
+from fedgate.server.region.run_spec import RunSpec
 from fedgate.server.trust.actors import load_actor_key, local_actor_key, sign_launch
 from fedgate.server.trust.node_auth import NodeAuthError, flwr_connection_toml
 
@@ -69,45 +70,49 @@ def toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def run_spec(
+    fed: FederationConfig, region: RegionConfig, home: Path, out_dir: Path | str = ""
+) -> RunSpec:
+    """The run of ``region`` its config describes, starting fresh (``RunSpec`` defaults)."""
+    return RunSpec(
+        home=str(Path(home).resolve()),
+        db=region.db,
+        launched_by=launched_by(),
+        region=region.name,
+        regions=fed.region_names,
+        rounds=region.rounds,
+        clients_per_round=region.clients_per_round,
+        min_clients=region.min_clients,
+        aggregator=region.aggregator,
+        f=region.f,
+        pre=region.pre,
+        model=region.model,
+        lr=region.lr,
+        alpha=fed.alpha,
+        seed=fed.seed,
+        max_examples=region.max_examples,
+        round_timeout=region.round_timeout,
+        out_dir=str(out_dir),
+    )
+
+
 def run_config(
     fed: FederationConfig, region: RegionConfig, home: Path, out_dir: Path | str = ""
 ) -> dict[str, Any]:
-    """The ServerApp's run config for ``region`` (the keys ``fedgate.server.region.app`` reads)."""
-    return {
-        "home": str(Path(home).resolve()),
-        "db": region.db,
-        "launched-by": launched_by(),
-        "region": region.name,
-        "regions": ",".join(fed.region_names),
-        "rounds": region.rounds,
-        "clients-per-round": region.clients_per_round,
-        "min-clients": region.min_clients,
-        "aggregator": region.aggregator,
-        "f": region.f,
-        "pre": region.pre,
-        "model": region.model,
-        "lr": region.lr,
-        "alpha": fed.alpha,
-        "seed": fed.seed,
-        "max-examples": region.max_examples,
-        "round-timeout": region.round_timeout,
-        "out-dir": str(out_dir),
-        # where the run starts (see fedgate.server.launch.run_records.StartPoint): fresh by default
-        "init-model": "",
-        "first-round": 1,
-        "resume-from": "",
-    }
+    """The ServerApp's run config for ``region``: its ``RunSpec`` as Flower's run config."""
+    return run_spec(fed, region, home, out_dir).to_run_config()
 
 
 def signed_launch(
     home: Path, region: str, config: Mapping[str, Any], actor_key: Path | None = None
 ) -> dict[str, Any]:
-    """``config`` with ``launch-request``: the actor's signed request naming its digest (empty
-    without ``actor_key`` and an operator key in the home: the region decides whether it
-    needs one)."""
+    """``config`` with ``launch-request``: the actor's signed request naming the digest of its
+    ``RunSpec`` run config, as the ServerApp reads it back (empty without ``actor_key`` and an
+    operator key in the home: the region decides whether it needs one)."""
     key = load_actor_key(actor_key) if actor_key is not None else local_actor_key(home)
     unsigned = {k: v for k, v in config.items() if k != LAUNCH_REQUEST_KEY}
-    request = "" if key is None else sign_launch(key, region, unsigned)
+    spec_config = RunSpec.from_run_config(unsigned).to_run_config()
+    request = "" if key is None else sign_launch(key, region, spec_config)
     return {**unsigned, LAUNCH_REQUEST_KEY: request}
 
 

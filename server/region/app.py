@@ -1,22 +1,18 @@
 """The regional ServerApp: verified, robust federated training of one region's model.
 
-Run config keys (``[tool.flwr.app.config]`` of the generated app, or ``--run-config``):
-``region``, ``regions`` (comma list), ``rounds``, ``clients-per-round``, ``min-clients``,
-``aggregator``, ``f``, ``pre``, ``model``, ``lr``, ``alpha``, ``seed``, ``max-examples``,
-``round-timeout``, ``home`` (the fedgate home: region key, registry, database),
-``db`` (database URL; empty: SQLite under ``home``), ``launched-by``, ``launch-request``
-(the operator's signed request naming this config's digest; see ``server/audit/actors.py``),
-``out-dir``
-(where progress and results are written), ``init-model`` (SHA-256 of the starting model in
-the blob store; empty: fresh initialisation from ``seed``), ``first-round`` (1, or the round
-a resumed run continues with) and ``resume-from`` (the run it continues).
+Its run config is a ``fedgate.server.region.run_spec.RunSpec`` (``[tool.flwr.app.config]`` of
+the generated app, or ``--run-config``), read and checked once when the run starts; the keys,
+their types, defaults and allowed values are documented there.
+Its ``launch-request`` key (not a ``RunSpec`` setting) carries the operator's signed
+request naming the digest of the spec's run config (``server/audit/actors.py``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +23,31 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import add_exit_handler
 from safetensors.numpy import save_file
 
-from fedgate.models.data import common_test_split, region_validation
+from fedgate.atomic_file import write_atomic
+from fedgate.models.data import Dataset, common_test_split, region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate, example_losses
-from fedgate.server.audit.actors import ActorError
+from fedgate.server.audit.actors import LAUNCH_REQUEST_KEY, ActorError
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
+from fedgate.server.region.executor_watch import ExecutorWatch
 from fedgate.server.region.fast_grid import FastPollGrid
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.server.region.progress import ProgressWriter
+from fedgate.server.region.run_spec import RunSpec
 from fedgate.server.trust.actors import admit_launch
 from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 from fedgate.strategies.envelope import signature_screen
 from fedgate.strategies.robust_strategy import (
     RobustStrategy,
+    RoundRecord,
     RoundSigner,
     Scorer,
     structural_screen,
 )
-from fedgate.strategies.rules import REGION_DEFAULT, build_rule
+from fedgate.strategies.rules import build_rule
 
 app = ServerApp()
 
@@ -61,10 +61,9 @@ class RegionContext:
     db_url: str
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> RegionContext:
-        region = str(cfg["region"])
-        home = Path(str(cfg["home"])).resolve()
-        return cls(region, home, resolve_url(str(cfg.get("db", "")) or None, home, region))
+    def from_spec(cls, spec: RunSpec) -> RegionContext:
+        home = Path(spec.home).resolve()
+        return cls(spec.region, home, resolve_url(spec.db or None, home, spec.region))
 
     def open(self) -> tuple[Store, Any]:
         """The region's store (audit chain signed by the region key) and device registry."""
@@ -73,7 +72,7 @@ class RegionContext:
 
 
 def build_strategy(
-    cfg: dict[str, Any],
+    spec: RunSpec,
     run_id: str,
     store: Store,
     registry: Any,
@@ -83,7 +82,7 @@ def build_strategy(
     """The region's strategy: signed instructions, envelope screening, the configured rule;
     ``scorer`` (the server's validation loss of a candidate model) feeds the ensemble, and
     every federated evaluation is stored, audited and reported to ``progress``."""
-    region = str(cfg["region"])
+    region = spec.region
     nonces = RoundNonces()
     key = store.audit.signer
     assert key is not None, "the region store signs with the region key"
@@ -97,14 +96,10 @@ def build_strategy(
             progress.write("evaluated", round=server_round, **metrics)
 
     return RobustStrategy(
-        build_rule(
-            str(cfg.get("aggregator", REGION_DEFAULT.aggregator)),
-            int(cfg.get("f", REGION_DEFAULT.f)),
-            str(cfg.get("pre", REGION_DEFAULT.pre)) or None,
-        ),
-        clients_per_round=int(cfg["clients-per-round"]),
-        min_clients=int(cfg["min-clients"]),
-        max_examples=int(cfg.get("max-examples", 1000)),
+        build_rule(spec.aggregator, spec.f, spec.pre or None),
+        clients_per_round=spec.clients_per_round,
+        min_clients=spec.min_clients,
+        max_examples=spec.max_examples,
         screen=signature_screen(
             registry, region, run_id, nonces, structural_screen, seen=ReplayGuard()
         ),
@@ -112,18 +107,123 @@ def build_strategy(
         on_round_opened=opened,
         on_evaluated=evaluated,
         scorer=scorer,
-        wait_timeout=float(cfg.get("round-timeout", 120.0)),
-        seed=int(cfg.get("seed", 0)),
+        wait_timeout=spec.round_timeout,
+        seed=spec.seed,
     )
 
 
-def _reasons(strategy: RobustStrategy) -> dict[str, int]:
+def device_config(spec: RunSpec) -> dict[str, str | int | float]:
+    """What every device is told each round, inside its signed instruction: the keys
+    ``fedgate.clients.app`` (and a simulated attack) read."""
+    return {
+        "regions": ",".join(spec.regions),
+        "model": spec.model,
+        "lr": spec.lr,
+        "alpha": spec.alpha,
+        "seed": spec.seed,
+        "f": spec.f,
+        "clients-per-round": spec.clients_per_round,
+    }
+
+
+def rejected_by_reason(rounds: Sequence[RoundRecord]) -> dict[str, int]:
+    """How many updates were refused for each reason, over every round."""
     counts: dict[str, int] = {}
-    for record in strategy.rounds:
+    for record in rounds:
         for fate in record.clients:
             if not fate.accepted:
                 counts[fate.reason] = counts.get(fate.reason, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def final_accuracy(final: Mapping[str, Any]) -> tuple[float, float]:
+    """(validation, test) accuracy of the last round's evaluation; NaN where it is missing."""
+    return float(final.get("val-acc", float("nan"))), float(final.get("test-acc", float("nan")))
+
+
+def run_summary(
+    spec: RunSpec,
+    run_id: str,
+    rounds: Sequence[RoundRecord],
+    final: Mapping[str, Any],
+    model_sha: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The run's summary (``summary.json``, the ``finished`` progress record)."""
+    val_acc, test_acc = final_accuracy(final)
+    return {
+        "region": spec.region,
+        "run_id": run_id,
+        "rounds": spec.rounds,
+        "devices": len({c.node_id for r in rounds for c in r.clients}),
+        "accepted": sum(r.accepted for r in rounds),
+        "rejected": sum(r.rejected for r in rounds),
+        "rejected_by_reason": rejected_by_reason(rounds),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "model_sha256": model_sha,
+        "first_round": spec.first_round,
+        "init_model": spec.init_model,
+        "resumed_from": spec.resume_from,
+        "seconds": seconds,
+    }
+
+
+@dataclass
+class RegionModel:
+    """The region's model and the data the server judges it on: the region's validation
+    split (the aggregators' scorer) and the common test split nothing in training sees."""
+
+    model: torch.nn.Module
+    validation: Dataset
+    test: Dataset
+
+    @classmethod
+    def for_spec(cls, spec: RunSpec, blobs: BlobStore) -> RegionModel:
+        """Fresh from ``spec.seed``, or the stored ``spec.init_model``."""
+        model = build_model(spec.model, seed=spec.seed)
+        if spec.init_model:
+            model.load_state_dict(_tensors(blobs.get_tensors(spec.init_model)))
+        validation = region_validation(spec.region, spec.regions, spec.seed)
+        return cls(model, validation, common_test_split(spec.seed))
+
+    def losses(self, arrays: ArrayRecord) -> np.ndarray:
+        """The aggregators' scorer: a candidate model's loss on each validation example."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return example_losses(self.model, self.validation)
+
+    def metrics(self, arrays: ArrayRecord) -> dict[str, float]:
+        """A round's model evaluated on the validation and the common test split."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        stats, held_out = evaluate(self.model, self.validation), evaluate(self.model, self.test)
+        return {"val-loss": stats.loss, "val-acc": stats.accuracy, "test-acc": held_out.accuracy}
+
+
+@dataclass
+class RoundLog:
+    """Records each round's evaluated model: its blob, the store's round row, progress."""
+
+    run_id: str
+    store: Store
+    blobs: BlobStore
+    progress: ProgressWriter
+    first_round: int
+
+    def evaluated(
+        self,
+        server_round: int,
+        record: RoundRecord | None,
+        arrays: ArrayRecord,
+        metrics: dict[str, float],
+    ) -> None:
+        if record is not None:
+            record.metrics.update(metrics)
+            sha = self.blobs.put_tensors({k: v.numpy() for k, v in arrays.items()})
+            self.store.record_round(self.run_id, record, model_sha256=sha)
+            self.progress.round(record, model=sha)
+        elif server_round == self.first_round - 1:  # the starting model
+            self.store.record_metrics(self.run_id, 0, metrics)
+            self.progress.write("initial", **metrics)
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -146,6 +246,7 @@ class RunEnd:
     store: Store
     run_id: str
     progress: ProgressWriter
+    watch: ExecutorWatch = field(default_factory=lambda: ExecutorWatch(None, None))
     done: bool = False
 
     def failed(self, status: str, error: str) -> None:
@@ -160,6 +261,13 @@ class RunEnd:
         self.progress.write("failed", status=status, error=error)
 
     def interrupted(self) -> None:
+        if self.watch.executor_died():  # what the launcher's follower records too
+            self.failed(
+                "failed",
+                "failed: the region's executor (flower-superexec) that started this ServerApp "
+                "died; restart the topology with `fedgate down` then `fedgate up`",
+            )
+            return
         self.failed(
             "interrupted",
             "interrupted: the ServerApp was stopped by a signal (its SuperLink went away, "
@@ -167,13 +275,13 @@ class RunEnd:
         )
 
 
-def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
+def run_region(grid: Grid, run_config: Mapping[str, Any], run_id: int | str) -> dict:
     """Train one region for ``rounds`` rounds; returns (and writes) the run summary."""
-    cfg = dict(run_config)
+    spec = RunSpec.from_run_config(run_config)
     run_id = str(run_id)
-    where = RegionContext.from_config(cfg)
+    where = RegionContext.from_spec(spec)
     default_out = where.home / "regions" / where.region / "runs" / run_id
-    out_dir = Path(str(cfg.get("out-dir", "")) or default_out)
+    out_dir = Path(spec.out_dir or default_out)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressWriter(out_dir)
     store, registry = where.open()
@@ -182,31 +290,34 @@ def run_region(grid: Grid, run_config: dict, run_id: int | str) -> dict:
         progress.write("failed", status="stopped", error=f"run {run_id} was stopped before it "
                        "started; it is not started now")  # fmt: skip
         return {}
-    try:  # who launched it: the operator whose signed request names this config
-        launch = admit_launch(store, where.region, cfg)
+    try:  # who launched it: the operator whose signed request names this run's config
+        launch = admit_launch(
+            store, where.region, spec.to_run_config(),
+            str(run_config.get(LAUNCH_REQUEST_KEY, "") or ""), spec.launched_by,
+        )  # fmt: skip
     except ActorError as exc:
         progress.write("failed", status="refused", error=str(exc))
         return {}
     store.record_run(run_id, where.region, launch.launched_by, launch.config, launch.request)
-    end = RunEnd(store, run_id, progress)
+    end = RunEnd(store, run_id, progress, ExecutorWatch.of_this_process())
     # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
     # force-exits 5 s later, before any ``except`` below could run: record that first.
     add_exit_handler(end.interrupted, run_before_force_exit=True)
     try:
-        summary = _train(grid, cfg, run_id, store, registry, progress, out_dir, where.home)
+        summary = _train(grid, spec, run_id, store, registry, progress, out_dir, where.home)
     except BaseException as exc:
         end.failed("failed", f"{type(exc).__name__}: {exc}")
         raise
     end.done = True
     store.finish_run(run_id, status="finished", note=json.dumps(summary["rejected_by_reason"]))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     progress.write("finished", **summary)
     return summary
 
 
 def _train(
     grid: Grid,
-    cfg: dict[str, Any],
+    spec: RunSpec,
     run_id: str,
     store: Store,
     registry: Any,
@@ -214,96 +325,52 @@ def _train(
     out_dir: Path,
     home: Path,
 ) -> dict[str, Any]:
-    region = str(cfg["region"])
-    regions = tuple(str(cfg.get("regions", region)).split(","))
-    model_id, seed = str(cfg["model"]), int(cfg.get("seed", 0))
-    validation, test = region_validation(region, regions, seed), common_test_split(seed)
-    model = build_model(model_id, seed=seed)
+    """Run the rounds (Flower's grid), record every evaluation, save the final model."""
     blobs = BlobStore(home / "blobs")
-    if str(cfg.get("init-model", "")):
-        model.load_state_dict(_tensors(blobs.get_tensors(str(cfg["init-model"]))))
-    first_round = int(cfg.get("first-round", 1) or 1)
-
-    def validation_losses(arrays: ArrayRecord) -> np.ndarray:
-        """The aggregators' scorer: a candidate model's loss on each validation example."""
-        model.load_state_dict(arrays.to_torch_state_dict())
-        return example_losses(model, validation)
-
-    strategy = build_strategy(cfg, run_id, store, registry, validation_losses, progress)
-
-    def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Evaluate on the region's validation split and on the common test split (which
-        nothing in training sees); the last step of every round."""
-        model.load_state_dict(arrays.to_torch_state_dict())
-        stats, held_out = evaluate(model, validation), evaluate(model, test)
-        metrics = {
-            "val-loss": stats.loss,
-            "val-acc": stats.accuracy,
-            "test-acc": held_out.accuracy,
-        }
-        record = strategy.record_for(server_round)
-        if record is not None:
-            record.metrics.update(metrics)
-            sha = blobs.put_tensors({k: v.numpy() for k, v in arrays.items()})
-            store.record_round(run_id, record, model_sha256=sha)
-            progress.round(record, model=sha)
-        elif server_round == first_round - 1:
-            store.record_metrics(run_id, 0, metrics)
-            progress.write("initial", **metrics)
-        return MetricRecord(metrics)
-
-    train_config = ConfigRecord(
-        {
-            "regions": ",".join(regions),
-            "model": model_id,
-            "lr": float(cfg.get("lr", 0.1)),
-            "alpha": float(cfg.get("alpha", 0.5)),
-            "seed": seed,
-            "f": int(cfg.get("f", 0)),
-            "clients-per-round": int(cfg["clients-per-round"]),
-        }
-    )
-    progress.write("started", region=region, run_id=run_id, config=cfg,
-                   init_model=str(cfg.get("init-model", "")), first_round=first_round)  # fmt: skip
+    judged = RegionModel.for_spec(spec, blobs)
+    strategy = build_strategy(spec, run_id, store, registry, judged.losses, progress)
+    log = RoundLog(run_id, store, blobs, progress, spec.first_round)
+    central_eval = _central_eval(judged, strategy, log)
+    train_config = ConfigRecord(device_config(spec))
+    progress.write("started", region=spec.region, run_id=run_id, config=spec.to_run_config(),
+                   init_model=spec.init_model, first_round=spec.first_round)  # fmt: skip
     t0 = time.monotonic()
     result = strategy.start(
         grid=FastPollGrid(grid),
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=int(cfg["rounds"]),
-        timeout=float(cfg.get("round-timeout", 120.0)),
+        initial_arrays=ArrayRecord(judged.model.state_dict()),
+        num_rounds=spec.rounds,
+        timeout=spec.round_timeout,
         train_config=train_config,
         evaluate_config=ConfigRecord(dict(train_config)),
         evaluate_fn=central_eval,
-        first_round=first_round,
+        first_round=spec.first_round,
     )
-    final = result.evaluate_metrics_serverapp.get(int(cfg["rounds"]), {})
-    val_acc = float(final.get("val-acc", float("nan")))
-    test_acc = float(final.get("test-acc", float("nan")))
+    final = result.evaluate_metrics_serverapp.get(spec.rounds, {})
     sha = _save_model(out_dir, home, result.arrays)
+    val_acc, test_acc = final_accuracy(final)
     store.record_artifact(
         sha,
         str(out_dir / "model.safetensors"),
         "regional-model",
-        {"region": region, "run": run_id, "model": model_id, "rounds": int(cfg["rounds"]),
+        {"region": spec.region, "run": run_id, "model": spec.model, "rounds": spec.rounds,
          "val_acc": val_acc, "test_acc": test_acc},
         run_id=run_id,
     )  # fmt: skip
-    return {
-        "region": region,
-        "run_id": run_id,
-        "rounds": int(cfg["rounds"]),
-        "devices": len({c.node_id for r in strategy.rounds for c in r.clients}),
-        "accepted": sum(r.accepted for r in strategy.rounds),
-        "rejected": sum(r.rejected for r in strategy.rounds),
-        "rejected_by_reason": _reasons(strategy),
-        "val_acc": val_acc,
-        "test_acc": test_acc,
-        "model_sha256": sha,
-        "first_round": first_round,
-        "init_model": str(cfg.get("init-model", "")),
-        "resumed_from": str(cfg.get("resume-from", "")),
-        "seconds": time.monotonic() - t0,
-    }
+    return run_summary(spec, run_id, strategy.rounds, final, sha, time.monotonic() - t0)
+
+
+def _central_eval(
+    judged: RegionModel, strategy: RobustStrategy, log: RoundLog
+) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Flower's ``evaluate_fn``, the last step of every round: evaluate the round's model and
+    record it."""
+
+    def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = judged.metrics(arrays)
+        log.evaluated(server_round, strategy.record_for(server_round), arrays, metrics)
+        return MetricRecord(metrics)
+
+    return central_eval
 
 
 @app.main()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedgate.server.region.progress import read_progress
+from fedgate.server.region.run_spec import RUN_CONFIG_KEYS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,12 +35,12 @@ METRIC_NAMES = {
     "fed_acc": "fed-eval-acc",
     "fed_loss": "fed-eval-loss",
 }
-# Run-config keys logged as MLflow params (never ``home``, ``db`` or ``out-dir``: paths and
-# a database URL that may hold a password).
-PARAM_KEYS = (
-    "regions", "rounds", "clients-per-round", "min-clients", "aggregator", "f", "pre",
-    "model", "lr", "alpha", "seed", "max-examples", "round-timeout",
-)  # fmt: skip
+# Run-config keys logged as MLflow params: the run's settings (never ``home``, ``db`` or
+# ``out-dir``: paths and a database URL that may hold a password), not who started it nor where
+# from (the region and run id are logged apart).
+_NOT_PARAMS = {"home", "db", "launched-by", "region", "out-dir", "init-model", "first-round",
+               "resume-from"}  # fmt: skip
+PARAM_KEYS = tuple(k for k in RUN_CONFIG_KEYS if k not in _NOT_PARAMS)
 _MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED"}
 
 

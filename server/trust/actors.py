@@ -18,7 +18,6 @@ from fedgate.crypto import save_private_key as _save_private_key
 from fedgate.errors import UsageError
 from fedgate.server.audit.actors import (
     ADDED,
-    LAUNCH_REQUEST_KEY,
     NAME_RE,
     OPERATOR,
     REMOVED,
@@ -164,22 +163,24 @@ def _with(payload: dict[str, Any], request: ActorRequest | None) -> dict[str, An
 class Launch:
     """A launch the region admitted: what to record and by whom."""
 
-    config: dict[str, Any]  # the run config, without its request
+    config: dict[str, Any]  # the run config the request names
     launched_by: str
     request: dict[str, str] | None
 
 
-def admit_launch(store: Store, region: str, cfg: Mapping[str, Any]) -> Launch:
-    """Check a run config's launch request (``launch-request``) against ``region``'s roster;
-    ``ActorError`` when the region needs one and it does not authorise this config."""
-    config = {k: v for k, v in cfg.items() if k != LAUNCH_REQUEST_KEY}
-    raw = str(cfg.get(LAUNCH_REQUEST_KEY, "") or "")
-    request = ActorRequest.from_json(raw) if raw else None
+def admit_launch(
+    store: Store, region: str, config: Mapping[str, Any], request: str, launched_by: str
+) -> Launch:
+    """Check a run's launch request (the encoded ``launch-request``, may be empty) against
+    ``region``'s roster for ``config`` (the run's canonical run config); ``ActorError`` when
+    the region needs one and it does not authorise this config. Without one (a region with no
+    operator yet) the launch is recorded as ``launched_by``."""
+    parsed = ActorRequest.from_json(request) if request else None
     with store.engine.connect() as conn:
-        actor = admit(conn, "run.launched", region, config_digest(config), request)
-    if actor is None or request is None:
-        return Launch(config, str(cfg.get("launched-by", "unknown")), None)
-    return Launch(config, actor.label, request.to_json())
+        actor = admit(conn, "run.launched", region, config_digest(config), parsed)
+    if actor is None or parsed is None:
+        return Launch(dict(config), launched_by, None)
+    return Launch(dict(config), actor.label, parsed.to_json())
 
 
 def sign_launch(key: Ed25519PrivateKey, region: str, config: Mapping[str, Any]) -> str:
