@@ -166,6 +166,16 @@ def test_exit_codes_follow_the_error_kind(tmp_path: Path) -> None:
     assert failing(UnavailableError("database down")) == 3
     assert failing(FileNotFoundError(2, "No such file", str(tmp_path / "x"))) == 1
     assert failing(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("refused"))) == 3
+    not_a_db = sqlalchemy.exc.DatabaseError("SELECT 1", {}, Exception("file is not a database"))
+    assert failing(not_a_db) == 1
     assert failing(KeyboardInterrupt()) == 130
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         failing(ZeroDivisionError())
+
+
+def test_audit_of_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "region-eu.db"
+    bogus.write_text("not a database\n")
+    for verb in (["verify", "--no-signatures"], ["runs"]):
+        code, out = run("audit", *verb, "--db", f"sqlite:///{bogus}")
+        assert code == 1 and "not a database" in out and len(out.strip().splitlines()) == 1, out

@@ -37,11 +37,15 @@ ConfigOpt = Annotated[
 ]
 
 
-def _sqlalchemy_error() -> type[Exception]:
-    """``SQLAlchemyError``; called only when a verb raises, so start-up never imports it."""
-    from sqlalchemy.exc import SQLAlchemyError  # heavy import: only when a verb fails
+def _database_exit(exc: Exception) -> int | None:
+    """The exit code of an SQLAlchemy error (None: not one): a database that cannot be reached
+    or is locked is unavailable (3), anything else (a file that is not a database, a bad
+    schema) is the input's fault (1). Called only when a verb raises."""
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError  # heavy: only when a verb fails
 
-    return SQLAlchemyError
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    return EXIT_UNAVAILABLE if isinstance(exc, OperationalError) else EXIT_USAGE
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -65,10 +69,11 @@ def cli_errors() -> Iterator[None]:
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}", EXIT_USAGE)
     except Exception as exc:
-        if not isinstance(exc, _sqlalchemy_error()):
+        code = _database_exit(exc)
+        if code is None:
             raise
         first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
-        _fail(f"database: {first}", EXIT_UNAVAILABLE)
+        _fail(f"database: {first}", code)
 
 
 GUARDED = "__fedgate_cli_errors__"
