@@ -47,6 +47,21 @@ def test_two_rounds_on_real_superlink_and_supernodes(local_topology) -> None:
     summary = json.loads((sub.out_dir / "summary.json").read_text())
     assert summary["devices"] == 3 and summary["rounds"] == 2
     assert (sub.out_dir / "model.safetensors").stat().st_size > 0
+    # who launched it, signed: `up` registered the home's operator key, the launch named it
+    from fedgate.crypto import fingerprint
+    from fedgate.server.audit.keys import load_pubkeys, region_pub_path
+    from fedgate.server.audit.store import Store
+    from fedgate.server.audit.verify import verify_database
+    from fedgate.server.trust.actors import local_actor_key
+
+    store = Store.open(f"sqlite:///{home / 'region-eu.db'}")
+    operator = fingerprint(local_actor_key(home))
+    [run] = store.runs()
+    assert run.launched_by == f"local-operator ({operator[:16]})"
+    launched = next(store.audit.events(kind="run.launched")).data
+    assert launched["request"]["actor"] == operator and "launch-request" not in launched["config"]
+    report = verify_database(store.engine, load_pubkeys([region_pub_path(home, "eu")]))
+    assert report.ok and report.requests_checked >= 4, report.problems  # tokens, launch
 
 
 def test_simulation_engine_with_ten_virtual_clients(tmp_path) -> None:

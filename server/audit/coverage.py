@@ -1,7 +1,7 @@
 """Which events must lie under a signed head, and which unsigned tail a live run explains.
 
 The writers sign the chain head in the same transaction as every run start and end, every
-closed round, artifact, approval and device event (``CHECKPOINT_KINDS``). So in an honest log
+closed round, artifact, approval, device and actor event (``CHECKPOINT_KINDS``). So in an honest log
 each of those events has a signed head at exactly its seq, and the only events after the last
 signed head are those of a run still in progress (its open round, updates, evaluations).
 Anything else (no heads at all, a round or run end without its head, unsigned events that no
@@ -28,6 +28,8 @@ CHECKPOINT_KINDS = frozenset(
         "device.token_issued",
         "device.enrolled",
         "device.revoked",
+        "actor.added",
+        "actor.removed",
     }
 )
 RUN_END_KINDS = frozenset({"run.finished", "run.stopped"})

@@ -102,9 +102,17 @@ class Store:
 
     # -- runs and rounds ------------------------------------------------------------------
     def record_run(
-        self, run_id: int | str, region: str, launched_by: str, config: Mapping[str, Any]
+        self,
+        run_id: int | str,
+        region: str,
+        launched_by: str,
+        config: Mapping[str, Any],
+        request: Mapping[str, str] | None = None,
     ) -> str:
+        """Record a run launched (``request``: the launcher's signed request, see
+        ``fedgate.server.audit.actors``)."""
         run = str(run_id)
+        signed = {} if request is None else {"request": dict(request)}
 
         def write(conn: Connection) -> None:
             conn.execute(
@@ -127,6 +135,7 @@ class Store:
                             "region": region,
                             "launched_by": launched_by,
                             "config": dict(config),
+                            **signed,
                         },
                     )
                 ],

@@ -6,7 +6,9 @@ below a signed head or the chain-head record, and forged or replaced signed head
 signatures are checked, events must also lie under signed heads (``coverage.py``: a log
 rewritten or extended without the region key fails), and ``anchors`` (the auditor's
 checkpoint, the region's witnessed heads; ``anchors.py``) must be included and extended,
-which catches a rollback or rewrite that leaves the database self-consistent.
+which catches a rollback or rewrite that leaves the database self-consistent. Every act (run
+launch, revocation, token, actor change) must carry its actor's signed request where the
+region's roster requires one (``actors.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy import Connection, Engine, select
 
 from fedgate.crypto import SignatureError, verify
 from fedgate.formats import is_hex64
+from fedgate.server.audit.actors import ACTS, ActorCheck
 from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import (
     GENESIS,
@@ -53,6 +56,7 @@ class VerifyReport:
     in_progress: list[str] = field(default_factory=list)  # runs launched and not ended
     models: list[ModelRef] = field(default_factory=list)  # model blobs round.closed names
     models_checked: int = 0
+    requests_checked: int = 0  # actors' signed requests (``actors.py``)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -95,6 +99,7 @@ class VerifyReport:
             "in_progress": list(self.in_progress),
             "models_named": len(self.models),
             "models_checked": self.models_checked,
+            "requests_checked": self.requests_checked,
             "first_problem": str(self.first) if self.first else None,
             "first_bad_seq": self.first.seq if self.first else None,
             "problems": [str(p) for p in self.problems],
@@ -125,6 +130,7 @@ class ChainVerifier:
         self._kinds: dict[str, str] = {}
         self._prev_safe = True  # GENESIS is hex
         self._signed: set[int] = set()
+        self._acts = ActorCheck()
         valid: set[tuple[int, str]] = set()
         for head in heads:
             if self._check_signature(head, keys):
@@ -231,6 +237,8 @@ class ChainVerifier:
                         self._problem(seq, f"differs from the {anchor.label}")
             if cov is not None and cov.wants(seq, kind):
                 cov.see(seq, kind, payload)
+            if kind in ACTS:
+                rep.problems.extend(self._acts.see(seq, kind, payload))
             safe, last = ok, digest
             if seq >= expect:
                 expect = seq + 1
@@ -253,6 +261,7 @@ class ChainVerifier:
     def finish(self, state_seq: int | None = None, state_head: str | None = None) -> VerifyReport:
         """Close the stream; ``state_*`` is the recorded chain head (database or export)."""
         rep = self.report
+        rep.requests_checked = self._acts.checked
         for seq in sorted(self._pending):
             self._problem(
                 rep.last_seq + 1,

@@ -11,6 +11,7 @@ import typer
 
 def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer) -> None:
     """Attach every verb to the ``fedgate`` app and its ``region`` and ``client`` sub-apps."""
+    from fedgate.server.cli.actors import register as register_actors
     from fedgate.server.cli.audit import register as register_audit
     from fedgate.server.cli.common import guard_every_verb
     from fedgate.server.cli.demo import register as register_demo
@@ -24,6 +25,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     register_runs(app, region_app)
     register_pki(region_app)
     register_region(region_app)
+    register_actors(region_app)
     register_client(client_app)
     app.add_typer(region_app, name="region")
     app.add_typer(client_app, name="client")

@@ -143,6 +143,8 @@ def _report(report: VerifyReport, source: str, as_json: bool, strict: bool, extr
             word = f"[bold {style}]IN PROGRESS[/bold {style}]"
         anchors = f", {report.anchors_checked} anchor(s)" if report.anchors_checked else ""
         models = f", {report.models_checked} model blob(s)" if report.models_checked else ""
+        if report.requests_checked:
+            models += f", {report.requests_checked} actor request(s)"
         out.print(
             f"{word} {source}: chain {report.chain_id}, "
             f"{report.events} events, head seq {report.last_seq}, "

@@ -47,6 +47,13 @@ RootCerts = Annotated[
         help="Region CA to trust at --superlink (default: <home>/regions/<r>/tls/ca.pem)."
     ),
 ]
+ActorKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--actor-key",
+        help="Your operator key that signs the request (default: <home>/keys/operator.key).",
+    ),
+]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="--superlink speaks plain HTTP (experiments only).")
 ]
@@ -56,11 +63,16 @@ def _home(home: Path | None) -> Path:
     return resolve_home(home)
 
 
-def _registry(home: Path | None, region: str, db: str | None) -> DatabaseDeviceRegistry:
+def _registry(
+    home: Path | None, region: str, db: str | None, key: Path | None = None
+) -> DatabaseDeviceRegistry:
     # heavy import: loaded only when a verb runs
+    from fedgate.server.trust.actors import load_actor_key
     from fedgate.server.trust.enrollment import check_region_name, region_registry
 
-    return region_registry(_home(home), check_region_name(region), db, create=False)
+    actor_key = None if key is None else load_actor_key(key)
+    where, region = _home(home), check_region_name(region)
+    return region_registry(where, region, db, create=False, actor_key=actor_key)
 
 
 def _when(ts: float | None) -> str:
@@ -77,9 +89,11 @@ def enroll_token(
     ttl_hours: Annotated[float, typer.Option(help="Hours until the token expires.")] = (
         DEFAULT_TOKEN_TTL / 3600
     ),
+    actor_key: ActorKey = None,
 ) -> None:
-    """Issue a one-time enrollment token for REGION (printed once; only its hash is kept)."""
-    with _registry(home, region, db) as registry:
+    """Issue a one-time enrollment token for REGION (printed once; only its hash is kept),
+    a request signed by an operator's key."""
+    with _registry(home, region, db, actor_key) as registry:
         token = registry.issue_token(ttl_hours * 3600)
         typer.echo(token)
         typer.echo(f"one-time token for region {region}, expires in {ttl_hours:g} h", err=True)
@@ -223,16 +237,18 @@ def revoke(
     superlink: Superlink = None,
     root_certificates: RootCerts = None,
     insecure: InsecureOpt = False,
+    actor_key: ActorKey = None,
 ) -> None:
-    """Revoke DEVICE: its updates are rejected from the next verification on, and its node
-    key is unregistered at the region's SuperLink (it can no longer connect)."""
+    """Revoke DEVICE (a request signed by an operator's key): its updates are rejected from
+    the next verification on, and its node key is unregistered at the region's SuperLink (it
+    can no longer connect)."""
     # heavy import: loaded only when this verb runs
     from fedgate.server.launch.transport import control_target
-    from fedgate.server.trust.enrollment import check_region_name, revoke_device
     from fedgate.server.trust.node_registration import unregister_device_node
 
     where = _home(home)
-    revoked = revoke_device(where, check_region_name(region), device, db, reason=reason)
+    with _registry(home, region, db, actor_key) as registry:
+        revoked = registry.revoke(registry.resolve(device), reason=reason)
     typer.echo(f"revoked device {revoked.device_id} in region {region}")
     target = control_target(where, region, superlink, root_certificates, insecure)
     dropped = unregister_device_node(target, revoked.device_id)

@@ -1,4 +1,5 @@
-"""``fedgate region init``: a region's CA, server certificate and signing key, in one step."""
+"""``fedgate region init``: a region's CA, server certificate, signing key and first operator,
+in one step."""
 
 from __future__ import annotations
 
@@ -61,15 +62,18 @@ def region_init(
         ),
     ] = False,
 ) -> None:
-    """Create REGION's TLS CA and server certificate and its signing key (idempotent)."""
+    """Create REGION's TLS CA and server certificate, its signing key and the home's operator
+    key, registered as the region's local-operator if it has no operator yet (idempotent)."""
     # heavy import: loaded only when this verb runs
     from fedgate.crypto import fingerprint
     from fedgate.server.audit.keys import ensure_region_key, region_pub_path
+    from fedgate.server.trust.actors import ensure_region_operator, operator_key_path
     from fedgate.server.trust.pki import ensure_region_pki
 
     home = resolve_home(home)
     result = ensure_region_pki(home, region, host or (), force=force)
     key = ensure_region_key(home, region)
+    operator = ensure_region_operator(home, region)
     if public_dir is not None:
         copied = export_public(result.tls, region_pub_path(home, region), public_dir)
     tls = result.tls
@@ -84,6 +88,8 @@ def region_init(
     typer.echo(f"  server key      {tls.server_key} (mode 0600; SuperLink and fleet proxy only)")
     typer.echo(f"  names           {', '.join(result.names)}")
     typer.echo(f"  signing key     {region_pub_path(home, region)} (id {fingerprint(key)[:16]})")
+    registered = f"registered as {operator.label}" if operator else "kept"
+    typer.echo(f"  operator key    {operator_key_path(home)} (mode 0600; {registered})")
     if public_dir is not None:
         typer.echo(f"  public copies   {', '.join(str(p) for p in copied)}")
 

@@ -202,6 +202,13 @@ def region_run_cmd(
             "global version.",
         ),
     ] = None,
+    actor_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--actor-key",
+            help="Your operator key that signs the launch (default: <home>/keys/operator.key).",
+        ),
+    ] = None,
 ) -> None:
     """Run federated training for one region and stream per-round metrics."""
     from fedgate.server.launch.run_records import StartPoint, init_point, resume_point
@@ -231,7 +238,7 @@ def region_run_cmd(
         console.print(f"warm start from model {start.init_model[:12]}… ({init_from})")
     if engine == "deployment":
         ensure_up(home, fed, reg)
-        sub = submit(fed, reg, home, extra=start.run_config())
+        sub = submit(fed, reg, home, extra=start.run_config(), actor_key=actor_key)
         console.print(f"run {sub.run_id} submitted; follow it elsewhere with "
                       f"`fedgate region attach {sub.run_id} --region {reg.name}`")  # fmt: skip
     else:

@@ -19,6 +19,7 @@ from fedgate import __version__
 from fedgate.atomic_file import write_atomic
 from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env, port_open
+from fedgate.server.audit.actors import LAUNCH_REQUEST_KEY
 from fedgate.server.db.engine import resolve_url
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
@@ -28,6 +29,7 @@ from fedgate.server.launch.topology import _bin, online_nodes, region_dir
 from fedgate.server.launch.transport import load_transport
 from fedgate.server.region.progress import read_progress
 from fedgate.server.region.run_spec import RunSpec
+from fedgate.server.trust.actors import load_actor_key, local_actor_key, sign_launch
 from fedgate.server.trust.node_auth import NodeAuthError, flwr_connection_toml
 
 APP_PYPROJECT = """\
@@ -99,6 +101,19 @@ def run_config(
 ) -> dict[str, Any]:
     """The ServerApp's run config for ``region``: its ``RunSpec`` as Flower's run config."""
     return run_spec(fed, region, home, out_dir).to_run_config()
+
+
+def signed_launch(
+    home: Path, region: str, config: Mapping[str, Any], actor_key: Path | None = None
+) -> dict[str, Any]:
+    """``config`` with ``launch-request``: the actor's signed request naming the digest of its
+    ``RunSpec`` run config, as the ServerApp reads it back (empty without ``actor_key`` and an
+    operator key in the home: the region decides whether it needs one)."""
+    key = load_actor_key(actor_key) if actor_key is not None else local_actor_key(home)
+    unsigned = {k: v for k, v in config.items() if k != LAUNCH_REQUEST_KEY}
+    spec_config = RunSpec.from_run_config(unsigned).to_run_config()
+    request = "" if key is None else sign_launch(key, region, spec_config)
+    return {**unsigned, LAUNCH_REQUEST_KEY: request}
 
 
 def launched_by() -> str:
@@ -230,14 +245,17 @@ def submit(
     home: Path,
     extra: Mapping[str, Any] | None = None,
     submit_timeout: float = 180.0,
+    actor_key: Path | None = None,
 ) -> Submission:
     """Submit ``region``'s run to its running SuperLink (``flwr run``, which returns once
     the SuperLink has the run) and start following its log; ``extra`` adds run-config keys
-    (a warm start, a resumed run)."""
+    (a warm start, a resumed run). The launch is signed with ``actor_key`` (default: the
+    home's operator key, if it has one)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = region_dir(home, region.name) / "runs" / f"{stamp}-{time.monotonic_ns() % 10**6}"
     out_dir.mkdir(parents=True)
     config = {**run_config(fed, region, home, out_dir.resolve()), **(extra or {})}
+    config = signed_launch(home, region.name, config, actor_key)
     app_dir = write_app(home, config)
     write_atomic(out_dir / "run-config.toml", to_toml(config))
     log = out_dir / "flwr-run.log"

@@ -305,12 +305,14 @@ def up(
     # heavy imports (database, audit chain): only `up` needs them, not `status`
     from fedgate.server.audit.keys import ensure_region_key
     from fedgate.server.launch.local_devices import enroll_region_devices
+    from fedgate.server.trust.actors import ensure_region_operator
 
     say = Progress(echo)
     devices = {}
     for r in fed.regions:
         transport.prepare_region(r.name)
         ensure_region_key(home, r.name)
+        ensure_region_operator(home, r.name, r.db or None)  # signs the devices' tokens
         devices[r.name] = enroll_region_devices(home, r)
     transport.save()
     say("all", "keys, certificates and device identities ready")

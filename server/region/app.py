@@ -3,6 +3,8 @@
 Its run config is a ``fedgate.server.region.run_spec.RunSpec`` (``[tool.flwr.app.config]`` of
 the generated app, or ``--run-config``), read and checked once when the run starts; the keys,
 their types, defaults and allowed values are documented there.
+Its ``launch-request`` key (not a ``RunSpec`` setting) carries the operator's signed
+request naming the digest of the spec's run config (``server/audit/actors.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fedgate.atomic_file import write_atomic
 from fedgate.models.data import Dataset, common_test_split, region_validation
 from fedgate.models.nets import build_model
 from fedgate.models.train import evaluate, example_losses
+from fedgate.server.audit.actors import LAUNCH_REQUEST_KEY, ActorError
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
@@ -34,6 +37,7 @@ from fedgate.server.region.fast_grid import FastPollGrid
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.server.region.progress import ProgressWriter
 from fedgate.server.region.run_spec import RunSpec
+from fedgate.server.trust.actors import admit_launch
 from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 from fedgate.strategies.envelope import signature_screen
 from fedgate.strategies.robust_strategy import (
@@ -286,7 +290,15 @@ def run_region(grid: Grid, run_config: Mapping[str, Any], run_id: int | str) -> 
         progress.write("failed", status="stopped", error=f"run {run_id} was stopped before it "
                        "started; it is not started now")  # fmt: skip
         return {}
-    store.record_run(run_id, where.region, spec.launched_by, spec.to_run_config())
+    try:  # who launched it: the operator whose signed request names this run's config
+        launch = admit_launch(
+            store, where.region, spec.to_run_config(),
+            str(run_config.get(LAUNCH_REQUEST_KEY, "") or ""), spec.launched_by,
+        )  # fmt: skip
+    except ActorError as exc:
+        progress.write("failed", status="refused", error=str(exc))
+        return {}
+    store.record_run(run_id, where.region, launch.launched_by, launch.config, launch.request)
     end = RunEnd(store, run_id, progress, ExecutorWatch.of_this_process())
     # Flower stops a ServerApp whose SuperExec/SuperLink went away with a signal, then
     # force-exits 5 s later, before any ``except`` below could run: record that first.

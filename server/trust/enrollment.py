@@ -34,11 +34,13 @@ from fedgate.crypto import (
     sha256_hex,
 )
 from fedgate.errors import UsageError
+from fedgate.server.audit.actors import ActorRequest, admit, roster_in, signed_if_needed
 from fedgate.server.audit.keys import ensure_region_key, region_key_path, region_pub_path
 from fedgate.server.audit.store import Store
 from fedgate.server.db.engine import resolve_url, write_txn
 from fedgate.server.db.models import Device as DeviceRow
 from fedgate.server.db.models import EnrollmentToken
+from fedgate.server.trust.actors import local_actor_key
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
 
 TOKEN_PREFIX = "fgt_"
@@ -131,11 +133,17 @@ class DatabaseDeviceRegistry:
     """
 
     def __init__(
-        self, store: Store, region: str, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        region: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        actor_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.region = check_region_name(region)
         self.store = store
         self._clock = clock
+        self.actor_key = actor_key  # signs token issues and revocations (an operator's)
         self._get = (
             select(DEVICES)
             .where(DEVICES.c.device_id == bindparam("device_id"))
@@ -162,6 +170,14 @@ class DatabaseDeviceRegistry:
         if self.store.audit.signer is not None:
             self.store.audit.sign_in(conn)
 
+    def _request(self, conn: Connection, kind: str, subject: str) -> dict[str, Any]:
+        """The operator's signed request for a ``kind`` event on ``subject``, checked against
+        the region's actors (``ActorError`` if it is needed and not valid); {} if not needed."""
+        roster = roster_in(conn, self.region)
+        request: ActorRequest | None = signed_if_needed(roster, self.actor_key, kind, subject)
+        admit(conn, kind, self.region, subject, request, roster)
+        return {} if request is None else {"request": request.to_json()}
+
     # -- DeviceRegistry -------------------------------------------------------------------
 
     def issue_token(self, ttl_seconds: float = DEFAULT_TOKEN_TTL) -> str:
@@ -180,13 +196,15 @@ class DatabaseDeviceRegistry:
                     token_hash=digest, region=self.region, issued_at=issued, expires_at=expires
                 )
             )
+            token_id = digest[:TOKEN_ID_CHARS]
             self._audit(
                 conn,
                 "device.token_issued",
                 {
                     "region": self.region,
-                    "token": digest[:TOKEN_ID_CHARS],
+                    "token": token_id,
                     "expires_at": expires.isoformat(),
+                    **self._request(conn, "device.token_issued", token_id),
                 },
             )
         return token
@@ -272,7 +290,12 @@ class DatabaseDeviceRegistry:
                 self._audit(
                     conn,
                     "device.revoked",
-                    {"device": device_id, "region": self.region, "reason": reason},
+                    {
+                        "device": device_id,
+                        "region": self.region,
+                        "reason": reason,
+                        **self._request(conn, "device.revoked", device_id),
+                    },
                 )
             row = conn.execute(self._get, {"device_id": device_id}).first()
         if row is None:
@@ -336,6 +359,7 @@ def region_registry(
     *,
     clock: Callable[[], float] = time.time,
     create: bool = True,
+    actor_key: Ed25519PrivateKey | None = None,
 ) -> DatabaseDeviceRegistry:
     """The registry of ``region`` in its database, migrated to the newest schema.
 
@@ -343,11 +367,15 @@ def region_registry(
     heads are signed with the region server key (``<home>/keys/region-<region>.key``). With
     ``create`` the key is made on first use (what ``up`` needs); without it (every operator
     verb) a home where the region was never set up is an error and nothing is created.
+    Token issues and revocations are signed with ``actor_key`` (default: the home's operator
+    key, ``<home>/keys/operator.key``, if it has one).
     """
     check_region_name(region)
     url = resolve_url(db, home, region)
     signer = ensure_region_key(home, region) if create else existing_region_key(home, region)
-    return DatabaseDeviceRegistry(Store.open(url, signer=signer), region, clock=clock)
+    actor_key = actor_key or local_actor_key(home)
+    store = Store.open(url, signer=signer)
+    return DatabaseDeviceRegistry(store, region, clock=clock, actor_key=actor_key)
 
 
 def existing_region_key(home: str | Path, region: str) -> Ed25519PrivateKey:
@@ -403,8 +431,15 @@ def enroll_device_dir(
 
 
 def revoke_device(
-    home: str | Path, region: str, device: str, db: str | None = None, *, reason: str = ""
+    home: str | Path,
+    region: str,
+    device: str,
+    db: str | None = None,
+    *,
+    reason: str = "",
+    actor_key: Ed25519PrivateKey | None = None,
 ) -> Device:
-    """Revoke ``device`` (its id or a unique prefix of 8+ hex digits) in ``region``."""
-    with region_registry(home, region, db, create=False) as registry:
+    """Revoke ``device`` (its id or a unique prefix of 8+ hex digits) in ``region``, signed by
+    ``actor_key`` (default: the home's operator key)."""
+    with region_registry(home, region, db, create=False, actor_key=actor_key) as registry:
         return registry.revoke(registry.resolve(device), reason=reason)
