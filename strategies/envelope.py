@@ -174,8 +174,10 @@ class Envelope:
             raise ValueError(f"type must be {ENVELOPE_TYPE!r}")
         if "version" not in obj:
             raise ValueError("fields missing ['version']")
-        if obj["version"] != PROTOCOL_VERSION or type(obj["version"]) is not int:
-            raise UnsupportedVersion(f"version {obj['version']!r} (supported: 1)")
+        if type(obj["version"]) is not int:  # true, "1", null...: no version at all
+            raise ValueError("version must be an integer")
+        if obj["version"] != PROTOCOL_VERSION:
+            raise UnsupportedVersion(f"version {obj['version']} (supported: 1)")
         if set(obj) != _FIELDS:
             missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
             raise ValueError(f"fields missing {missing}, unexpected {extra}")
