@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -136,7 +137,7 @@ def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -
     arrays = next(iter(content.array_records.values()))
     metrics = next(iter(content.metric_records.values()))
     n = metrics.get("num-examples")
-    if not isinstance(n, int | float) or isinstance(n, bool) or n <= 0:
+    if not isinstance(n, int | float) or isinstance(n, bool) or not 0 < n < math.inf:
         return ClientFate(node, False, "missing-fields", "num-examples missing or not positive")
     if list(arrays.keys()) != list(current.keys()):
         return ClientFate(node, False, "wrong-shape", "array names differ from the global model")

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 
 from fedgate.strategies.aggregators import make_aggregator
 from fedgate.strategies.fates import ClientFate
-from fedgate.strategies.robust_strategy import RobustStrategy, RoundCountError, RoundRecord
+from fedgate.strategies.robust_strategy import (
+    RobustStrategy,
+    RoundCountError,
+    RoundRecord,
+    structural_screen,
+)
 from fedgate.strategies.train_round import MEDIAN_CAP, capped_weights, match_replies
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -171,3 +176,9 @@ def test_no_weight_exceeds_k_times_the_median_count(counts) -> None:
     assert np.all(weights <= MEDIAN_CAP * median) and np.all(weights <= counts)
     within = np.array(counts) <= MEDIAN_CAP * median
     assert np.all(weights[within] == np.array(counts)[within])  # only the excess is cut
+
+
+@pytest.mark.parametrize("count", [float("nan"), float("inf"), 0, -3])
+def test_an_unusable_example_count_is_missing_fields(count) -> None:
+    fate = structural_screen(message(11, "m11", examples=count), 1, CURRENT)
+    assert (fate.accepted, fate.reason) == (False, "missing-fields")
