@@ -9,6 +9,7 @@ beside the update as a ``ConfigRecord`` holding ``envelope`` (the canonical JSON
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -45,6 +46,7 @@ from fedgate.formats import (
     MAX_TEXT,
     NONCE_RE,
     SIGNATURE_RE,
+    is_hex64,
 )
 from fedgate.strategies.fates import ClientFate
 
@@ -172,8 +174,10 @@ class Envelope:
             raise ValueError(f"type must be {ENVELOPE_TYPE!r}")
         if "version" not in obj:
             raise ValueError("fields missing ['version']")
-        if obj["version"] != PROTOCOL_VERSION or type(obj["version"]) is not int:
-            raise UnsupportedVersion(f"version {obj['version']!r} (supported: 1)")
+        if type(obj["version"]) is not int:  # true, "1", null...: no version at all
+            raise ValueError("version must be an integer")
+        if obj["version"] != PROTOCOL_VERSION:
+            raise UnsupportedVersion(f"version {obj['version']} (supported: 1)")
         if set(obj) != _FIELDS:
             missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
             raise ValueError(f"fields missing {missing}, unexpected {extra}")
@@ -425,6 +429,21 @@ def parse_record(record: Any) -> tuple[Envelope, bytes, bytes]:
     return envelope, text.encode("utf-8"), bytes.fromhex(sig)
 
 
+def claimed_device(record: Any) -> str:
+    """The device id a packed envelope names, verifying nothing: ``""`` unless the record's
+    envelope text is a JSON object (of at most ``MAX_ENVELOPE_CHARS``) whose ``device_id``
+    is 64 lowercase hex digits. For the record of a refused update, never for trust."""
+    text = record.get(ENVELOPE_FIELD) if isinstance(record, Mapping) else None
+    if not isinstance(text, str) or len(text) > MAX_ENVELOPE_CHARS:
+        return ""
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return ""
+    device = obj.get("device_id") if isinstance(obj, dict) else None
+    return device if is_hex64(device) else ""
+
+
 def _authenticate(
     envelope: Envelope, signed: bytes, signature: bytes, expected_region: str, registry: Any
 ) -> None:
@@ -553,9 +572,11 @@ def signature_screen(
 ) -> Callable[[Message, int, ArrayRecord], ClientFate]:
     """A ``RobustStrategy`` screen: ``base_screen`` first, then envelope verification.
 
-    An accepted fate gets the verified device id and the signed example count. Any
-    unexpected exception (in ``base_screen``, the registry, ...) rejects the update with
-    ``verification-error`` instead of crashing the round.
+    An accepted fate gets the verified device id and the signed example count; every fate
+    gets the device id the envelope claims (``claimed_device``), so a refused update still
+    names the device it claims to be. Any unexpected exception (in ``base_screen``, the
+    registry, ...) rejects the update with ``verification-error`` instead of crashing the
+    round.
     """
     cache: list[Any] = [None, None, ""]  # (round, current record, digest)
 
@@ -565,10 +586,13 @@ def signature_screen(
         return cache[2]
 
     def verified(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
-        fate = base_screen(reply, server_round, current)
+        content = reply.content
+        fate = replace(
+            base_screen(reply, server_round, current),
+            claimed_device_id=claimed_device(content.config_records.get(record_key)),
+        )
         if not fate.accepted:
             return fate
-        content = reply.content
         try:
             envelope = open_envelope(
                 content.config_records.get(record_key),
@@ -597,6 +621,9 @@ def signature_screen(
         except Exception as exc:  # fail closed: a fault never crashes the round
             log(WARNING, "update screening failed unexpectedly: %r", exc)
             node = getattr(getattr(reply, "metadata", None), "src_node_id", 0)
-            return ClientFate(node, False, Reason.VERIFICATION_ERROR, repr(exc)[:200])
+            fate = ClientFate(node, False, Reason.VERIFICATION_ERROR, repr(exc)[:200])
+            with contextlib.suppress(Exception):  # the reply itself may be what is broken
+                fate.claimed_device_id = claimed_device(reply.content.config_records[record_key])
+            return fate
 
     return screen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -23,20 +24,21 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from fedgate.canonical_arrays import CanonicalArraysError
-from fedgate.errors import UnavailableError
+from fedgate.errors import UnavailableError, VerificationError
 from fedgate.strategies.aggregators import Aggregator
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
-from fedgate.strategies.fates import ClientFate
+from fedgate.strategies.fates import ClientFate, TransportError
 from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
 from fedgate.strategies.train_round import (
+    MEDIAN_CAP,
     Screen,
     apply_decisions,
     federated_metrics,
+    match_replies,
     round_updates,
     screen_replies,
     too_few_note,
     train_metrics,
-    unanswered,
     unflatten_record,
 )
 
@@ -44,9 +46,18 @@ ARRAYS_KEY = "arrays"  # the message content's ArrayRecord (the model), as the C
 CONFIG_KEY = "config"  # the message content's ConfigRecord (the signed instruction)
 
 
+class RoundCountError(VerificationError, ValueError):
+    """A round record's fates do not add up to the devices sampled."""
+
+
 @dataclass
 class RoundRecord:
-    """One round's outcome as the operator and the auditor see it."""
+    """One round's outcome as the operator and the auditor see it.
+
+    ``clients`` holds at most one fate per sampled node (exactly one when the strategy
+    builds it), so accepted + rejected never exceeds ``sampled``; Flower errors that are no
+    client's answer are ``transport_errors``. Both are checked when the record is built.
+    """
 
     round: int
     sampled: int
@@ -54,6 +65,15 @@ class RoundRecord:
     aggregated: bool = False
     note: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    transport_errors: list[TransportError] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        nodes = [c.node_id for c in self.clients]
+        if len(nodes) > self.sampled or len(set(nodes)) != len(nodes):
+            raise RoundCountError(
+                f"round {self.round}: {len(nodes)} fate(s) for {len(set(nodes))} node(s), "
+                f"{self.sampled} sampled; a round has at most one fate per sampled node"
+            )
 
     @property
     def accepted(self) -> int:
@@ -117,7 +137,7 @@ def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -
     arrays = next(iter(content.array_records.values()))
     metrics = next(iter(content.metric_records.values()))
     n = metrics.get("num-examples")
-    if not isinstance(n, int | float) or isinstance(n, bool) or n <= 0:
+    if not isinstance(n, int | float) or isinstance(n, bool) or not 0 < n < math.inf:
         return ClientFate(node, False, "missing-fields", "num-examples missing or not positive")
     if list(arrays.keys()) != list(current.keys()):
         return ClientFate(node, False, "wrong-shape", "array names differ from the global model")
@@ -159,6 +179,7 @@ class RobustStrategy(Strategy):
         clients_per_round: int,
         min_clients: int,
         max_examples: int = 1000,
+        median_cap: float = MEDIAN_CAP,
         screen: Screen = structural_screen,
         signer: RoundSigner | None = None,
         on_round_opened: Callable[[int, dict], None] | None = None,
@@ -171,6 +192,7 @@ class RobustStrategy(Strategy):
         self.clients_per_round = clients_per_round
         self.min_clients = min_clients
         self.max_examples = max_examples
+        self.median_cap = median_cap
         self.screen = screen
         self.signer = signer
         self.on_round_opened = on_round_opened
@@ -179,7 +201,7 @@ class RobustStrategy(Strategy):
         self.scorer = scorer
         self.wait_timeout = wait_timeout
         self.rounds: list[RoundRecord] = []
-        self._sampled: dict[int, list[int]] = {}  # round -> nodes sent a train message
+        self._sent: dict[int, list[Message]] = {}  # round -> its train messages
         self._current: ArrayRecord | None = None
         self._rng = random.Random(seed)
 
@@ -187,12 +209,14 @@ class RobustStrategy(Strategy):
         """Log the rule and the round's sizes."""
         log(
             INFO,
-            "\t├── aggregator: %s (f=%s), clients per round %s (min %s), example cap %s",
+            "\t├── aggregator: %s (f=%s), clients per round %s (min %s), "
+            "example cap %s and %s x the round's median",
             self.aggregator.name,
             self.aggregator.f,
             self.clients_per_round,
             self.min_clients,
             self.max_examples,
+            self.median_cap,
         )
 
     def start(
@@ -283,7 +307,7 @@ class RobustStrategy(Strategy):
     ) -> Iterable[Message]:
         self._current = arrays
         messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
-        self._sampled[server_round] = [m.metadata.dst_node_id for m in messages]
+        self._sent[server_round] = messages  # Flower sets their message ids when it sends them
         return messages
 
     def configure_evaluate(
@@ -298,17 +322,31 @@ class RobustStrategy(Strategy):
         aggregate their deltas; ``(None, None)`` keeps the global model."""
         current = self._current
         assert current is not None, "configure_train runs before aggregate_train"
-        replies = list(replies)
-        sampled = self._sampled.pop(server_round, [])
-        record = RoundRecord(round=server_round, sampled=len(sampled) or len(replies))
-        record.clients = unanswered(sampled, replies)
-        for fate in record.clients:
+        sent = self._sent.pop(server_round, None)
+        matched = match_replies(
+            replies,
+            None if sent is None else [m.metadata.dst_node_id for m in sent],
+            {
+                m.metadata.message_id: m.metadata.dst_node_id
+                for m in sent or []
+                if m.metadata.message_id
+            },
+        )
+        for error in matched.transport:
+            log(WARNING, "round %s: Flower error %s (node %s): %s",
+                server_round, error.code, error.node_id, error.reason)  # fmt: skip
+        for fate in matched.unanswered:
             log(WARNING, "round %s: node %s did not reply", server_round, fate.node_id)
         fates, accepted = screen_replies(
-            replies, self.screen, server_round, current, self.max_examples
+            matched.updates, self.screen, server_round, current, self.max_examples
         )
-        record.clients.extend(fates)
-        for fate in fates:
+        record = RoundRecord(
+            round=server_round,
+            sampled=len(matched.sampled),
+            clients=[*matched.unanswered, *matched.client_errors, *fates],
+            transport_errors=matched.transport,
+        )
+        for fate in [*matched.client_errors, *fates]:
             if not fate.accepted:
                 log(WARNING, "round %s: rejected node %s: %s %s",
                     server_round, fate.node_id, fate.reason, fate.detail)  # fmt: skip
@@ -321,7 +359,7 @@ class RobustStrategy(Strategy):
             self._finish(record)
             return None, None
 
-        updates = round_updates(current, accepted)
+        updates = round_updates(current, accepted, self.median_cap)
         self._offer_scorer(updates.base, current)
         result = self.aggregator(updates.deltas, updates.weights)
         if result.note:

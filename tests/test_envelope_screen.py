@@ -143,3 +143,27 @@ def test_a_crashing_base_screen_rejects_instead_of_crashing(fleet: Fleet) -> Non
     base = model(0.0)
     fate = screen(reply(7, fleet.content(fleet.keys[0], 1, base, 1.0)), 1, base)
     assert (fate.node_id, fate.accepted, fate.reason) == (7, False, Reason.VERIFICATION_ERROR)
+
+
+def test_a_refused_update_records_the_device_it_claims_unverified(fleet: Fleet) -> None:
+    base = model(0.0)
+    device = fingerprint(fleet.keys[0])
+    broken = fleet.screen(reply(1, fleet.content(fleet.keys[0], 1, base, np.nan)), 1, base)
+    assert (broken.reason, broken.node_id) == ("non-finite", 1)
+    assert (broken.device_id, broken.claimed_device_id) == ("", device)
+
+    forged = fleet.content(fleet.keys[1], 1, base, 1.0)
+    forged["envelope"] = fleet.content(fleet.keys[0], 1, base, 2.0)["envelope"]  # not these arrays
+    fate = fleet.screen(reply(2, forged), 1, base)
+    assert (fate.reason, fate.device_id, fate.claimed_device_id) == (
+        Reason.DIGEST_MISMATCH,
+        "",
+        device,
+    )
+
+    unsigned = fleet.content(fleet.keys[2], 1, base, 1.0)
+    del unsigned["envelope"]
+    assert fleet.screen(reply(3, unsigned), 1, base).claimed_device_id == ""
+
+    honest = fleet.screen(reply(4, fleet.content(fleet.keys[3], 1, base, 1.0)), 1, base)
+    assert honest.accepted and honest.device_id == honest.claimed_device_id

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedgate.server.audit.round_rows import finite, metric_rows, round_write
-from fedgate.strategies.fates import ClientFate
+from fedgate.strategies.fates import ClientFate, TransportError
 from fedgate.strategies.robust_strategy import RoundRecord
 
 DEV = "d" * 64
@@ -27,7 +27,8 @@ def _record() -> RoundRecord:
 def test_round_row_counts_verdicts() -> None:
     rows = round_write("r1", _record())
     assert rows.round == {"run_id": "r1", "round": 4, "sampled": 5, "accepted": 2,
-                          "rejected": 1, "aggregated": True, "note": "chose median"}  # fmt: skip
+                          "rejected": 1, "aggregated": True, "note": "chose median",
+                          "transport_errors": 0}  # fmt: skip
 
 
 def test_update_rows_carry_each_fate_with_non_finite_scores_as_none() -> None:
@@ -84,6 +85,28 @@ def test_dict_records_are_read_like_dataclasses() -> None:
     assert (rows.round["accepted"], rows.round["rejected"], rows.round["note"]) == (0, 1, "")
     assert rows.updates[0]["node_id"] == "9" and rows.updates[0]["num_examples"] == 0
     assert [kind for kind, _ in rows.events] == ["update.rejected", "round.closed"]
+
+
+def test_a_refused_update_names_the_device_it_claims_and_transport_errors_close_the_round() -> None:
+    claimed = ClientFate(3, False, reason="wrong-shape", detail="w", claimed_device_id=DEV)
+    lost = ClientFate(2, False, reason="no-reply", detail="Flower error 3: objects unavailable")
+    error = TransportError(2, 3, "Reply message objects are unavailable")
+    record = RoundRecord(round=1, sampled=2, clients=[lost, claimed], transport_errors=[error])
+    rows = round_write("r1", record)
+    assert rows.round["transport_errors"] == 1
+    assert (rows.round["sampled"], rows.round["accepted"], rows.round["rejected"]) == (2, 0, 2)
+    refused = rows.updates[1]
+    assert (refused["node_id"], refused["device_id"], refused["claimed_device_id"]) == (
+        "3",
+        "",
+        DEV,
+    )
+    assert rows.updates[0]["claimed_device_id"] == ""
+    assert "claimed_device" not in rows.events[0][1]
+    assert rows.events[1][1]["claimed_device"] == DEV and rows.events[1][1]["device"] == ""
+    assert rows.events[-1][1]["transport_errors"] == [
+        {"node": "2", "code": 3, "reason": "Reply message objects are unavailable"}
+    ]
 
 
 @settings(max_examples=40, deadline=None)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import train_reply
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedgate.canonical_arrays import arrays_digest, canonical_bytes
 from fedgate.crypto import canonical_json, fingerprint, load_public_key, public_bytes, verify
@@ -30,7 +31,9 @@ from fedgate.strategies.envelope import (
     RejectedUpdate,
     array_view,
     open_envelope,
+    signature_screen,
 )
+from fedgate.strategies.fates import ClientFate
 from fedgate.strategies.instruction import (
     SIGNATURE_KEY,
     InstructionError,
@@ -38,6 +41,7 @@ from fedgate.strategies.instruction import (
     instruction_bytes,
     verify_instruction,
 )
+from fedgate.strategies.robust_strategy import structural_screen
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 VECTORS_FILE = VECTORS_DIR / "signing.json"
@@ -189,6 +193,25 @@ def open_reply(reply: dict[str, Any], seen: ReplayGuard | None = None) -> str:
     ).device_id
 
 
+GLOBAL_MODEL = ArrayRecord(
+    {e["name"]: flower_array(e) for e in ARRAY_CASES["global-model"]["arrays"]}
+)
+
+
+def screen_reply(reply: dict[str, Any], seen: ReplayGuard | None = None) -> ClientFate:
+    """The fate the region server's screen (structural screen, then the envelope: the
+    order of docs/signing.md section 6) gives ``reply`` in the context's round."""
+    record, arrays, metrics = received(reply)
+    content = RecordDict({"arrays": arrays, "metrics": metrics})
+    if record is not None:
+        content["envelope"] = record
+    screen = signature_screen(
+        REGISTRY, CTX["region"], CTX["run_id"], lambda _: CTX["nonce"], structural_screen,
+        seen=seen,
+    )  # fmt: skip
+    return screen(train_reply(1, content), CTX["round"], GLOBAL_MODEL)
+
+
 def test_the_context_names_the_global_model() -> None:
     assert CTX["global_model_digest"] == ARRAY_CASES["global-model"]["sha256"]
 
@@ -208,6 +231,16 @@ def test_envelopes(case: dict[str, Any]) -> None:
     }
     assert case["fields"]["arrays_digest"] == ARRAY_CASES[case["reply"]["arrays"]]["sha256"]
     assert open_reply(case["reply"]) == case["fields"]["device_id"]
+    fate = screen_reply(case["reply"])
+    assert fate.accepted, fate
+    assert fate.device_id == fate.claimed_device_id == case["fields"]["device_id"]
+
+
+def test_the_envelope_limit_counts_code_points() -> None:
+    """Under 8192 code points, over 8192 UTF-8 bytes and UTF-16 units, and accepted."""
+    (case,) = [c for c in V["envelopes"] if c["name"] == "update-non-bmp-metric-names"]
+    text = case["canonical_json"]
+    assert len(text) <= 8192 < min(len(text.encode()), len(text.encode("utf-16-le")) // 2)
 
 
 def test_a_plain_envelope_is_sorted_compact_json() -> None:
@@ -219,30 +252,51 @@ def test_a_plain_envelope_is_sorted_compact_json() -> None:
 
 @pytest.mark.parametrize("case", V["envelope_rejections"], ids=lambda c: c["name"])
 def test_envelope_rejections(case: dict[str, Any]) -> None:
+    """Every vector gets its reason from the server's screen, in the order of the spec."""
+    fate = screen_reply(case["reply"])
+    assert (fate.accepted, fate.reason) == (False, case["expected_reason"]), fate.detail
+    assert fate.device_id == ""  # a refused update is never attributed to a verified device
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in V["envelope_rejections"] if c["stage"] == "envelope"],
+    ids=lambda c: c["name"],
+)  # fmt: skip
+def test_envelope_stage_rejections_come_from_the_envelope_alone(case: dict[str, Any]) -> None:
     with pytest.raises(RejectedUpdate) as info:
         open_reply(case["reply"])
     assert info.value.code == case["expected_reason"]
 
 
+def test_structural_stage_vectors_carry_the_structural_codes() -> None:
+    for case in V["envelope_rejections"]:
+        assert (case["stage"] == "structural") == (
+            case["expected_reason"] in STRUCTURAL_CODES | {Reason.OVERSIZE}
+        ), case["name"]
+
+
 @pytest.mark.parametrize("case", V["envelope_sequences"], ids=lambda c: c["name"])
 def test_envelope_sequences(case: dict[str, Any]) -> None:
-    guard = ReplayGuard()
-    outcomes = []
+    guard, screened = ReplayGuard(), ReplayGuard()
+    outcomes, fates = [], []
     for reply in case["replies"]:
         try:
             open_reply(reply, guard)
             outcomes.append(None)
         except RejectedUpdate as exc:
             outcomes.append(exc.code)
-    assert outcomes == case["expected_reasons"]
+        fate = screen_reply(reply, screened)
+        fates.append(None if fate.accepted else fate.reason)
+    assert outcomes == fates == case["expected_reasons"]
 
 
 def test_the_negative_vectors_cover_every_verification_reason() -> None:
     covered = {c["expected_reason"] for c in V["envelope_rejections"]}
     covered |= {code for c in V["envelope_sequences"] for code in c["expected_reasons"]}
-    codes = {v for k, v in vars(Reason).items() if k.isupper()}
-    # verification-error is the screen's fail-closed answer to a fault, not an input.
-    assert codes - covered == {Reason.VERIFICATION_ERROR}
+    codes = {v for k, v in vars(Reason).items() if k.isupper()} | STRUCTURAL_CODES
+    # verification-error is the screen's fail-closed answer to a fault, not an input;
+    # client-error is a Flower error reply (a ClientApp failure), not a reply's content.
+    assert codes - covered == {Reason.VERIFICATION_ERROR, "client-error"}
 
 
 # ---------------------------------------------------------------- instructions

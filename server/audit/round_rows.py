@@ -19,7 +19,12 @@ from fedgate.server.audit.log import Item
 class RoundWrite:
     """One round's writes: its ``rounds`` row (without ``closed_at``, stamped when written),
     one ``updates`` row per client, the finite metrics' ``metrics`` rows and the audit
-    events (``update.*``, ``aggregator.decision``, then ``round.closed``)."""
+    events (``update.*``, ``aggregator.decision``, then ``round.closed``).
+
+    An update's ``claimed_device_id`` is the device id its envelope names, unverified (the
+    event's ``claimed_device``, present when not empty); ``device_id`` is the verified one.
+    The round's Flower transport errors are counted in its row (``transport_errors``) and
+    listed, with their reasons, in ``round.closed`` (present when there are any)."""
 
     round: dict[str, Any]
     updates: list[dict[str, Any]]
@@ -58,6 +63,7 @@ def update_row(run: str, rnd: int, client: Any) -> dict[str, Any]:
         "round": rnd,
         "node_id": str(field_of(client, "node_id")),
         "device_id": str(field_of(client, "device_id", "") or ""),
+        "claimed_device_id": str(field_of(client, "claimed_device_id", "") or ""),
         "digest": str(field_of(client, "digest", "") or ""),
         "verdict": "accepted" if field_of(client, "accepted") else "rejected",
         "reason": str(field_of(client, "reason", "") or ""),
@@ -85,6 +91,8 @@ def update_events(row: Mapping[str, Any]) -> list[Item]:
         "reason": row["reason"],
         "detail": row["detail"],
     }
+    if row["claimed_device_id"]:
+        verdict["claimed_device"] = row["claimed_device_id"]
     events: list[Item] = [(f"update.{row['verdict']}", verdict)]
     if row["fate"]:
         decision = {**base, "fate": row["fate"], "score": row["score"], "weight": row["weight"]}
@@ -92,11 +100,22 @@ def update_events(row: Mapping[str, Any]) -> list[Item]:
     return events
 
 
+def transport_error(error: Any) -> dict[str, Any]:
+    """One Flower transport error of a round as ``round.closed`` lists it."""
+    node = field_of(error, "node_id")
+    return {
+        "node": None if node is None else str(node),
+        "code": int(field_of(error, "code", 0) or 0),
+        "reason": str(field_of(error, "reason", "") or ""),
+    }
+
+
 def round_write(run_id: int | str, record: Any, model_sha256: str = "") -> RoundWrite:
     """Everything recording ``record`` (a ``RoundRecord``-like outcome) writes; with
     ``model_sha256`` the ``round.closed`` event names the round's model in the blob store."""
     run, rnd = str(run_id), int(field_of(record, "round"))
     clients = list(field_of(record, "clients", []) or [])
+    transport = [transport_error(e) for e in field_of(record, "transport_errors", []) or []]
     accepted = sum(bool(field_of(c, "accepted")) for c in clients)
     metrics = {str(k): finite(v) for k, v in (field_of(record, "metrics", {}) or {}).items()}
     round_row = {
@@ -107,11 +126,15 @@ def round_write(run_id: int | str, record: Any, model_sha256: str = "") -> Round
         "rejected": len(clients) - accepted,
         "aggregated": bool(field_of(record, "aggregated", False)),
         "note": str(field_of(record, "note", "")),
+        "transport_errors": len(transport),
     }
     updates = [update_row(run, rnd, c) for c in clients]
     events = [event for row in updates for event in update_events(row)]
-    closed = {"run": run, **{k: v for k, v in round_row.items() if k != "run_id"}}
+    skip = ("run_id", "transport_errors")
+    closed = {"run": run, **{k: v for k, v in round_row.items() if k not in skip}}
     closed["metrics"] = metrics
+    if transport:
+        closed["transport_errors"] = transport
     if model_sha256:
         closed["model"] = model_sha256
     events.append(("round.closed", closed))

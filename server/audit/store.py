@@ -63,6 +63,7 @@ class RoundInfo:
     note: str
     closed_at: datetime
     metrics: dict[str, float]
+    transport_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class UpdateInfo:
     fate: str
     score: float | None
     weight: float
+    claimed_device_id: str = ""  # the device id the envelope names, unverified
 
 
 def _now() -> datetime:
@@ -399,6 +401,7 @@ class Store:
                 u.fate,
                 u.score,
                 u.weight,
+                u.claimed_device_id,
             )
             for u in ups
         ]
@@ -416,4 +419,5 @@ def _round(r: Any, metrics: dict[str, float]) -> RoundInfo:
         r.note,
         r.closed_at,
         dict(metrics),
+        r.transport_errors,
     )

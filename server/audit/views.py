@@ -108,6 +108,7 @@ def build_view(events: Any) -> ChainView:
                     "",
                     None,
                     0.0,
+                    str(data.get("claimed_device", "")),
                 )
             )
         elif kind == "aggregator.decision":
@@ -136,6 +137,7 @@ def build_view(events: Any) -> ChainView:
                 str(data.get("note", "")),
                 _ts(ts),
                 dict(metrics),
+                len(data.get("transport_errors") or []),
             )
             if run in view.runs:
                 view.runs[run] = _set(view.runs[run], rounds=view.runs[run].rounds + 1)

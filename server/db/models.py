@@ -85,6 +85,7 @@ class Round(Base):
     aggregated: Mapped[bool] = mapped_column(Boolean)
     note: Mapped[str] = mapped_column(Text)
     closed_at: Mapped[datetime]
+    transport_errors: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Update(Base):
@@ -98,7 +99,8 @@ class Update(Base):
     run_id: Mapped[str] = mapped_column(String(64))
     round: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are unsigned 64-bit
-    device_id: Mapped[str] = mapped_column(String(HEX))
+    device_id: Mapped[str] = mapped_column(String(HEX))  # verified; the claimed one below is not
+    claimed_device_id: Mapped[str] = mapped_column(String(HEX), server_default="")
     digest: Mapped[str] = mapped_column(String(HEX))
     verdict: Mapped[str] = mapped_column(String(16))  # accepted / rejected
     reason: Mapped[str] = mapped_column(String(64))

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedgate.canonical_arrays import arrays_digest, canonical_bytes
 from fedgate.crypto import canonical_json, fingerprint, public_bytes, sha256_hex, sign
+from fedgate.formats import MAX_ENVELOPE_CHARS, MAX_METRICS
 from fedgate.strategies.envelope import Envelope, Reason, pack_envelope
 from fedgate.strategies.instruction import (
     SIGNATURE_KEY,
@@ -41,6 +42,9 @@ RFC8032_TEST2 = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6f
 RFC8032_TEST3 = "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7"
 
 REGION, OTHER_REGION, RUN, ROUND = "eu", "us", "eu-run-0001", 3
+# the structural screen's codes (strategies/robust_strategy.py), checked before the envelope
+MISSING_FIELDS, WRONG_SHAPE, NON_FINITE = "missing-fields", "wrong-shape", "non-finite"
+STRUCTURAL = frozenset({MISSING_FIELDS, WRONG_SHAPE, NON_FINITE})
 
 
 def _seed(label: str) -> str:
@@ -74,11 +78,12 @@ def _keys() -> dict[str, Any]:
 # ---------------------------------------------------------------- arrays
 
 
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """The ``.npy`` v1.0 payload of a Flower ``Array`` (little-endian, C order), as numpy
-    writes it: magic, version, u16 header length, a Python-literal header padded with
-    spaces and a newline to a multiple of 64 bytes, then the data."""
-    arr = arr.astype(arr.dtype.newbyteorder("<"), order="C")
+def npy_bytes(arr: np.ndarray, order: str = "<") -> bytes:
+    """The ``.npy`` v1.0 payload of a Flower ``Array`` (little-endian unless ``order`` is
+    ``">"``, C order), as numpy writes it: magic, version, u16 header length, a
+    Python-literal header padded with spaces and a newline to a multiple of 64 bytes, then
+    the data."""
+    arr = arr.astype(arr.dtype.newbyteorder(order), order="C")
     shape = repr(tuple(int(n) for n in arr.shape))
     header = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
     pad = -(10 + len(header) + 1) % 64
@@ -236,8 +241,17 @@ def _envelopes() -> list[dict[str, Any]]:
         "pr\u00e9cision": 0.5,
         'quote"back\\slash': 1,
     }
+    emoji = {"\U0001f600" * 127 + chr(0x41 + i): 1 for i in range(MAX_METRICS - 1)}
+    long_metrics = {"num-examples": 40, **emoji}
     return [
         _envelope_case("update", "an honest round-3 update", envelope(), "update"),
+        _envelope_case(
+            "update-non-bmp-metric-names",
+            "31 metric names of 128 code points, 127 of them U+1F600: the text is under 8192 "
+            "code points but over 8192 UTF-8 bytes and over 8192 UTF-16 units, and accepted",
+            envelope(metrics=long_metrics),
+            "update",
+        ),
         _envelope_case(
             "update-json-edge-cases",
             "RFC 8785 at work: number formatting, -0.0, escaping, non-ASCII and key order",
@@ -265,6 +279,11 @@ def _envelope_rejections() -> list[dict[str, Any]]:
     def add(name: str, note: str, reply: dict[str, Any], reason: str) -> None:
         cases.append((name, note, reply, reason))
 
+    def signed_as_is(obj: dict[str, Any], arrays: Any = "update", metrics: Any = None) -> dict:
+        text = canonical_json(obj)
+        record = {"envelope": text.decode(), "signature": sign(key("device"), text).hex()}
+        return _reply(record, arrays, metrics)
+
     w_npy_len = len(npy_bytes(UPDATE[0][1]))
     add(
         "array-byte-changed",
@@ -275,17 +294,60 @@ def _envelope_rejections() -> list[dict[str, Any]]:
     reordered = [_array_entry(n, a) for n, a in reversed(UPDATE)]
     add(
         "arrays-reordered",
-        "same arrays, another order",
+        "same arrays, another order: the structural screen (step S3) refuses it first",
         _reply(rec, reordered),
-        Reason.DIGEST_MISMATCH,
+        WRONG_SHAPE,
     )
     shape_lie = [_array_entry(n, a) for n, a in UPDATE]
     shape_lie[0]["npy_hex"] = npy_bytes(UPDATE[0][1].reshape(3, 2)).hex()
     add(
         "payload-shape-differs-from-declared",
-        "'w' declares shape [2, 3] but its .npy payload holds shape (3, 2)",
+        "'w' declares shape [2, 3] but its .npy payload holds shape (3, 2): refused by the "
+        "structural screen (step S3)",
         _reply(rec, shape_lie),
-        Reason.DIGEST_MISMATCH,
+        WRONG_SHAPE,
+    )
+    big_endian = [_array_entry(n, a) for n, a in UPDATE]
+    big_endian[0]["npy_hex"] = npy_bytes(UPDATE[0][1], ">").hex()
+    add(
+        "big-endian-payload",
+        "'w' as a big-endian '>f4' .npy: the Array declares float32, which is little-endian",
+        _reply(rec, big_endian),
+        WRONG_SHAPE,
+    )
+    as_float64 = [(n, a.astype(np.float64) if n == "b" else a) for n, a in UPDATE]
+    add(
+        "dtype-differs-from-model",
+        "'b' sent (and signed) as float64; the model's 'b' is float32",
+        _reply(
+            signed_record(envelope(arrays=as_float64)),
+            [_array_entry(n, a) for n, a in as_float64],
+        ),
+        WRONG_SHAPE,
+    )
+    with_nan = [(n, a.copy()) for n, a in UPDATE]
+    with_nan[0][1][0, 0] = np.nan
+    add(
+        "non-finite-array",
+        "'w' holds NaN (signed as is): refused before the envelope is read",
+        _reply(
+            signed_record(envelope(arrays=with_nan)),
+            [_array_entry(n, a) for n, a in with_nan],
+        ),
+        NON_FINITE,
+    )
+    no_count = {"train-loss": 0.25}
+    add(
+        "no-num-examples",
+        "neither the signed metrics nor the MetricRecord hold num-examples",
+        _reply(signed_record(envelope(metrics=no_count)), metrics=no_count),
+        MISSING_FIELDS,
+    )
+    add(
+        "num-examples-not-signed",
+        "the MetricRecord holds num-examples, the signed metrics do not",
+        _reply(signed_record(envelope(metrics=no_count))),
+        Reason.METRICS_MISMATCH,
     )
     padded = [_array_entry(n, a) for n, a in UPDATE]
     padded[1]["npy_hex"] += "00"
@@ -393,22 +455,37 @@ def _envelope_rejections() -> list[dict[str, Any]]:
         ),
         Reason.MALFORMED,
     )
-    v2 = honest.to_dict() | {"version": 2}
     add(
         "unknown-version",
         "version 2 (signed as is)",
-        _reply(
-            {
-                "envelope": canonical_json(v2).decode(),
-                "signature": sign(key("device"), canonical_json(v2)).hex(),
-            }
-        ),
+        signed_as_is(honest.to_dict() | {"version": 2}),
         Reason.UNSUPPORTED_VERSION,
     )
+    for name, version in (("version-true", True), ("version-string", "1")):
+        add(
+            name,
+            f"version {json.dumps(version)} is no integer (signed as is)",
+            signed_as_is(honest.to_dict() | {"version": version}),
+            Reason.MALFORMED,
+        )
+    padded_text = text + " " * (MAX_ENVELOPE_CHARS + 1 - len(text))
+    add(
+        "envelope-over-8192-code-points",
+        "the envelope text followed by spaces up to 8193 code points",
+        _reply({**rec, "envelope": padded_text}),
+        Reason.MALFORMED,
+    )
     return [
-        {"name": n, "note": note, "reply": reply, "expected_reason": reason}
+        {
+            "name": n,
+            "note": note,
+            "stage": "structural" if reason in STRUCTURAL or n == "payload-trailing-byte"
+            else "envelope",
+            "reply": reply,
+            "expected_reason": reason,
+        }
         for n, note, reply, reason in cases
-    ]
+    ]  # fmt: skip
 
 
 def _envelope_sequences() -> list[dict[str, Any]]:
@@ -626,6 +703,12 @@ def _instruction_rejections() -> list[dict[str, Any]]:
         malformed,
     )
     case("infinity", "lr is +Infinity", _replace(good, "lr", "float", float("inf")), malformed)
+    case(
+        "negative-zero",
+        "lr is -0.0: RFC 8785 writes it as 0, so an instruction cannot sign it",
+        _replace(good, "lr", "float", -0.0),
+        malformed,
+    )
     case(
         "huge-int",
         "seed is 2^53, beyond what JSON carries exactly",
