@@ -140,3 +140,25 @@ def test_default_database_and_key_from_home(tmp_path) -> None:
     result = _cli("verify", "--home", str(home), "--region", "eu", env=env)
     assert result.exit_code == 0 and "OK" in result.output, result.output
     assert "carol" in _cli("runs", "--home", str(home), "--region", "eu", env=env).output
+
+
+def test_show_names_a_refused_updates_claimed_device_and_the_transport_errors(
+    db_url: str, tmp_path
+) -> None:
+    store = Store.open(db_url, signer=ensure_region_key(tmp_path / "home", "eu"))
+    store.record_run("8", "eu", "alice", {"rounds": 1})
+    refused = {"node_id": 21, "accepted": False, "reason": "wrong-shape",
+               "detail": "payload shape", "claimed_device_id": "f" * 64}  # fmt: skip
+    error = {"code": 3, "reason": "objects unavailable"}
+    store.record_round("8", {"round": 1, "sampled": 1, "clients": [refused],
+                             "transport_errors": [error]})  # fmt: skip
+    store.finish_run("8")
+    db = ["--db", db_url]
+    show = _cli("show", *db, "--run", "8", "--round", "1")
+    assert show.exit_code == 0, show.output
+    assert "transport errors 1" in show.output
+    detail = json.loads(_cli("show", *db, "--run", "8", "--round", "1", "--json").stdout)
+    [client] = detail["clients"]
+    assert (client["device_id"], client["claimed_device_id"]) == ("", "f" * 64)
+    [row] = json.loads(_cli("rounds", *db, "--run", "8", "--json").stdout)
+    assert row["transport_errors"] == 1 and row["sampled"] == 1

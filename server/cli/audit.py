@@ -346,7 +346,10 @@ def rounds(
         _print_json(items)
     else:
         table = Table(title=f"run {run}: rounds")
-        for col in ("round", "sampled", "accepted", "rejected", "aggregated", "metrics", "note"):
+        transport = any(r.transport_errors for r in items)  # a column only when there are any
+        cols = ("round", "sampled", "accepted", "rejected", *(("transport errors",) * transport),
+                "aggregated", "metrics", "note")  # fmt: skip
+        for col in cols:
             table.add_column(col)
         for r in items:
             metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
@@ -355,6 +358,7 @@ def rounds(
                 str(r.sampled),
                 str(r.accepted),
                 str(r.rejected),
+                *((str(r.transport_errors),) * transport),
                 "yes" if r.aggregated else "no",
                 metrics,
                 r.note,
@@ -386,11 +390,17 @@ def show(
     _disagreements(round_disagreements(view, store, run, round_no), strict)
 
 
+def _claimed(device_id: str) -> str:
+    """A refused update's device: the id its envelope claims, marked unverified."""
+    return f"[yellow]{device_id[:16]} (claimed)[/yellow]" if device_id else ""
+
+
 def _print_round(info: Any, updates: list[Any]) -> None:
     metrics = " ".join(f"{k}={_num(v)}" for k, v in info.metrics.items())
     out.print(
         f"run {info.run_id} round {info.round}: sampled {info.sampled}, accepted "
-        f"{info.accepted}, rejected {info.rejected}, aggregated "
+        f"{info.accepted}, rejected {info.rejected}, transport errors "
+        f"{info.transport_errors}, aggregated "
         f"{'yes' if info.aggregated else 'no'} {metrics} {info.note}",
         highlight=False,
     )
@@ -412,7 +422,7 @@ def _print_round(info: Any, updates: list[Any]) -> None:
         style = "green" if u.verdict == "accepted" else "red"
         table.add_row(
             u.node_id,
-            u.device_id[:16],
+            u.device_id[:16] or _claimed(u.claimed_device_id),
             f"[{style}]{u.verdict}[/{style}]",
             u.reason,
             u.detail,
