@@ -100,7 +100,7 @@ def test_a_device_enrolls_and_joins_with_fedgate_client_verbs(local_topology, tm
     port = free_port_block(20)
     region = region_toml(
         "eu", port, rounds=1, clients_per_round=3, min_clients=2,
-        nodes=["phone", "pi"], aggregator="mean", f=0, pre="",
+        nodes=["phone", "pi"], aggregator="mean", f=0, pre="", joined_devices=True,
     )  # fmt: skip
     home, fed = local_topology(region)
     fedgate = [str(Path(sys.executable).parent / "fedgate")]

@@ -162,16 +162,23 @@ def test_the_demos_rounds_pass_the_same_check(tmp_path: Path) -> None:
 
 
 def test_a_simulation_samples_at_most_its_devices_a_deployment_also_joined_ones() -> None:
-    """Deployed, devices beyond the region's nodes may join (``fedgate client join``; see
-    tests/test_integration_region.py), so only a simulation bounds clients-per-round."""
+    """A region's nodes must give clients-per-round unless devices also join over the network
+    (``joined-devices = true``, ``fedgate client join``; see tests/test_integration_region.py);
+    a simulation is bounded by its virtual devices."""
     data = default_data()
     data["regions"]["eu"]["clients-per-round"] = 10
+    with pytest.raises(ConfigError, match="7 node.s. can never give clients-per-round=10"):
+        parse_federation(data)
+    data["regions"]["eu"]["joined-devices"] = True
     eu = parse_federation(data).region("eu")
     validate_region(eu, "command line", node_count=12)
     with pytest.raises(ConfigError, match="clients-per-round must be <= the 7 simulated"):
         validate_region(eu, "command line", node_count=len(eu.nodes))
     data["regions"]["eu"].update(nodes=[], attacks={}, revoked=[])
     joined_only = parse_federation(data).region("eu")
+    data["regions"]["eu"]["joined-devices"] = False
+    with pytest.raises(ConfigError, match="nodes is empty, so no round can start"):
+        parse_federation(data)
     with pytest.raises(ConfigError, match="must be <= the 0 simulated device"):
         validate_region(joined_only, "command line", node_count=0)
 

@@ -41,6 +41,9 @@ class RegionConfig:
     attacks: dict[int, str] = field(default_factory=dict)
     revoked: tuple[int, ...] = ()
     db: str = RunSpec.db  # database URL; empty: SQLite file under the fedgate home
+    # Devices beyond ``nodes`` join over the network (`fedgate client join`): only then may
+    # ``nodes`` be empty or fewer than clients-per-round.
+    joined_devices: bool = False
 
     @property
     def superlink_port(self) -> int:
@@ -93,12 +96,15 @@ _REGION_KEYS: dict[str, type] = {
     "nodes": list,
     "attacks": dict,
     "revoked": list,
+    "joined-devices": bool,
 }
 
 
 def _typed(where: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is bool and isinstance(value, bool):
+        return value
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
     return value
@@ -148,12 +154,20 @@ def validate_region(r: RegionConfig, where: str = "config", node_count: int | No
     bad = [p for p in r.nodes if not isinstance(p, str) or p not in PROFILES]
     if bad:
         raise ConfigError(f"{loc}: unknown device profile(s) {bad}; known: {sorted(PROFILES)}")
-    if r.nodes and len(r.nodes) < r.min_clients:
-        raise ConfigError(
-            f"{loc}: {len(r.nodes)} node(s) can never reach min-clients={r.min_clients}"
-        )
-    # A deployed region's devices may also join from elsewhere (`fedgate client join`), so
-    # its nodes bound clients-per-round only where they are all the devices: a simulation.
+    if node_count is None and not r.joined_devices:  # the nodes are all its devices
+        if not r.nodes:
+            raise ConfigError(
+                f"{loc}: nodes is empty, so no round can start; list the region's devices, "
+                "or set joined-devices = true if they join over the network"
+            )
+        if len(r.nodes) < max(r.min_clients, r.clients_per_round):
+            raise ConfigError(
+                f"{loc}: {len(r.nodes)} node(s) can never give clients-per-round="
+                f"{r.clients_per_round} / min-clients={r.min_clients}; add nodes, lower them, "
+                "or set joined-devices = true if more devices join over the network"
+            )
+    # A simulation's devices are its ``node_count`` virtual ones; a deployed region with
+    # joined devices waits for min-clients online when a run is submitted.
     if node_count is not None and r.clients_per_round > node_count:
         raise ConfigError(
             f"{loc}: clients-per-round must be <= the {node_count} simulated device(s) "
