@@ -167,7 +167,7 @@ def test_a_simulation_samples_at_most_its_devices_a_deployment_also_joined_ones(
     a simulation is bounded by its virtual devices."""
     data = default_data()
     data["regions"]["eu"]["clients-per-round"] = 10
-    with pytest.raises(ConfigError, match="7 node.s. can never give clients-per-round=10"):
+    with pytest.raises(ConfigError, match=r"7 node\(s\) can never give clients-per-round=10"):
         parse_federation(data)
     data["regions"]["eu"]["joined-devices"] = True
     eu = parse_federation(data).region("eu")
