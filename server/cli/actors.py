@@ -14,20 +14,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fedgate.home import resolve_home
+from fedgate.server.cli.common import DbOpt as Db
 from fedgate.server.cli.common import HomeOpt
+from fedgate.server.cli.common import JsonOpt as AsJson
+from fedgate.server.cli.common import RegionOpt as Region
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
-Region = Annotated[str, typer.Option("--region", "-r", help="Compliance region, e.g. eu.")]
-Db = Annotated[
-    str | None,
-    typer.Option(
-        "--db", help="Region database URL (default: $FEDGATE_DB, else <home>/region-<region>.db)."
-    ),
-]
 ActorKey = Annotated[
     Path | None,
     typer.Option(
@@ -36,7 +32,6 @@ ActorKey = Annotated[
         "(default: <home>/keys/operator.key).",
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 actors_app = typer.Typer(help="Operator and approver keys registered with a region.")
 

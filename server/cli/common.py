@@ -29,6 +29,14 @@ HomeOpt = Annotated[
     Path | None,
     typer.Option("--home", help="State directory (default: $FEDGATE_HOME or ~/.fedgate)."),
 ]
+RegionOpt = Annotated[str, typer.Option("--region", "-r", help="Compliance region, e.g. eu.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="Region database URL (default: $FEDGATE_DB, else <home>/region-<region>.db)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(

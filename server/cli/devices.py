@@ -18,22 +18,16 @@ import typer
 
 from fedgate.atomic_file import write_atomic
 from fedgate.home import resolve_home
+from fedgate.server.cli.common import DbOpt as Db
 from fedgate.server.cli.common import HomeOpt as Home
+from fedgate.server.cli.common import JsonOpt as AsJson
+from fedgate.server.cli.common import RegionOpt as Region
 from fedgate.server.cli.common import friendly
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
 
 if TYPE_CHECKING:
     from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
-Region = Annotated[str, typer.Option("--region", help="Compliance region, e.g. eu.")]
-Db = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="Region database URL (default: $FEDGATE_DB, else <home>/region-<region>.db).",
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Superlink = Annotated[
     str | None,
     typer.Option(
