@@ -156,6 +156,25 @@ def overridden(region: RegionConfig, node_count: int | None = None, **changes: A
     return new
 
 
+def _start_point(home: Path, reg: RegionConfig, resume: str | None, init_from: str | None):
+    """Where a run starts: fresh, after a run's last recorded round (``--resume``), or from a
+    given model (``--init-from``); says which."""
+    from fedgate.server.launch.run_records import StartPoint, init_point, resume_point
+
+    if resume and init_from:
+        raise ConfigError("--resume and --init-from exclude each other")
+    if resume:
+        start = resume_point(home, reg, resume, reg.rounds)
+        console.print(f"resuming run {resume} at round {start.first_round}/{reg.rounds} "
+                      f"from model {start.init_model[:12]}…")  # fmt: skip
+        return start
+    if init_from:
+        start = init_point(home, reg, init_from)
+        console.print(f"warm start from model {start.init_model[:12]}… ({init_from})")
+        return start
+    return StartPoint()
+
+
 @friendly
 def region_run_cmd(
     region: Annotated[str, typer.Option("--region", "-r", help="Region to train, e.g. eu.")],
@@ -211,7 +230,6 @@ def region_run_cmd(
     ] = None,
 ) -> None:
     """Run federated training for one region and stream per-round metrics."""
-    from fedgate.server.launch.run_records import StartPoint, init_point, resume_point
     from fedgate.server.launch.runner import ensure_up, follow, submit
     from fedgate.server.launch.simulation import submit_simulation
     from fedgate.server.region.live_view import RunBoard
@@ -225,17 +243,8 @@ def region_run_cmd(
         fed.region(region), sim_devices, rounds=rounds, aggregator=aggregator, f=f,
         clients_per_round=clients_per_round, min_clients=min_clients,
     )  # fmt: skip
-    if resume and init_from:
-        raise ConfigError("--resume and --init-from exclude each other")
     tracking: bool | str = mlflow_uri or mlflow
-    start = StartPoint()
-    if resume:
-        start = resume_point(home, reg, resume, reg.rounds)
-        console.print(f"resuming run {resume} at round {start.first_round}/{reg.rounds} "
-                      f"from model {start.init_model[:12]}…")  # fmt: skip
-    elif init_from:
-        start = init_point(home, reg, init_from)
-        console.print(f"warm start from model {start.init_model[:12]}… ({init_from})")
+    start = _start_point(home, reg, resume, init_from)
     if engine == "deployment":
         ensure_up(home, fed, reg)
         sub = submit(fed, reg, home, extra=start.run_config(), actor_key=actor_key)
