@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgate.crypto import fingerprint, generate_key, sha256_hex
-from fedgate.server.audit.actors import OPERATOR, ActorError
+from fedgate.server.audit.actors import OPERATOR, ActorError, config_digest, sign_request
 from fedgate.server.audit.coverage import CHECKPOINT_KINDS
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
@@ -150,10 +150,12 @@ def region(tmp_path: Path):
     key = ensure_region_key(tmp_path, REGION)
     store = Store.open(f"sqlite:///{tmp_path / 'eu.db'}", signer=key)
     operator = generate_key()
-    add_actor(store, REGION, "ops", OPERATOR, operator)
+    ops = add_actor(store, REGION, "ops", OPERATOR, operator)
     approver = generate_key()
     add_approver(tmp_path, store, REGION, "alice", approver.public_key(), operator)
-    store.record_run("r1", REGION, "ops", {"rounds": 3})
+    config = {"rounds": 3}
+    launch = sign_request(operator, "run.launch", REGION, config_digest(config)).to_json()
+    store.record_run("r1", REGION, ops.label, config, launch)
     sha = BlobStore(tmp_path / "blobs").put_tensors({"w": np.arange(6, dtype=np.float32)})
     manifest = replace(GOOD, audit_seq=store.audit.head()[0], audit_head=store.audit.head()[1])
     path = write_artifact(tmp_path, store, key, manifest, sha)
@@ -273,3 +275,62 @@ def test_any_change_to_approval_bytes_is_refused(region, i, value) -> None:
     verify_approval(approval, keys, artifact)
     with pytest.raises(StatementError):
         verify_approval(_flip(approval, i, value), keys, artifact)
+
+
+# -- the verbs ----------------------------------------------------------------------------------
+def _cli(home: Path, *args: str):
+    from typer.testing import CliRunner
+
+    from fedgate.cli import _register, app
+
+    _register()
+    env = {"FEDGATE_DB": f"sqlite:///{home / 'eu.db'}", "COLUMNS": "200"}
+    return CliRunner().invoke(app, [*args, "--home", str(home)], env=env)
+
+
+def test_cli_artifact_show_verify_and_gate_check_approve_reject(region, tmp_path: Path) -> None:
+    home, ref = region.home, region.sha[:12]
+    shown = _cli(home, "region", "artifact", "show", ref, "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["manifest"]["run_id"] == "r1"
+    verified = _cli(home, "region", "artifact", "verify", ref)
+    assert verified.exit_code == 0 and "verified" in verified.output
+    strict = tmp_path / "strict.toml"
+    strict.write_text("min-devices = 9\n")
+    failed = _cli(home, "gate", "check", ref, "--policy", str(strict))
+    assert failed.exit_code == 2, failed.output
+    assert "distinct devices" in failed.output and ">= 9" in failed.output
+    assert "FAIL" in failed.output
+    passed = _cli(home, "gate", "check", ref)
+    assert passed.exit_code == 0, passed.output
+    key_file = tmp_path / "alice.key"
+    from fedgate.crypto import save_private_key
+
+    save_private_key(region.approver, key_file)
+    refused = _cli(home, "gate", "approve", ref, "--key", str(key_file), "--policy", str(strict))
+    assert refused.exit_code == 2 and "not approved" in refused.output
+    approved = _cli(home, "gate", "approve", ref, "--key", str(key_file))
+    assert approved.exit_code == 0, approved.output
+    assert "approval statement" in approved.output
+    rejected = _cli(home, "gate", "reject", ref, "--reason", "second thoughts")
+    assert rejected.exit_code == 0, rejected.output
+    listed = _cli(home, "gate", "approvers", "list", "--region", REGION, "--json")
+    assert [a["name"] for a in json.loads(listed.output)] == ["alice"]
+    kinds = [e.kind for e in region.store.audit.events()]
+    assert kinds.count(APPROVED) == 1 and kinds.count(REJECTED) == 1
+    region.path.write_bytes(region.path.read_bytes().replace(b'"payload":"', b'"payload":"A'))
+    tampered = _cli(home, "region", "artifact", "verify", ref)
+    assert tampered.exit_code == 2, tampered.output
+
+
+def test_audit_verify_passes_with_artifact_and_gate_decisions(region) -> None:
+    from fedgate.server.audit import verify_database
+
+    artifact = verify_artifact(region.home, region.sha)
+    approve(region.home, region.store, artifact, Policy(), region.approver)
+    reject(region.home, region.store, artifact, Policy(), "withdrawn", region.approver)
+    report = verify_database(
+        region.store.engine, {fingerprint(region.key): region.key.public_key()}
+    )
+    assert report.ok, [p.message for p in report.problems]
+    assert report.status == "ok" and report.coverage_checked
