@@ -30,6 +30,10 @@ CHECKPOINT_KINDS = frozenset(
         "device.revoked",
         "actor.added",
         "actor.removed",
+        # the global coordinator's chain: every write signs its head
+        "candidate.accepted",
+        "candidate.refused",
+        "global.version",
     }
 )
 RUN_END_KINDS = frozenset({"run.finished", "run.stopped"})
