@@ -30,9 +30,8 @@ CHECKPOINT_KINDS = frozenset(
         "device.revoked",
         "actor.added",
         "actor.removed",
-        # the global coordinator's chain: every write signs its head
-        "candidate.accepted",
-        "candidate.refused",
+        # the global coordinator's chain (its candidate.* events lie under the head signed at
+        # the end of the same transaction)
         "global.version",
     }
 )

@@ -83,7 +83,7 @@ def lineage_of(candidates: Sequence[Candidate], result: MergeResult) -> list[dic
             "approvers": list(c.approvers),
             "devices": c.devices,
             "share": share,
-        }  # fmt: skip
+        }
         for c, share in zip(candidates, result.weights, strict=True)
     ]
 
