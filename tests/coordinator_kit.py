@@ -14,7 +14,7 @@ from safetensors.numpy import save
 
 from fedgate.crypto import generate_key, public_bytes
 from fedgate.server.coordinator.candidates import APPROVAL_TYPE, MANIFEST_TYPE, Bundle
-from fedgate.server.coordinator.envelope import sign_statement, statement
+from fedgate.statements import sign_statement, statement
 
 ARCH = "mlp-test-v1"
 
@@ -75,7 +75,7 @@ def manifest_predicate(region: str, **over: Any) -> dict[str, Any]:
 def approval(key: Ed25519PrivateKey, artifact: str, decision: str = "approved") -> bytes:
     pred = {"approver": "alice", "decision": decision, "policy_digest": "2" * 64,
             "checks": {"val_acc": "pass"}, "time": "2026-12-02T00:00:00Z"}  # fmt: skip
-    return sign_statement(key, statement(APPROVAL_TYPE, "artifact", artifact, pred))
+    return sign_statement(key, statement("artifact", artifact, APPROVAL_TYPE, pred))
 
 
 def bundle(
@@ -91,7 +91,7 @@ def bundle(
     pred = manifest_predicate(region.name, **over)
     manifest = sign_statement(
         signer or region.key,
-        statement(MANIFEST_TYPE, "weights", hashlib.sha256(data).hexdigest(), pred),
+        statement("weights", hashlib.sha256(data).hexdigest(), MANIFEST_TYPE, pred),
     )
     artifact = hashlib.sha256(manifest).hexdigest()
     keys = [region.approver] if approvers is None else approvers

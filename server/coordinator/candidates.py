@@ -16,8 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgate.server.coordinator.envelope import EnvelopeError, Opened, open_statement, peek
 from fedgate.server.coordinator.federation import Federation
+from fedgate.statements import (
+    BadSignature,
+    Statement,
+    StatementError,
+    SubjectMismatch,
+    UnknownKey,
+    Verified,
+    check_subject,
+    read_statement,
+    verify_envelope,
+)
 
 MANIFEST_TYPE = "https://fedgate.dev/regional-artifact/v1"
 APPROVAL_TYPE = "https://fedgate.dev/approval/v1"
@@ -104,58 +114,60 @@ def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
         raise Refused("tampered-weights", f"weights are not safetensors ({exc})") from None
 
 
-def _manifest(bundle: Bundle, fed: Federation) -> tuple[str, Opened]:
+def _manifest(bundle: Bundle, fed: Federation) -> tuple[str, Statement]:
     try:
-        claimed = peek(bundle.manifest)
-    except EnvelopeError as exc:
+        claimed = read_statement(bundle.manifest)
+    except StatementError as exc:
         raise Refused("malformed", f"manifest: {exc}") from None
-    region = str(claimed.get("predicate", {}).get("region", ""))
+    region = str(claimed.predicate.get("region", ""))
     trust = fed.regions.get(region)
     if trust is None:
         raise Refused("unknown-region", f"region {region!r} is not in the federation")
     try:
-        opened = open_statement(bundle.manifest, trust.keys)
-    except EnvelopeError as exc:
+        verified = verify_envelope(bundle.manifest, [trust.key], predicate_type=MANIFEST_TYPE)
+    except (UnknownKey, BadSignature) as exc:
         raise Refused("forged-manifest", f"manifest of region {region}: {exc}") from None
-    if opened.predicate_type != MANIFEST_TYPE:
-        raise Refused("malformed", f"manifest predicateType is not {MANIFEST_TYPE}")
-    return region, opened
+    except StatementError as exc:
+        raise Refused("malformed", f"manifest of region {region}: {exc}") from None
+    return region, verified.statement
+
+
+def _approval(raw: bytes, fed: Federation, region: str, artifact: str, where: str) -> Verified:
+    """One approval, verified against the region's registered approvers."""
+    trust = fed.regions[region]
+    try:
+        return verify_envelope(
+            raw, trust.approvers.values(), predicate_type=APPROVAL_TYPE, subject_sha256=artifact
+        )
+    except BadSignature as exc:
+        raise Refused("forged-approval", f"{where}: {exc}") from None
+    except SubjectMismatch as exc:
+        raise Refused("approval-other-digest", f"{where}: {exc}") from None
+    except UnknownKey as exc:
+        others = fed.all_approvers()
+        try:
+            owner = others[verify_envelope(raw, [k for _, k in others.values()]).signer][0]
+        except StatementError:
+            raise Refused("mismatched-approval", f"{where}: {exc}") from None
+        raise Refused(
+            "mismatched-approval",
+            f"{where} is signed by an approver of region {owner}, not of {region}",
+        ) from None
+    except StatementError as exc:
+        raise Refused("malformed", f"{where}: {exc}") from None
 
 
 def _approvals(bundle: Bundle, fed: Federation, region: str) -> tuple[list[str], list[str]]:
-    trust = fed.regions[region]
-    others = fed.all_approvers()
-    digests, approvers = [], []
+    digests: list[str] = []
+    approvers: list[str] = []
+    artifact = bundle.artifact_sha256
     for i, raw in enumerate(bundle.approvals, 1):
-        where = f"approval {i}"
-        try:
-            opened = open_statement(raw, trust.approvers)
-        except EnvelopeError as exc:
-            try:
-                other = open_statement(raw, {fp: k for fp, (_, k) in others.items()})
-            except EnvelopeError:
-                reason = (
-                    "mismatched-approval" if "no trusted key" in str(exc) else "forged-approval"
-                )
-                raise Refused(reason, f"{where}: {exc}") from None
-            owner = others[other.keyid][0]
-            raise Refused(
-                "mismatched-approval",
-                f"{where} is signed by an approver of region {owner}, not of {region}",
-            ) from None
-        if opened.predicate_type != APPROVAL_TYPE:
-            raise Refused("malformed", f"{where}: predicateType is not {APPROVAL_TYPE}")
-        if opened.subject_digest() != bundle.artifact_sha256:
-            raise Refused(
-                "approval-other-digest",
-                f"{where} approves {opened.subject_digest()[:16] or 'nothing'}, this artifact "
-                f"is {bundle.artifact_sha256[:16]}",
-            )
-        if opened.predicate.get("decision") != "approved":
+        verified = _approval(raw, fed, region, artifact, f"approval {i}")
+        if verified.statement.predicate.get("decision") != "approved":
             continue
-        if opened.keyid not in approvers:
-            digests.append(hashlib.sha256(raw).hexdigest())
-            approvers.append(opened.keyid)
+        if verified.signer not in approvers:
+            digests.append(verified.envelope_sha256)
+            approvers.append(verified.signer)
     if len(approvers) < fed.approvals:
         raise Refused(
             "unapproved",
@@ -171,15 +183,13 @@ def _shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 def verify_bundle(bundle: Bundle, fed: Federation, expect: Expectation) -> Candidate:
     """Every check on one bundle, in order; raises ``Refused``."""
-    region, opened = _manifest(bundle, fed)
-    pred = opened.predicate
+    region, stmt = _manifest(bundle, fed)
+    pred = stmt.predicate
     weights_sha = hashlib.sha256(bundle.weights).hexdigest()
-    if opened.subject_digest() != weights_sha:
-        raise Refused(
-            "tampered-weights",
-            f"weights hash to {weights_sha[:16]}, the manifest signs "
-            f"{opened.subject_digest()[:16] or 'nothing'}",
-        )
+    try:
+        check_subject(stmt, bundle.weights)
+    except SubjectMismatch as exc:
+        raise Refused("tampered-weights", f"weights: {exc}") from None
     if pred.get("architecture") != fed.architecture:
         raise Refused(
             "architecture-mismatch",
@@ -208,8 +218,8 @@ def verify_bundle(bundle: Bundle, fed: Federation, expect: Expectation) -> Candi
 
 def _region_hint(bundle: Bundle) -> str:
     try:
-        return str(peek(bundle.manifest).get("predicate", {}).get("region", ""))[:64]
-    except EnvelopeError:
+        return str(read_statement(bundle.manifest).predicate.get("region", ""))[:64]
+    except StatementError:
         return ""
 
 

@@ -30,16 +30,11 @@ from fedgate.crypto import fingerprint
 from fedgate.errors import VerificationError
 from fedgate.server.audit.problem import Problem
 from fedgate.server.coordinator.candidates import Candidate, Expectation, Refusal
-from fedgate.server.coordinator.envelope import (
-    EnvelopeError,
-    open_statement,
-    sign_statement,
-    statement,
-)
 from fedgate.server.coordinator.federation import Federation
 from fedgate.server.coordinator.merge import MergeResult, merge_models
 from fedgate.server.coordinator.store import CoordinatorStore, VersionInfo
 from fedgate.server.db.blobs import BlobError, BlobStore
+from fedgate.statements import StatementError, sign_statement, statement, verify_envelope
 
 GLOBAL_TYPE = "https://fedgate.dev/global-version/v1"
 PAUSE_AT, PAUSE_DIR = "FEDGATE_TEST_PAUSE_AT", "FEDGATE_TEST_PAUSE_DIR"
@@ -113,7 +108,7 @@ def publish(
         "coordinator": fingerprint(signer), "created_at": created.isoformat(),
     }  # fmt: skip
     envelope = sign_statement(
-        signer, statement(GLOBAL_TYPE, f"global-v{version}", weights, predicate)
+        signer, statement(f"global-v{version}", weights, GLOBAL_TYPE, predicate)
     )
     statement_sha = blobs.put(envelope)
     pause("after-statement")
@@ -150,12 +145,12 @@ def check_version(
     try:
         blobs.get(info.weights_sha256)
         envelope = blobs.get(info.statement_sha256)
-        opened = open_statement(envelope, {fingerprint(coordinator): coordinator})
-    except (BlobError, EnvelopeError) as exc:
+        stmt = verify_envelope(
+            envelope, [coordinator], predicate_type=GLOBAL_TYPE, subject_sha256=info.weights_sha256
+        ).statement
+    except (BlobError, StatementError) as exc:
         raise VerificationError(f"global version {info.version}: {exc}") from None
-    if opened.subject_digest() != info.weights_sha256:
-        raise VerificationError(f"global version {info.version}: statement names other weights")
-    pred = opened.predicate
+    pred = stmt.predicate
     if pred.get("version") != info.version or pred.get("base_version") != info.base_version:
         raise VerificationError(f"global version {info.version}: statement names another version")
     return pred
