@@ -45,9 +45,13 @@ def _flatten(models: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[str], np.
         if sorted(m) != names or any(m[n].shape != models[0][n].shape for n in names):
             raise MergeError("the models have different tensor names or shapes")
     size = sum(int(models[0][n].size) for n in names)
-    matrix = np.empty((len(models), size), dtype=np.float64)
+    dtype = np.result_type(np.float32, *(models[0][n].dtype for n in names))
+    matrix = np.empty((len(models), size), dtype=dtype)  # float32 models stay float32
     for i, m in enumerate(models):
-        matrix[i] = np.concatenate([np.ravel(m[n]) for n in names]) if names else []
+        at = 0
+        for n in names:
+            matrix[i, at : at + m[n].size] = np.ravel(m[n])
+            at += m[n].size
     return names, matrix
 
 
