@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgate.errors import VerificationError
 from fedgate.server.coordinator.federation import Federation
 from fedgate.statements import (
     BadSignature,
@@ -95,8 +96,9 @@ class Expectation:
     shapes: Mapping[str, tuple[int, ...]] | None = None  # of the base weights, when known
 
 
-class Refused(Exception):
-    """Internal: carries a refusal reason out of the checks."""
+class Refused(VerificationError):
+    """A bundle failed a check; ``reason`` is one of ``REASONS`` (``screen`` turns it into a
+    ``Refusal``)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
