@@ -242,3 +242,25 @@ def test_serve_merges_what_is_there_when_the_deadline_passes(tmp_path: Path) -> 
                     clock=lambda: float(next(ticks)))  # fmt: skip
     assert n == 1 and coord.store.current_version() == 1
     assert coord.store.version(1).regions == 1  # type: ignore[union-attr]
+
+
+def test_coordinator_database_on_both_backends(tmp_path: Path, db_url: str) -> None:
+    from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
+    from fedgate.server.audit.verify import verify_database
+    from fedgate.server.coordinator.versions import check_versions
+
+    fed = make_fed("eu", "us")
+    fed.write(tmp_path)
+    coord = Coordinator(tmp_path, db=db_url)
+    inbox = default_inbox(tmp_path)
+    write_bundle(inbox, "eu", bundle(fed.regions["eu"]))
+    write_bundle(inbox, "us", bundle(fed.regions["us"], approvers=[]))
+    outcome = coord.merge_once(inbox)
+    assert outcome.published is not None and outcome.published.info.rule.startswith("weighted")
+    assert [r.reason for r in outcome.refusals] == ["unapproved"]
+    keys = load_pubkeys([coordinator_pub_path(tmp_path)])
+    readonly = open_readonly(db_url)
+    report = verify_database(readonly, keys)
+    assert report.ok and report.unsigned_tail == 0, report.problems
+    problems, checked = check_versions(readonly, coord.blobs.root, keys)
+    assert problems == [] and checked == 1
