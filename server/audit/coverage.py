@@ -1,9 +1,10 @@
 """Which events must lie under a signed head, and which unsigned tail a live run explains.
 
 The writers sign the chain head in the same transaction as every run start and end, every
-closed round, artifact, approval, device and actor event (``CHECKPOINT_KINDS``). So in an honest log
-each of those events has a signed head at exactly its seq, and the only events after the last
-signed head are those of a run still in progress (its open round, updates, evaluations).
+closed round, artifact, approval or gate decision, device and actor event
+(``CHECKPOINT_KINDS``). So in an honest log each of those events has a signed head at
+exactly its seq, and the only events after the last signed head are those of a run still in
+progress (its open round, updates, evaluations).
 Anything else (no heads at all, a round or run end without its head, unsigned events that no
 live run explains) is what an attacker who can write the database but not sign leaves behind.
 """
@@ -25,6 +26,8 @@ CHECKPOINT_KINDS = frozenset(
         "artifact.produced",
         "approval.granted",
         "approval.refused",
+        "gate.approved",
+        "gate.rejected",
         "device.token_issued",
         "device.enrolled",
         "device.revoked",

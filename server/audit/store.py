@@ -292,8 +292,15 @@ class Store:
         approved: bool,
         checks: Mapping[str, Any],
         signature: str | None = None,
+        *,
+        event: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
+        """Record a decision on an artifact; ``event`` overrides the audit event's kind
+        (default ``approval.granted`` / ``approval.refused``) and ``details`` adds to its
+        payload (the gate records its statement, policy and reason there)."""
         decision = "approved" if approved else "refused"
+        kind = event or f"approval.{'granted' if approved else 'refused'}"
 
         def write(conn: Connection) -> None:
             conn.execute(
@@ -310,12 +317,13 @@ class Store:
                 conn,
                 [
                     (
-                        f"approval.{'granted' if approved else 'refused'}",
+                        kind,
                         {
                             "artifact": artifact_sha256,
                             "approver": approver,
                             "checks": dict(checks),
                             "signature": signature,
+                            **dict(details or {}),
                         },
                     )
                 ],

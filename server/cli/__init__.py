@@ -17,6 +17,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.coordinator import register as register_coordinator
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
+    from fedgate.server.cli.gate import register as register_gate
     from fedgate.server.cli.pki import register as register_pki
     from fedgate.server.cli.region import register as register_operator
     from fedgate.server.cli.runs import register as register_runs
@@ -27,6 +28,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     register_pki(region_app)
     register_region(region_app)
     register_actors(region_app)
+    register_gate(app, region_app)
     register_client(client_app)
     app.add_typer(region_app, name="region")
     app.add_typer(client_app, name="client")

@@ -32,6 +32,7 @@ from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
 from fedgate.server.db import BlobStore, resolve_url
 from fedgate.server.db.engine import RetryPolicy, retry_policy
+from fedgate.server.region.artifact import build_manifest, write_artifact
 from fedgate.server.region.executor_watch import ExecutorWatch
 from fedgate.server.region.fast_grid import FastPollGrid
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
@@ -347,15 +348,10 @@ def _train(
     )
     final = result.evaluate_metrics_serverapp.get(spec.rounds, {})
     sha = _save_model(out_dir, home, result.arrays)
-    val_acc, test_acc = final_accuracy(final)
-    store.record_artifact(
-        sha,
-        str(out_dir / "model.safetensors"),
-        "regional-model",
-        {"region": spec.region, "run": run_id, "model": spec.model, "rounds": spec.rounds,
-         "val_acc": val_acc, "test_acc": test_acc},
-        run_id=run_id,
-    )  # fmt: skip
+    manifest = build_manifest(spec, run_id, strategy.rounds, final, store.audit.head())
+    key = store.audit.signer
+    assert key is not None, "the region store signs with the region key"
+    write_artifact(home, store, key, manifest, sha)
     return run_summary(spec, run_id, strategy.rounds, final, sha, time.monotonic() - t0)
 
 
