@@ -1,8 +1,9 @@
 """Coordinator speed: verify + merge n regional artifacts, as a ratio to loading them.
 
 For n in ``--regions`` (default 3 and 10) regional bundles of ``--params`` float32 parameters
-(default 1e6) are written to a temporary inbox: weights (safetensors), a manifest signed by
-the region key and one approval by a registered approver (``fedgate/statements.py``).
+(default 1e6) are written to a temporary inbox, each made by the region and gate code: weights
+(safetensors), the manifest ``write_artifact`` signs with the region key and one approval by
+a registered approver (``approve``).
 Measured in the same run, alternating, median of ``--repeats``:
 
 * load: read every bundle from disk and parse its weights (``read_inbox`` + safetensors);
@@ -29,51 +30,62 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load, save
+from safetensors.numpy import load
 
 from fedgate.crypto import generate_key, public_bytes
-from fedgate.server.coordinator.candidates import (
-    APPROVAL_TYPE,
-    MANIFEST_TYPE,
-    Expectation,
-    read_inbox,
-    screen,
-)
+from fedgate.server.audit.actors import OPERATOR
+from fedgate.server.audit.keys import ensure_region_key
+from fedgate.server.audit.store import Store
+from fedgate.server.coordinator.candidates import Expectation, read_inbox, screen
 from fedgate.server.coordinator.federation import parse_federation
 from fedgate.server.coordinator.merge import merge_models
-from fedgate.statements import sign_statement, statement
+from fedgate.server.db.blobs import BlobStore
+from fedgate.server.gate.approvers import add_approver
+from fedgate.server.gate.decisions import approve
+from fedgate.server.gate.policy import Policy
+from fedgate.server.region.artifact import Manifest, parse_artifact, write_artifact
+from fedgate.server.trust.actors import add_actor
 
 GOAL = 1.5
 ARCH = "bench-mlp"
 WIDTH = 1000
 
 
-def _write_inbox(root: Path, n: int, params: int) -> dict[str, Any]:
-    """n bundles under ``root``; returns the federation table that trusts them."""
-    regions: dict[str, Any] = {}
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        name = f"r{i:02d}"
-        key, approver = generate_key(), generate_key()
-        regions[name] = {"key": public_bytes(key).hex(),
-                         "approvers": [public_bytes(approver).hex()]}  # fmt: skip
-        weights = save({
-            "w": rng.standard_normal((params // WIDTH - 1, WIDTH)).astype(np.float32),
-            "b": rng.standard_normal(WIDTH).astype(np.float32),
-        })  # fmt: skip
-        pred = {"region": name, "base_version": 0, "architecture": ARCH, "export_allowed": True,
-                "devices_accepted": 10 + i}  # fmt: skip
-        manifest = sign_statement(
-            key, statement("weights", hashlib.sha256(weights).hexdigest(), MANIFEST_TYPE, pred)
-        )
-        ok = {"decision": "approved"}
-        artifact = hashlib.sha256(manifest).hexdigest()
-        appr = sign_statement(approver, statement("artifact", artifact, APPROVAL_TYPE, ok))
-        d = root / name
-        (d / "approvals").mkdir(parents=True)
-        (d / "manifest.dsse.json").write_bytes(manifest)
-        (d / "approvals" / "0.dsse.json").write_bytes(appr)
-        (d / "weights.safetensors").write_bytes(weights)
+def _region_bundle(root: Path, inbox: Path, name: str, params: int, seed: int) -> dict[str, Any]:
+    """One region's approved artifact, made by the region and gate code, copied to the inbox;
+    returns the region's federation table."""
+    home = root / name
+    key = ensure_region_key(home, name)
+    store = Store.open(f"sqlite:///{home / 'region.db'}", signer=key)
+    operator, approver = generate_key(), generate_key()
+    add_actor(store, name, "ops", OPERATOR, operator)
+    add_approver(home, store, name, "alice", approver.public_key(), operator)
+    rng = np.random.default_rng(seed)
+    blobs = BlobStore(home / "blobs")
+    sha = blobs.put_tensors({
+        "w": rng.standard_normal((params // WIDTH - 1, WIDTH)).astype(np.float32),
+        "b": rng.standard_normal(WIDTH).astype(np.float32),
+    })  # fmt: skip
+    manifest = Manifest(
+        region=name, run_id="bench", base_global_version="", model=ARCH, rounds=3,
+        aggregator="trimmed-mean", f=1, devices_accepted=10 + seed, updates_accepted=30,
+        updates_rejected=0, rejected_by_reason={}, val_acc=0.9, val_loss=0.3, test_acc=0.9,
+        base_val_acc=None, audit_seq=1, audit_head="a" * 64, config_sha256="b" * 64,
+    )  # fmt: skip
+    path = write_artifact(home, store, key, manifest, sha)
+    decision = approve(home, store, parse_artifact(path, path.read_bytes()), Policy(), approver)
+    store.engine.dispose()
+    d = inbox / name
+    (d / "approvals").mkdir(parents=True)
+    (d / "manifest.dsse.json").write_bytes(path.read_bytes())
+    (d / "approvals" / "0.dsse.json").write_bytes(decision.statement_path.read_bytes())  # type: ignore[union-attr]
+    (d / "weights.safetensors").write_bytes(blobs.get(sha))
+    return {"key": public_bytes(key).hex(), "approvers": [public_bytes(approver).hex()]}
+
+
+def _write_inbox(root: Path, inbox: Path, n: int, params: int) -> dict[str, Any]:
+    """n bundles under ``inbox``; returns the federation table that trusts them."""
+    regions = {f"r{i:02d}": _region_bundle(root, inbox, f"r{i:02d}", params, i) for i in range(n)}
     return {"federation": {"architecture": ARCH}, "regions": regions}
 
 
@@ -101,8 +113,8 @@ def _timed(fn: Any, *args: Any) -> float:
 
 def run(n: int, params: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        inbox = Path(tmp)
-        federation = parse_federation(_write_inbox(inbox, n, params))
+        inbox = Path(tmp) / "inbox"
+        federation = parse_federation(_write_inbox(Path(tmp) / "regions", inbox, n, params))
         _load(inbox), _verify_merge(inbox, federation)  # warm the page cache and imports
         loads, merges, floors = [], [], []
         for _ in range(repeats):

@@ -1,36 +1,67 @@
-"""Regional bundles for the coordinator tests: a federation of regions with keys and
-approvers, and bundles (manifest, approvals, weights) made as a region and approver would."""
+"""Regions for the coordinator tests, made the way fedgate makes them: a region home with its
+server key, database and a registered approver; artifacts written by ``write_artifact``
+(``server/region/artifact.py``) and approved by ``approve`` (``server/gate/decisions.py``)."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from safetensors.numpy import save
 
-from fedgate.crypto import generate_key, public_bytes
-from fedgate.server.coordinator.candidates import APPROVAL_TYPE, MANIFEST_TYPE, Bundle
-from fedgate.statements import sign_statement, statement
+from fedgate.crypto import fingerprint, generate_key, public_bytes
+from fedgate.server.audit.actors import OPERATOR
+from fedgate.server.audit.keys import ensure_region_key
+from fedgate.server.audit.store import Store
+from fedgate.server.coordinator.candidates import Bundle
+from fedgate.server.db.blobs import BlobStore
+from fedgate.server.gate.approvers import add_approver
+from fedgate.server.gate.decisions import approve
+from fedgate.server.gate.policy import Policy
+from fedgate.server.region.artifact import Manifest, parse_artifact, write_artifact
+from fedgate.server.trust.actors import add_actor
 
 ARCH = "mlp-test-v1"
+_SEEDS = itertools.count(1)
 
 
 @dataclass
 class Region:
     name: str
-    key: Ed25519PrivateKey = field(default_factory=generate_key)
-    approver: Ed25519PrivateKey = field(default_factory=generate_key)
+    home: Path
+    key: Ed25519PrivateKey
+    store: Store
+    operator: Ed25519PrivateKey
+    approver: Ed25519PrivateKey
+    registered: set[str] = field(default_factory=set)
+
+    def register(self, key: Ed25519PrivateKey) -> None:
+        """Make ``key`` an approver in this region's own store (once)."""
+        if fingerprint(key) not in self.registered:
+            add_approver(self.home, self.store, self.name, f"a{len(self.registered)}",
+                         key.public_key(), self.operator)  # fmt: skip
+            self.registered.add(fingerprint(key))
+
+
+def make_region(root: Path, name: str) -> Region:
+    home = root / f"region-{name}"
+    key = ensure_region_key(home, name)
+    store = Store.open(f"sqlite:///{home / 'region.db'}", signer=key)
+    operator = generate_key()
+    add_actor(store, name, "ops", OPERATOR, operator)
+    region = Region(name, home, key, store, operator, generate_key())
+    region.register(region.approver)
+    return region
 
 
 @dataclass
 class Fed:
     regions: dict[str, Region]
 
-    def toml(self, **settings: Any) -> str:
+    def toml(self, export: dict[str, bool] | None = None, **settings: Any) -> str:
         head = {"architecture": ARCH, **settings}
         lines = ["[federation]"]
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in head.items()]
@@ -39,6 +70,7 @@ class Fed:
                 f"[regions.{r.name}]",
                 f'key = "{public_bytes(r.key).hex()}"',
                 f'approvers = ["{public_bytes(r.approver).hex()}"]',
+                f"export = {str((export or {}).get(r.name, True)).lower()}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -49,8 +81,8 @@ class Fed:
         return path
 
 
-def make_fed(*names: str) -> Fed:
-    return Fed({n: Region(n) for n in names})
+def make_fed(root: Path, *names: str) -> Fed:
+    return Fed({n: make_region(root, n) for n in names})
 
 
 def tensors(seed: int, size: int = 12) -> dict[str, np.ndarray]:
@@ -61,21 +93,17 @@ def tensors(seed: int, size: int = 12) -> dict[str, np.ndarray]:
     }
 
 
-def manifest_predicate(region: str, **over: Any) -> dict[str, Any]:
-    pred = {
-        "region": region, "run_id": "run-1", "base_version": 0, "architecture": ARCH,
-        "rounds": 3, "aggregator": "median", "f": 1, "devices_accepted": 10,
-        "rejected_by_reason": {}, "metrics": {"val_acc": 0.9}, "audit_head": "0" * 64,
-        "config_digest": "1" * 64, "export_allowed": True,
-    }  # fmt: skip
-    pred.update(over)
-    return pred
-
-
-def approval(key: Ed25519PrivateKey, artifact: str, decision: str = "approved") -> bytes:
-    pred = {"approver": "alice", "decision": decision, "policy_digest": "2" * 64,
-            "checks": {"val_acc": "pass"}, "time": "2026-12-02T00:00:00Z"}  # fmt: skip
-    return sign_statement(key, statement("artifact", artifact, APPROVAL_TYPE, pred))
+def manifest(region: str, run: str, **over: Any) -> Manifest:
+    good = Manifest(
+        region=region, run_id=run, base_global_version="", model=ARCH, rounds=3,
+        aggregator="trimmed-mean", f=1, devices_accepted=10, updates_accepted=12,
+        updates_rejected=3, rejected_by_reason={"bad-signature": 3}, val_acc=0.9, val_loss=0.3,
+        test_acc=0.88, base_val_acc=None, audit_seq=1, audit_head="a" * 64,
+        config_sha256="b" * 64,
+    )  # fmt: skip
+    if over.get("base_global_version"):
+        over.setdefault("base_val_acc", 0.85)
+    return replace(good, **over)
 
 
 def bundle(
@@ -87,15 +115,22 @@ def bundle(
     source: str = "",
     **over: Any,
 ) -> Bundle:
-    data = save(weights if weights is not None else tensors(sum(region.name.encode())))
-    pred = manifest_predicate(region.name, **over)
-    manifest = sign_statement(
-        signer or region.key,
-        statement("weights", hashlib.sha256(data).hexdigest(), MANIFEST_TYPE, pred),
-    )
-    artifact = hashlib.sha256(manifest).hexdigest()
-    keys = [region.approver] if approvers is None else approvers
-    return Bundle(source or region.name, manifest, tuple(approval(k, artifact) for k in keys), data)
+    """A new artifact of ``region`` (fresh weights unless given), approved by ``approvers``
+    (default: the region's approver); ``signer`` replaces the region key (a forgery)."""
+    seed = next(_SEEDS)
+    blobs = BlobStore(region.home / "blobs")
+    sha = blobs.put_tensors(weights if weights is not None else tensors(seed))
+    m = manifest(region.name, f"run-{seed}", **over)
+    path = write_artifact(region.home, region.store, signer or region.key, m, sha)
+    artifact = parse_artifact(path, path.read_bytes())
+    approvals = []
+    for key in [region.approver] if approvers is None else approvers:
+        region.register(key)
+        decision = approve(region.home, region.store, artifact, Policy(), key)
+        assert decision.statement_path is not None
+        approvals.append(decision.statement_path.read_bytes())
+    return Bundle(source or f"{region.name}-{seed}", path.read_bytes(), tuple(approvals),
+                  blobs.get(sha))  # fmt: skip
 
 
 def write_bundle(inbox: Path, name: str, b: Bundle) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from coordinator_kit import ARCH, bundle, make_fed, tensors, write_bundle
+from coordinator_kit import ARCH, bundle, make_fed, make_region, tensors, write_bundle
 from typer.testing import CliRunner
 
 from fedgate import cli
@@ -21,10 +21,10 @@ from fedgate.server.coordinator.service import Coordinator, default_inbox
 from fedgate.server.db.migrate import open_readonly
 
 
-def _fed(*names: str, **settings):
-    fed = make_fed(*names)
+def _fed(root: Path, *names: str, **settings):
     import tomllib
 
+    fed = make_fed(root, *names)
     return fed, parse_federation(tomllib.loads(fed.toml(**settings)))
 
 
@@ -34,25 +34,26 @@ def _reason(b: Bundle, federation, base: int = 0) -> str:
     return refused[0].reason
 
 
-def test_a_good_bundle_is_accepted() -> None:
-    fed, federation = _fed("eu", "us")
+def test_a_good_bundle_is_accepted(tmp_path: Path) -> None:
+    fed, federation = _fed(tmp_path, "eu", "us")
     accepted, refused = screen([bundle(fed.regions["eu"])], federation, Expectation(0))
     assert refused == [] and [c.region for c in accepted] == ["eu"]
     assert accepted[0].devices == 10 and len(accepted[0].approvals) == 1
 
 
-def test_each_refusal_reason() -> None:
-    fed, federation = _fed("eu", "us")
+def test_each_refusal_reason(tmp_path: Path) -> None:
+    import tomllib
+
+    fed, federation = _fed(tmp_path, "eu", "us")
     eu, us = fed.regions["eu"], fed.regions["us"]
     good = bundle(eu)
-    stranger = make_fed("apac").regions["apac"]
+    stranger = make_region(tmp_path, "apac")
     cases = {
         "unknown-region": bundle(stranger),
         "forged-manifest": bundle(eu, signer=generate_key()),
         "tampered-weights": Bundle("t", good.manifest, good.approvals, good.weights[:-1] + b"x"),
-        "architecture-mismatch": bundle(eu, architecture="resnet"),
-        "stale-base": bundle(eu, base_version=3),
-        "export-forbidden": bundle(eu, export_allowed=False),
+        "architecture-mismatch": bundle(eu, model="resnet"),
+        "stale-base": bundle(eu, base_global_version="global:3"),
         "unapproved": bundle(eu, approvers=[]),
         "mismatched-approval": bundle(eu, approvers=[us.approver]),
         "approval-other-digest": Bundle(
@@ -66,13 +67,10 @@ def test_each_refusal_reason() -> None:
     cases["forged-approval"] = Bundle("f", good.manifest, (bytes(forged),), good.weights)
     for reason, b in cases.items():
         assert _reason(b, federation) == reason, reason
-    # a refused approval decision is no approval
-    refused_decision = bundle(eu, approvers=[])
-    from coordinator_kit import approval
-
-    no = approval(eu.approver, refused_decision.artifact_sha256, decision="refused")
-    b = Bundle("r", refused_decision.manifest, (no,), refused_decision.weights)
-    assert _reason(b, federation) == "unapproved"
+    no_export = parse_federation(tomllib.loads(fed.toml(export={"eu": False})))
+    cases["export-forbidden"] = good
+    assert _reason(good, no_export) == "export-forbidden"
+    assert _reason(bundle(eu, base_global_version="v1"), federation) == "malformed"
     # duplicates: the same artifact twice, two from one region, one already merged
     accepted, refused = screen([good, good, bundle(eu, rounds=9)], federation, Expectation(0))
     assert len(accepted) == 1 and [r.reason for r in refused] == ["duplicate", "duplicate"]
@@ -81,8 +79,8 @@ def test_each_refusal_reason() -> None:
     assert set(cases) | {"duplicate"} == set(REASONS)
 
 
-def test_shapes_must_match_the_base_and_each_other() -> None:
-    fed, federation = _fed("eu", "us")
+def test_shapes_must_match_the_base_and_each_other(tmp_path: Path) -> None:
+    fed, federation = _fed(tmp_path, "eu", "us")
     small = bundle(fed.regions["eu"], tensors(1, size=8))
     big = bundle(fed.regions["us"], tensors(2, size=16))
     accepted, refused = screen([small, big], federation, Expectation(0))
@@ -135,7 +133,7 @@ def test_robust_rules_from_three_regions_resist_one_outlier() -> None:
 
 
 def _coordinator(tmp_path: Path, *names: str, **settings):
-    fed = make_fed(*names)
+    fed = make_fed(tmp_path, *names)
     fed.write(tmp_path, **settings)
     return fed, Coordinator(tmp_path)
 
@@ -151,7 +149,7 @@ def test_merge_publishes_a_signed_version_with_lineage(tmp_path: Path) -> None:
     inbox = default_inbox(tmp_path)
     for name, region in fed.regions.items():
         write_bundle(inbox, name, bundle(region))
-    write_bundle(inbox, "zz-stale", bundle(fed.regions["eu"], base_version=7))
+    write_bundle(inbox, "zz-stale", bundle(fed.regions["eu"], base_global_version="global:7"))
     outcome = coord.merge_once(inbox)
     pub = outcome.published
     assert pub is not None and pub.info.version == 1 and pub.info.rule == "median"
@@ -176,19 +174,19 @@ def test_merge_publishes_a_signed_version_with_lineage(tmp_path: Path) -> None:
     report = json.loads(out)
     assert report["ok"] and report["global_versions_checked"] == 1
     # a version trained on v1 is accepted next; one whose weights changed shape is not
-    nxt = bundle(fed.regions["us"], base_version=1, rounds=5)
+    nxt = bundle(fed.regions["us"], base_global_version="global:1", rounds=5)
     write_bundle(inbox, "next", nxt)
     assert coord.merge_once(inbox).published.info.version == 2  # type: ignore[union-attr]
 
 
 def test_cli_merge_prints_refusals_and_exits_when_nothing_is_accepted(tmp_path: Path) -> None:
-    fed = make_fed("eu")
+    fed = make_fed(tmp_path, "eu")
     fed.write(tmp_path)
     inbox = tmp_path / "in"
-    write_bundle(inbox, "a", bundle(fed.regions["eu"], export_allowed=False))
+    write_bundle(inbox, "a", bundle(fed.regions["eu"], base_global_version="global:4"))
     code, out = _cli("coordinator", "merge", "--home", tmp_path, "--inbox", inbox)
     assert code == EXIT_USAGE
-    assert "export-forbidden" in out and "nothing to merge" in out
+    assert "stale-base" in out and "nothing to merge" in out
     write_bundle(inbox, "b", bundle(fed.regions["eu"]))
     code, out = _cli("coordinator", "merge", "--home", tmp_path, "--inbox", inbox)
     assert code == 0 and "global version 1" in out, out
@@ -216,7 +214,7 @@ def test_serve_merges_when_every_region_has_an_artifact(tmp_path: Path) -> None:
     fed, coord = _coordinator(tmp_path, "eu", "us")
     inbox = default_inbox(tmp_path)
     write_bundle(inbox, "eu", bundle(fed.regions["eu"]))
-    write_bundle(inbox, "bad", bundle(fed.regions["us"], architecture="other"))
+    write_bundle(inbox, "bad", bundle(fed.regions["us"], model="other"))
     seen = []
     ticks = iter(range(100))
 
@@ -249,7 +247,7 @@ def test_coordinator_database_on_both_backends(tmp_path: Path, db_url: str) -> N
     from fedgate.server.audit.verify import verify_database
     from fedgate.server.coordinator.versions import check_versions
 
-    fed = make_fed("eu", "us")
+    fed = make_fed(tmp_path, "eu", "us")
     fed.write(tmp_path)
     coord = Coordinator(tmp_path, db=db_url)
     inbox = default_inbox(tmp_path)

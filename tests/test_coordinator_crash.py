@@ -49,7 +49,7 @@ def _verify(home: Path) -> dict:
 def test_kill_during_merge_leaves_old_or_new_version(
     tmp_path: Path, step: str, survives: bool
 ) -> None:
-    fed = make_fed("eu", "us", "apac")
+    fed = make_fed(tmp_path, "eu", "us", "apac")
     fed.write(tmp_path)
     inbox = default_inbox(tmp_path)
     for name, region in fed.regions.items():

@@ -4,18 +4,28 @@ refused by the coordinator (never accepted as the same or another valid candidat
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
+import pytest
 from coordinator_kit import bundle, make_fed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedgate.server.coordinator.candidates import Bundle, Expectation, screen
-from fedgate.server.coordinator.federation import parse_federation
+from fedgate.server.coordinator.federation import Federation, parse_federation
 
-FED = make_fed("eu", "us")
-FEDERATION = parse_federation(tomllib.loads(FED.toml()))
-GOOD = bundle(FED.regions["eu"])
 PARTS = ("manifest", "approval", "weights")
+FEDERATION: Federation
+GOOD: Bundle
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _artifact(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One approved artifact of region eu, made by the region and gate code."""
+    global FEDERATION, GOOD
+    fed = make_fed(Path(tmp_path_factory.mktemp("fed")), "eu", "us")
+    FEDERATION = parse_federation(tomllib.loads(fed.toml()))
+    GOOD = bundle(fed.regions["eu"])
 
 
 def _with(part: str, data: bytes) -> Bundle:

@@ -1,15 +1,18 @@
 """The ONE place that decides whether the coordinator trusts a regional artifact.
 
-A region hands over a bundle: its DSSE manifest (signed by the region server key; subject:
-the weights' SHA-256), one or more approval statements (signed by approvers registered for that
-region; subject: the artifact digest = SHA-256 of the manifest envelope bytes) and the weights
-(safetensors). ``screen`` verifies each bundle and returns the candidates it accepts and, for
-everything else, a ``Refusal`` whose ``reason`` is one of ``REASONS``.
+A region hands over a bundle: the artifact's manifest envelope (``server/region/artifact.py``:
+signed by the region server key, subject the weights' SHA-256), one or more approval
+statements (``server/gate/decisions.py``: signed by an approver, about the same weights and
+naming the manifest envelope's digest) and the weights (safetensors). ``screen`` verifies each
+bundle against the federation file and returns the candidates it accepts and, for everything
+else, a ``Refusal`` whose ``reason`` is one of ``REASONS``. A candidate's artifact digest is
+the SHA-256 of its manifest envelope (what approvals name besides the weights).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +21,10 @@ import numpy as np
 
 from fedgate.errors import VerificationError
 from fedgate.server.coordinator.federation import Federation
+from fedgate.server.gate.decisions import verify_approval
+from fedgate.server.region.artifact import Artifact, Manifest, verify_bytes
 from fedgate.statements import (
     BadSignature,
-    Statement,
     StatementError,
     SubjectMismatch,
     UnknownKey,
@@ -29,8 +33,8 @@ from fedgate.statements import (
     verify_envelope,
 )
 
-MANIFEST_TYPE = "https://fedgate.dev/regional-artifact/v1"
-APPROVAL_TYPE = "https://fedgate.dev/approval/v1"
+BASE_RE = re.compile(r"(?:global:)?(\d{1,9})\Z")
+RESIDENCY_CHECK = "residency"
 
 REASONS = {
     "malformed": "the bundle cannot be read (manifest, approval or weights)",
@@ -39,7 +43,7 @@ REASONS = {
     "tampered-weights": "the weights do not hash to the digest the manifest signs",
     "architecture-mismatch": "the model architecture differs from the federation's",
     "stale-base": "trained from another global version than the current one",
-    "export-forbidden": "the region's manifest does not allow export",
+    "export-forbidden": "the region may not export (federation file, or no residency check)",
     "unapproved": "too few valid approvals",
     "forged-approval": "an approval's signature does not verify",
     "mismatched-approval": "an approval is signed by a key not registered for this region",
@@ -115,31 +119,39 @@ def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
         raise Refused("tampered-weights", f"weights are not safetensors ({exc})") from None
 
 
-def _manifest(bundle: Bundle, fed: Federation) -> tuple[str, Statement]:
+def base_version(text: str) -> int | None:
+    """A manifest's ``base_global_version`` as a number: "" is 0 (no global model yet),
+    ``global:N`` or ``N`` is N; anything else None."""
+    if text == "":
+        return 0
+    match = BASE_RE.match(text)
+    return int(match.group(1)) if match else None
+
+
+def _artifact(bundle: Bundle, fed: Federation) -> Artifact:
+    """The manifest, verified under its region's key and about these weights."""
     try:
-        claimed = read_statement(bundle.manifest)
+        region = str(read_statement(bundle.manifest).predicate.get("region", ""))
     except StatementError as exc:
         raise Refused("malformed", f"manifest: {exc}") from None
-    region = str(claimed.predicate.get("region", ""))
     trust = fed.regions.get(region)
     if trust is None:
         raise Refused("unknown-region", f"region {region!r} is not in the federation")
     try:
-        verified = verify_envelope(bundle.manifest, [trust.key], predicate_type=MANIFEST_TYPE)
+        return verify_bytes(bundle.manifest, bundle.weights, trust.key, Path(bundle.source))
     except (UnknownKey, BadSignature) as exc:
         raise Refused("forged-manifest", f"manifest of region {region}: {exc}") from None
+    except SubjectMismatch as exc:
+        raise Refused("tampered-weights", f"weights of region {region}: {exc}") from None
     except StatementError as exc:
         raise Refused("malformed", f"manifest of region {region}: {exc}") from None
-    return region, verified.statement
 
 
-def _approval(raw: bytes, fed: Federation, region: str, artifact: str, where: str) -> Verified:
-    """One approval, verified against the region's registered approvers."""
-    trust = fed.regions[region]
+def _approval(raw: bytes, fed: Federation, artifact: Artifact, where: str) -> Verified:
+    """One approval, verified against the registered approvers of the artifact's region."""
+    region = artifact.manifest.region
     try:
-        return verify_envelope(
-            raw, trust.approvers.values(), predicate_type=APPROVAL_TYPE, subject_sha256=artifact
-        )
+        return verify_approval(raw, fed.regions[region].approvers.values(), artifact)
     except BadSignature as exc:
         raise Refused("forged-approval", f"{where}: {exc}") from None
     except SubjectMismatch as exc:
@@ -147,35 +159,41 @@ def _approval(raw: bytes, fed: Federation, region: str, artifact: str, where: st
     except UnknownKey as exc:
         others = fed.all_approvers()
         try:
-            owner = others[verify_envelope(raw, [k for _, k in others.values()]).signer][0]
+            signer = verify_envelope(raw, [k for _, k in others.values()]).signer
         except StatementError:
             raise Refused("mismatched-approval", f"{where}: {exc}") from None
         raise Refused(
             "mismatched-approval",
-            f"{where} is signed by an approver of region {owner}, not of {region}",
+            f"{where} is signed by an approver of region {others[signer][0]}, not of {region}",
         ) from None
     except StatementError as exc:
         raise Refused("malformed", f"{where}: {exc}") from None
 
 
-def _approvals(bundle: Bundle, fed: Federation, region: str) -> tuple[list[str], list[str]]:
-    digests: list[str] = []
-    approvers: list[str] = []
-    artifact = bundle.artifact_sha256
+def _approvals(bundle: Bundle, fed: Federation, artifact: Artifact) -> list[Verified]:
+    valid: dict[str, Verified] = {}
     for i, raw in enumerate(bundle.approvals, 1):
-        verified = _approval(raw, fed, region, artifact, f"approval {i}")
-        if verified.statement.predicate.get("decision") != "approved":
-            continue
-        if verified.signer not in approvers:
-            digests.append(verified.envelope_sha256)
-            approvers.append(verified.signer)
-    if len(approvers) < fed.approvals:
+        verified = _approval(raw, fed, artifact, f"approval {i}")
+        valid.setdefault(verified.signer, verified)
+    region = artifact.manifest.region
+    if len(valid) < fed.approvals:
         raise Refused(
             "unapproved",
-            f"{len(approvers)} valid approval(s) by registered approvers of {region}, "
+            f"{len(valid)} valid approval(s) by registered approvers of {region}, "
             f"{fed.approvals} needed",
         )
-    return digests, approvers
+    return list(valid.values())
+
+
+def _may_export(fed: Federation, approvals: list[Verified], region: str) -> None:
+    if not fed.regions[region].export:
+        raise Refused("export-forbidden", f"the federation file forbids export from {region}")
+    for approval in approvals:
+        checks = approval.statement.predicate.get("checks", [])
+        if not any(c.get("name") == RESIDENCY_CHECK and c.get("passed") is True for c in checks):
+            raise Refused(
+                "export-forbidden", f"an approval of {region} records no passed residency check"
+            )
 
 
 def _shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -184,38 +202,31 @@ def _shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 def verify_bundle(bundle: Bundle, fed: Federation, expect: Expectation) -> Candidate:
     """Every check on one bundle, in order; raises ``Refused``."""
-    region, stmt = _manifest(bundle, fed)
-    pred = stmt.predicate
-    weights_sha = hashlib.sha256(bundle.weights).hexdigest()  # hashed once: 4 MB per 1e6
-    if all(s.sha256 != weights_sha for s in stmt.subjects):
-        raise Refused(
-            "tampered-weights",
-            f"the weights hash to {weights_sha[:16]}, the manifest is about "
-            f"{stmt.subject.sha256[:16]}",
-        )
-    if pred.get("architecture") != fed.architecture:
+    artifact = _artifact(bundle, fed)
+    manifest: Manifest = artifact.manifest
+    region = manifest.region
+    if manifest.model != fed.architecture:
         raise Refused(
             "architecture-mismatch",
-            f"architecture {pred.get('architecture')!r}, the federation's is {fed.architecture!r}",
+            f"architecture {manifest.model!r}, the federation's is {fed.architecture!r}",
         )
-    if pred.get("base_version") != expect.base_version:
+    base = base_version(manifest.base_global_version)
+    if base is None:
+        raise Refused("malformed", f"base_global_version {manifest.base_global_version!r}")
+    if base != expect.base_version:
         raise Refused(
             "stale-base",
-            f"trained from global version {pred.get('base_version')!r}, "
-            f"current is {expect.base_version}",
+            f"trained from global version {base}, current is {expect.base_version}",
         )
-    if pred.get("export_allowed") is not True:
-        raise Refused("export-forbidden", f"region {region}'s manifest does not allow export")
-    digests, approvers = _approvals(bundle, fed, region)
+    approvals = _approvals(bundle, fed, artifact)
+    _may_export(fed, approvals, region)
     tensors = _load_tensors(bundle.weights)
     if expect.shapes is not None and _shapes(tensors) != dict(expect.shapes):
         raise Refused("architecture-mismatch", "tensor names or shapes differ from the base")
-    devices = pred.get("devices_accepted")
-    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 0:
-        raise Refused("malformed", f"devices_accepted {devices!r} is not a count")
     return Candidate(
-        bundle.source, region, bundle.artifact_sha256, weights_sha, devices,
-        tuple(digests), tuple(approvers), tensors,
+        bundle.source, region, bundle.artifact_sha256, artifact.sha256,
+        manifest.devices_accepted, tuple(a.envelope_sha256 for a in approvals),
+        tuple(a.signer for a in approvals), tensors,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ public key and its registered approvers' keys, and the merge settings.
     [regions.eu]
     key = "<hex of the region server's raw Ed25519 public key>"
     approvers = ["<hex>", ...]
+    export = true                   # false: this region's artifacts may not leave it
 
 A region not listed here is refused.
 """
@@ -45,6 +46,7 @@ class RegionTrust:
     name: str
     key: Ed25519PublicKey
     approvers: Mapping[str, Ed25519PublicKey]  # by fingerprint
+    export: bool = True  # False: nothing of this region may be merged
 
     @property
     def keys(self) -> dict[str, Ed25519PublicKey]:
@@ -103,9 +105,12 @@ def parse_federation(data: Mapping[str, Any], where: str = "federation") -> Fede
         if not isinstance(approvers, list) or not approvers:
             raise FederationError(f"{where}: [regions.{name}] approvers must list approver keys")
         keys = [_key(a, f"{where}: [regions.{name}] approver") for a in approvers]
+        export = table.get("export", True)
+        if not isinstance(export, bool):
+            raise FederationError(f"{where}: [regions.{name}] export must be true or false")
         regions[name] = RegionTrust(
             name, _key(table.get("key"), f"{where}: [regions.{name}] key"),
-            {fingerprint(k): k for k in keys},
+            {fingerprint(k): k for k in keys}, export,
         )  # fmt: skip
     if not regions:
         raise FederationError(f"{where}: no [regions.NAME] tables")
