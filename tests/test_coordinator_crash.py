@@ -83,3 +83,14 @@ def test_kill_during_merge_leaves_old_or_new_version(
     pred = check_version(info, restarted.blobs, restarted.signer.public_key())
     assert {e["region"] for e in pred["lineage"]} == {"eu", "us", "apac"}
     assert _verify(tmp_path)["global_versions_checked"] == 1
+
+
+def test_restart_sweeps_what_a_killed_blob_write_left(tmp_path: Path) -> None:
+    fed = make_fed(tmp_path, "eu")
+    fed.write(tmp_path)
+    coord = Coordinator(tmp_path)
+    stray = coord.blobs.root / "ab" / ".abcd.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a model")
+    Coordinator(tmp_path)
+    assert not stray.exists()
