@@ -62,6 +62,16 @@ def test_two_rounds_on_real_superlink_and_supernodes(local_topology) -> None:
     assert launched["request"]["actor"] == operator and "launch-request" not in launched["config"]
     report = verify_database(store.engine, load_pubkeys([region_pub_path(home, "eu")]))
     assert report.ok and report.requests_checked >= 4, report.problems  # tokens, launch
+    # the finished run wrote a regional artifact: region-signed manifest about the weights
+    from fedgate.server.region.artifact import verify_artifact
+
+    artifact = verify_artifact(home, summary["model_sha256"])
+    m = artifact.manifest
+    assert (m.region, m.run_id, m.rounds, m.devices_accepted) == ("eu", run.id, 2, 3), m
+    assert m.updates_rejected == 0 and m.val_acc == done["val_acc"] and m.base_global_version == ""
+    assert (
+        store.artifact(artifact.sha256)["manifest"]["envelope_sha256"] == artifact.envelope_sha256
+    )
 
 
 def test_simulation_engine_with_ten_virtual_clients(tmp_path) -> None:
