@@ -42,8 +42,9 @@ class Outcome:
 class Coordinator:
     def __init__(self, home: Path, db: str | None = None, federation: Path | None = None) -> None:
         self.home = home
-        self.signer = ensure_key(coordinator_key_path(home), coordinator_pub_path(home))
+        # the federation first: a mistyped home fails before any key or database is made
         self.federation: Federation = load_federation(federation or federation_path(home))
+        self.signer = ensure_key(coordinator_key_path(home), coordinator_pub_path(home))
         self.store = CoordinatorStore.open(db or coordinator_url(home), self.signer)
         self.blobs = BlobStore(coordinator_dir(home) / "blobs")
         recover(self.blobs.root)
