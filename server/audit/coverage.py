@@ -33,6 +33,9 @@ CHECKPOINT_KINDS = frozenset(
         "device.revoked",
         "actor.added",
         "actor.removed",
+        # the global coordinator's chain (its candidate.* events lie under the head signed at
+        # the end of the same transaction)
+        "global.version",
     }
 )
 RUN_END_KINDS = frozenset({"run.finished", "run.stopped"})

@@ -14,6 +14,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.actors import register as register_actors
     from fedgate.server.cli.audit import register as register_audit
     from fedgate.server.cli.common import guard_every_verb
+    from fedgate.server.cli.coordinator import register as register_coordinator
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
     from fedgate.server.cli.gate import register as register_gate
@@ -32,4 +33,5 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     app.add_typer(region_app, name="region")
     app.add_typer(client_app, name="client")
     register_audit(app)
+    register_coordinator(app)
     guard_every_verb(app)

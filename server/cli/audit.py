@@ -230,6 +230,14 @@ def verify(
     no_blobs: Annotated[
         bool, typer.Option("--no-blobs", help="Do not check the model blobs the log names.")
     ] = False,
+    coordinator: Annotated[
+        bool,
+        typer.Option(
+            "--coordinator",
+            help="Verify the global coordinator's chain (default database <home>/coordinator.db, "
+            "key <home>/keys/coordinator.pub) and every global version's weights and statement.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the hash chain, check every signed head, that every event lies under one
@@ -241,6 +249,9 @@ def verify(
     from fedgate.server.audit.verify import check_models, verify_database
 
     home = resolve_home(home)
+    if coordinator:
+        _verify_coordinator(db, home, list(pubkeys or []), no_signatures, strict, as_json)
+        return
     keys = _keys(list(pubkeys or []), home, region, no_signatures)
     anchors = [load_checkpoint(since)] if since is not None else []
     if witness_dir is not None:
@@ -261,6 +272,38 @@ def verify(
         write_checkpoint(save_checkpoint, report.chain_id, report.last_head)
         extra["checkpoint"] = str(save_checkpoint)
     _report(report, source, as_json, strict, extra)
+
+
+def _verify_coordinator(
+    db: str | None,
+    home: Path,
+    pubkeys: list[Path],
+    no_signatures: bool,
+    strict: bool,
+    as_json: bool,
+) -> None:
+    """``verify --coordinator``: the coordinator's chain, then each global version's blobs."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
+    from fedgate.server.audit.verify import verify_database
+    from fedgate.server.coordinator.versions import check_versions
+    from fedgate.server.db.engine import coordinator_url
+    from fedgate.server.db.migrate import open_readonly
+
+    keys = None
+    if not no_signatures:
+        paths = pubkeys or [coordinator_pub_path(home)]
+        if not pubkeys and not paths[0].is_file():
+            raise UsageError(f"no coordinator public key at {paths[0]}: pass --pubkeys FILE")
+        keys = load_pubkeys(paths)
+    engine = open_readonly(db or coordinator_url(home))
+    report = verify_database(engine, keys)
+    source = engine.url.render_as_string(hide_password=True)
+    checked = 0
+    if keys is not None and report.ok:
+        problems, checked = check_versions(engine, home / "coordinator" / "blobs", keys)
+        report.problems.extend(problems)
+    _report(report, source, as_json, strict, {"global_versions_checked": checked})
 
 
 def _open_views(db: str | None, home: Path | None, region: str | None, strict: bool) -> Any:

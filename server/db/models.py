@@ -181,3 +181,49 @@ class SignedHead(Base):
     key: Mapped[str] = mapped_column(String(HEX))  # signer's key fingerprint
     signature: Mapped[str] = mapped_column(String(128))  # hex
     signed_at: Mapped[str] = mapped_column(String(32))
+
+
+# -- the global coordinator's tables (they live in the coordinator's own database; a region's
+# database has them too, empty: one schema, one migration tree) -----------------------------
+
+
+class GlobalVersion(Base):
+    """A global model version: its weights and signed statement, both by SHA-256 in the blob
+    store; ``statement_sha256`` is the digest of the DSSE envelope that carries its lineage."""
+
+    __tablename__ = "global_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    base_version: Mapped[int] = mapped_column(Integer)
+    architecture: Mapped[str] = mapped_column(String(128))
+    weights_sha256: Mapped[str] = mapped_column(String(HEX))
+    statement_sha256: Mapped[str] = mapped_column(String(HEX))
+    rule: Mapped[str] = mapped_column(String(64))
+    regions: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class CandidateDecision(Base):
+    """The coordinator's verdict on one regional artifact it was offered."""
+
+    __tablename__ = "candidate_decisions"
+    __table_args__ = (Index("ix_candidate_decisions_artifact", "artifact_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    artifact_sha256: Mapped[str] = mapped_column(String(HEX))
+    verdict: Mapped[str] = mapped_column(String(16))  # accepted / refused
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    version: Mapped[int | None] = mapped_column(Integer)  # the global version it went into
+    decided_at: Mapped[datetime]
+
+
+class CoordinatorState(Base):
+    """The one pointer row: the current global version (0: none yet); it moves last, in the
+    same transaction that records the version."""
+
+    __tablename__ = "coordinator_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    current_version: Mapped[int] = mapped_column(Integer)
