@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgate.crypto import canonical_json, fingerprint, generate_key, public_bytes, sign
+from fedgate.formats import MAX_METRICS
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
 from fedgate.server.trust.enrollment import region_registry
 from fedgate.strategies.envelope import (
@@ -173,8 +174,10 @@ FIELD_VALUES = {
     "arrays_digest": HEX64,
     "device_id": HEX64 | st.just(fingerprint(OTHER)),
     "num_examples": st.integers(1, 10**6),
-    "metrics": st.dictionaries(
-        st.text(min_size=1, max_size=10), st.floats(-(2.0**53 - 1), 2.0**53 - 1)
+    "metrics": st.dictionaries(  # within the spec's limit: more is malformed, tested apart
+        st.text(min_size=1, max_size=10),
+        st.floats(-(2.0**53 - 1), 2.0**53 - 1),
+        max_size=MAX_METRICS,
     ),
 }
 
@@ -318,3 +321,8 @@ def test_deeply_nested_and_oversized_envelopes_are_malformed() -> None:
     assert rejection(ConfigRecord({"envelope": huge[:8000], "signature": sig})) == (
         Reason.MALFORMED
     )
+
+
+def test_more_metrics_than_the_limit_is_malformed() -> None:
+    metrics = {f"m{i}": 0.0 for i in range(MAX_METRICS + 1)}
+    assert rejection(signed(replace(envelope(), metrics=metrics))) == Reason.MALFORMED
