@@ -334,3 +334,26 @@ def test_audit_verify_passes_with_artifact_and_gate_decisions(region) -> None:
     )
     assert report.ok, [p.message for p in report.problems]
     assert report.status == "ok" and report.coverage_checked
+
+
+def test_a_run_reproducing_earlier_weights_keeps_the_earlier_artifact(region) -> None:
+    """Seen in the load test: identical runs (same seed, data, config) make byte-identical
+    weights; the second run must finish, keeping the artifact any approval names."""
+    from fedgate.server.audit import verify_database
+
+    config = {"rounds": 3}
+    ops = sign_request(region.operator, "run.launch", REGION, config_digest(config)).to_json()
+    region.store.record_run("r2", REGION, region.store.run("r1").launched_by, config, ops)
+    before = region.path.read_bytes()
+    again = replace(GOOD, run_id="r2", audit_seq=region.store.audit.head()[0],
+                    audit_head=region.store.audit.head()[1])  # fmt: skip
+    path = write_artifact(region.home, region.store, region.key, again, region.sha)
+    region.store.finish_run("r2")
+    assert path == region.path and path.read_bytes() == before
+    assert region.store.artifact(region.sha)["run_id"] == "r1"
+    [event] = [e for e in region.store.audit.events() if e.kind == "artifact.reproduced"]
+    assert event.data == {"sha256": region.sha, "run": "r2", "first_run": "r1"}
+    report = verify_database(
+        region.store.engine, {fingerprint(region.key): region.key.public_key()}
+    )
+    assert report.ok, [p.message for p in report.problems]

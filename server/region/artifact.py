@@ -176,7 +176,18 @@ def write_artifact(
     home: str | Path, store: Store, key: Ed25519PrivateKey, manifest: Manifest, weights_sha: str
 ) -> Path:
     """Sign ``manifest`` about the weights blob ``weights_sha`` with the region ``key``, write
-    the envelope beside the other artifacts and record it (row + ``artifact.produced``)."""
+    the envelope beside the other artifacts and record it (row + ``artifact.produced``).
+
+    An artifact is addressed by its weights: a run that reproduces weights an earlier run
+    already made (same data, seed and config) keeps that earlier artifact, the one any approval
+    names, and the chain records the reproduction (``artifact.reproduced``)."""
+    earlier = store.artifact(weights_sha)
+    if earlier is not None:
+        store.audit.append(
+            "artifact.reproduced",
+            {"sha256": weights_sha, "run": manifest.run_id, "first_run": earlier["run_id"]},
+        )
+        return Path(earlier["path"])
     stmt = statement(subject_name(manifest), weights_sha, PREDICATE_TYPE, manifest.to_json())
     envelope = sign_statement(key, stmt)
     path = envelope_path(home, weights_sha)
