@@ -9,53 +9,17 @@ from __future__ import annotations
 # A verb imports what only it needs (Flower, torch, SQLAlchemy, ...) inside its body, when it
 # runs: `fedgate --help` loads none of it (tests/test_cli_startup.py).
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from fedgate.home import resolve_home
+from fedgate.server.cli.common import ActorKeyOpt as ActorKey
 from fedgate.server.cli.common import DbOpt as Db
-from fedgate.server.cli.common import HomeOpt
+from fedgate.server.cli.common import HomeOpt, operator_registry
 from fedgate.server.cli.common import JsonOpt as AsJson
 from fedgate.server.cli.common import RegionOpt as Region
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
-
-ActorKey = Annotated[
-    Path | None,
-    typer.Option(
-        "--actor-key",
-        help="Your (an operator's) private key that signs this request "
-        "(default: <home>/keys/operator.key).",
-    ),
-]
-
 actors_app = typer.Typer(help="Operator and approver keys registered with a region.")
-
-
-def actor_key(path: Path | None) -> Ed25519PrivateKey | None:
-    """The ``--actor-key`` given, loaded (None: the registry's default, the home's key)."""
-    # heavy import: loaded only when a verb runs
-    from fedgate.server.trust.actors import load_actor_key
-
-    return None if path is None else load_actor_key(path)
-
-
-def _registry(home: Path | None, region: str, db: str | None, key: Path | None = None):
-    # heavy import: loaded only when a verb runs
-    from fedgate.server.trust.enrollment import check_region_name, region_registry
-
-    where = resolve_home(home)
-    return region_registry(
-        where, check_region_name(region), db, create=False, actor_key=actor_key(key)
-    )
-
-
-def _store(registry: DatabaseDeviceRegistry):
-    return registry.store
 
 
 @actors_app.command("add")
@@ -76,8 +40,8 @@ def add(
     from fedgate.server.trust.actors import add_actor
 
     public = read_public_key(pub)
-    with _registry(home, region, db, key) as registry:
-        actor = add_actor(_store(registry), region, name, role, public, registry.actor_key)
+    with operator_registry(home, region, db, key) as registry:
+        actor = add_actor(registry.store, region, name, role, public, registry.actor_key)
     typer.echo(f"registered {actor.label} as {actor.role} of region {region}")
 
 
@@ -93,8 +57,8 @@ def remove(
     # heavy import: loaded only when this verb runs
     from fedgate.server.trust.actors import remove_actor
 
-    with _registry(home, region, db, key) as registry:
-        actor = remove_actor(_store(registry), region, who, registry.actor_key)
+    with operator_registry(home, region, db, key) as registry:
+        actor = remove_actor(registry.store, region, who, registry.actor_key)
     typer.echo(f"removed {actor.label} ({actor.role}) from region {region}")
 
 
@@ -106,8 +70,8 @@ def list_actors(
     # heavy import: loaded only when this verb runs
     from fedgate.server.trust.actors import actors, dumps
 
-    with _registry(home, region, db) as registry:
-        found = actors(_store(registry), region)
+    with operator_registry(home, region, db) as registry:
+        found = actors(registry.store, region)
     if as_json:
         typer.echo(dumps(found))
         return

@@ -37,12 +37,31 @@ DbOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ActorKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--actor-key",
+        help="Your operator key that signs the request (default: <home>/keys/operator.key).",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config", "-c", help="Federation TOML (default: <home>/federation.toml, else built-in)."
     ),
 ]
+
+
+def operator_registry(home: Path | None, region: str, db: str | None, key: Path | None = None):
+    """The registry of a region already set up under the home (never created here), acting
+    with ``key``'s operator key (None: the home's ``keys/operator.key``)."""
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.trust.actors import load_actor_key
+    from fedgate.server.trust.enrollment import check_region_name, region_registry
+
+    actor_key = None if key is None else load_actor_key(key)
+    where, region = resolve_home(home), check_region_name(region)
+    return region_registry(where, region, db, create=False, actor_key=actor_key)
 
 
 def _database_exit(exc: Exception) -> int | None:

@@ -12,21 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from fedgate.atomic_file import write_atomic
 from fedgate.home import resolve_home
+from fedgate.server.cli.common import ActorKeyOpt as ActorKey
 from fedgate.server.cli.common import DbOpt as Db
 from fedgate.server.cli.common import HomeOpt as Home
 from fedgate.server.cli.common import JsonOpt as AsJson
 from fedgate.server.cli.common import RegionOpt as Region
-from fedgate.server.cli.common import friendly
+from fedgate.server.cli.common import friendly, operator_registry
 from fedgate.server.trust.enrollment_limits import DEFAULT_TOKEN_TTL
-
-if TYPE_CHECKING:
-    from fedgate.server.trust.enrollment import DatabaseDeviceRegistry
 
 Superlink = Annotated[
     str | None,
@@ -41,32 +39,9 @@ RootCerts = Annotated[
         help="Region CA to trust at --superlink (default: <home>/regions/<r>/tls/ca.pem)."
     ),
 ]
-ActorKey = Annotated[
-    Path | None,
-    typer.Option(
-        "--actor-key",
-        help="Your operator key that signs the request (default: <home>/keys/operator.key).",
-    ),
-]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="--superlink speaks plain HTTP (experiments only).")
 ]
-
-
-def _home(home: Path | None) -> Path:
-    return resolve_home(home)
-
-
-def _registry(
-    home: Path | None, region: str, db: str | None, key: Path | None = None
-) -> DatabaseDeviceRegistry:
-    # heavy import: loaded only when a verb runs
-    from fedgate.server.trust.actors import load_actor_key
-    from fedgate.server.trust.enrollment import check_region_name, region_registry
-
-    actor_key = None if key is None else load_actor_key(key)
-    where, region = _home(home), check_region_name(region)
-    return region_registry(where, region, db, create=False, actor_key=actor_key)
 
 
 def _when(ts: float | None) -> str:
@@ -87,7 +62,7 @@ def enroll_token(
 ) -> None:
     """Issue a one-time enrollment token for REGION (printed once; only its hash is kept),
     a request signed by an operator's key."""
-    with _registry(home, region, db, actor_key) as registry:
+    with operator_registry(home, region, db, actor_key) as registry:
         token = registry.issue_token(ttl_hours * 3600)
         typer.echo(token)
         typer.echo(f"one-time token for region {region}, expires in {ttl_hours:g} h", err=True)
@@ -126,7 +101,7 @@ def enroll(
 
     check_region_name(region)
     check_profile(profile)
-    where = _home(home)
+    where = resolve_home(home)
     device_dir = device_dir or where / "device"
     target = control_target(where, region, superlink, root_certificates, insecure)
     previous = read_enrollment(device_dir)
@@ -185,17 +160,17 @@ def list_devices(region: Region, home: Home = None, db: Db = None, as_json: AsJs
     from fedgate.server.db.engine import parse_url, resolve_url, sqlite_path
     from fedgate.server.trust.enrollment import check_region_name, existing_region_key
 
-    url = parse_url(resolve_url(db, _home(home), check_region_name(region)))
+    url = parse_url(resolve_url(db, resolve_home(home), check_region_name(region)))
     missing = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
     if missing is not None and not missing.exists():  # never create a database to list it
-        existing_region_key(_home(home), region)  # a region never set up here: say so
+        existing_region_key(resolve_home(home), region)  # a region never set up here: say so
         typer.echo(
             "[]"
             if as_json
             else f"no devices enrolled in region {region} (no database yet at {missing})"
         )
         return
-    with _registry(home, region, db) as registry:
+    with operator_registry(home, region, db) as registry:
         devices = registry.devices()
         if as_json:
             typer.echo(json.dumps([d.to_json() for d in devices], indent=2))
@@ -240,8 +215,8 @@ def revoke(
     from fedgate.server.launch.transport import control_target
     from fedgate.server.trust.node_registration import unregister_device_node
 
-    where = _home(home)
-    with _registry(home, region, db, actor_key) as registry:
+    where = resolve_home(home)
+    with operator_registry(home, region, db, actor_key) as registry:
         revoked = registry.revoke(registry.resolve(device), reason=reason)
     typer.echo(f"revoked device {revoked.device_id} in region {region}")
     target = control_target(where, region, superlink, root_certificates, insecure)
@@ -284,7 +259,7 @@ def join(
     from fedgate.clients.join import JoinSpec
     from fedgate.clients.join import join as run_join
 
-    device_dir = device_dir or _home(home) / "device"
+    device_dir = device_dir or resolve_home(home) / "device"
     enrollment = read_enrollment(device_dir)
     if enrollment is None:
         raise IdentityError(f"{device_dir} is not enrolled; run `fedgate client enroll`")

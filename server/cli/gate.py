@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fedgate.home import resolve_home
-from fedgate.server.cli.actors import ActorKey, _registry
+from fedgate.server.cli.common import ActorKeyOpt as ActorKey
 from fedgate.server.cli.common import DbOpt as Db
-from fedgate.server.cli.common import HomeOpt, console
+from fedgate.server.cli.common import HomeOpt, console, operator_registry
 from fedgate.server.cli.common import JsonOpt as AsJson
 from fedgate.server.cli.common import RegionOpt as Region
 
@@ -104,7 +104,7 @@ def approve_cmd(
     region = found.manifest.region
     rules = _policy(where, region, policy)
     signer = load_private_key(key)
-    with _registry(where, region, db) as registry:
+    with operator_registry(where, region, db) as registry:
         decision = approve(where, registry.store, found, rules, signer)
     _table(list(decision.checks), f"approved: artifact {found.sha256[:16]}")
     typer.echo(f"approval statement: {decision.statement_path}")
@@ -129,7 +129,7 @@ def reject_cmd(
     region = found.manifest.region
     rules = _policy(where, region, policy)
     signer = None if key is None else load_private_key(key)
-    with _registry(where, region, db) as registry:
+    with operator_registry(where, region, db) as registry:
         reject(where, registry.store, found, rules, reason, signer)
     typer.echo(f"refused artifact {found.sha256[:16]} of region {region}: {reason}")
 
@@ -149,7 +149,7 @@ def approvers_add(
 
     where = resolve_home(home)
     public = read_public_key(pub)
-    with _registry(where, region, db, key) as registry:
+    with operator_registry(where, region, db, key) as registry:
         actor = add_approver(where, registry.store, region, name, public, registry.actor_key)
     typer.echo(f"registered {actor.label} as approver of region {region}")
 
@@ -162,7 +162,7 @@ def approvers_list(
     from fedgate.server.gate.approvers import list_approvers
     from fedgate.server.trust.actors import dumps
 
-    with _registry(home, region, db) as registry:
+    with operator_registry(home, region, db) as registry:
         found = list_approvers(registry.store, region)
     if as_json:
         typer.echo(dumps(found))
@@ -184,7 +184,7 @@ def approvers_remove(
     """Remove an approver: its key decides nothing in REGION from now on."""
     from fedgate.server.gate.approvers import remove_approver
 
-    with _registry(home, region, db, key) as registry:
+    with operator_registry(home, region, db, key) as registry:
         actor = remove_approver(registry.store, region, who, registry.actor_key)
     typer.echo(f"removed approver {actor.label} from region {region}")
 
