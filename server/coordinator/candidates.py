@@ -11,7 +11,6 @@ the SHA-256 of its manifest envelope (what approvals name besides the weights).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgate.crypto import sha256_hex
 from fedgate.errors import VerificationError
 from fedgate.server.coordinator.federation import Federation
 from fedgate.server.gate.decisions import verify_approval
@@ -63,7 +63,7 @@ class Bundle:
 
     @property
     def artifact_sha256(self) -> str:
-        return hashlib.sha256(self.manifest).hexdigest()
+        return sha256_hex(self.manifest)
 
 
 @dataclass(frozen=True)

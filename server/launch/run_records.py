@@ -13,10 +13,14 @@ from fedgate.server.db import BlobStore, resolve_url
 from fedgate.server.launch.config import ConfigError, RegionConfig
 
 
+def region_url(home: Path, region: RegionConfig) -> str:
+    """The region's database URL: its ``db``, else ``$FEDGATE_DB``, else the home's file."""
+    return resolve_url(region.db or None, Path(home), region.name)
+
+
 def region_store(home: Path, region: RegionConfig):
     """The region's store, its audit chain signed by the region key."""
-    url = resolve_url(region.db or None, Path(home), region.name)
-    return Store.open(url, signer=ensure_region_key(home, region.name))
+    return Store.open(region_url(home, region), signer=ensure_region_key(home, region.name))
 
 
 def mark_ended(home: Path, region: RegionConfig, run_id: int | str, status: str, note: str) -> bool:

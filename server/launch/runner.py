@@ -20,10 +20,9 @@ from fedgate.atomic_file import write_atomic
 from fedgate.errors import FedgateError
 from fedgate.procenv import flower_env, port_open
 from fedgate.server.audit.actors import LAUNCH_REQUEST_KEY
-from fedgate.server.db.engine import resolve_url
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.processes import ProcessTable, TopologyError, alive, last_lines
-from fedgate.server.launch.run_records import mark_ended, region_store
+from fedgate.server.launch.run_records import mark_ended, region_store, region_url
 from fedgate.server.launch.superlink_runs import link_run, stop_link_run
 from fedgate.server.launch.topology import _bin, online_nodes, region_dir
 from fedgate.server.launch.transport import load_transport
@@ -202,7 +201,7 @@ class Submission:
         """The database this run records its rounds in (None: not known here)."""
         if self.region_config is None:
             return None
-        return resolve_url(self.region_config.db or None, self.home, self.region)
+        return region_url(self.home, self.region_config)
 
     def recorded_rounds(self) -> list[int]:
         """The rounds the run's database holds: the record, where progress lines may lag."""
