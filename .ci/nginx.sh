@@ -32,8 +32,8 @@ if ! bindir=$(find_bindir); then
     $sudo chmod 755 "$policy"
     trap '$sudo rm -f "$policy"' EXIT
   fi
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx >&2
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends nginx >&2
   if ! bindir=$(find_bindir); then
     echo "error: nginx installation failed or the nginx binary is still not found" >&2
     exit 1

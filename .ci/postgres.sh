@@ -29,8 +29,8 @@ if ! bindir=$(find_bindir); then
   echo "PostgreSQL server binaries not found; installing postgresql" >&2
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql >&2
   if ! bindir=$(find_bindir); then
     echo "error: postgresql installed but initdb/pg_ctl/postgres still not found" >&2
     exit 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from fedgate.errors import UsageError
 from fedgate.server.db import BlobStore
 from fedgate.server.launch.config import ConfigError, RegionConfig
 from fedgate.server.launch.run_records import (
@@ -42,7 +43,8 @@ def test_resume_continues_after_the_last_recorded_round(tmp_path) -> None:
     assert mark_ended(tmp_path, EU, "r1", "interrupted", "SuperLink died")
     start = resume_point(tmp_path, EU, "r1", 5)
     assert start == StartPoint(digests[2], 4, "r1")
-    assert start.run_config() == {"init-model": digests[2], "first-round": 4, "resume-from": "r1"}
+    assert start.run_config() == {"init-model": digests[2], "first-round": 4, "resume-from": "r1",
+                                  "base-global-version": ""}  # fmt: skip
     with pytest.raises(ConfigError, match="already completed round 3 of 3"):
         resume_point(tmp_path, EU, "r1", 3)
     with pytest.raises(ConfigError, match="has no run nope"):
@@ -71,8 +73,10 @@ def test_init_from_a_run_a_digest_or_a_global_version(tmp_path) -> None:
         init_point(tmp_path, EU, "0" * 64)
     with pytest.raises(ConfigError, match="neither a run of region eu nor a 64-hex"):
         init_point(tmp_path, EU, "r9")
-    with pytest.raises(ConfigError, match="no global model versions"):
+    with pytest.raises(UsageError, match="no coordinator in"):
         init_point(tmp_path, EU, "global:3")
+    with pytest.raises(ConfigError, match="give global:N with N >= 1"):
+        init_point(tmp_path, EU, "global:0")
 
 
 def test_a_stop_is_recorded_and_the_first_end_stands(tmp_path) -> None:

@@ -15,6 +15,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.audit import register as register_audit
     from fedgate.server.cli.common import guard_every_verb
     from fedgate.server.cli.coordinator import register as register_coordinator
+    from fedgate.server.cli.cycle import register as register_cycle
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
     from fedgate.server.cli.gate import register as register_gate
@@ -34,4 +35,5 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     app.add_typer(client_app, name="client")
     register_audit(app)
     register_coordinator(app)
+    register_cycle(app)
     guard_every_verb(app)

@@ -285,8 +285,7 @@ def _verify_coordinator(
     """``verify --coordinator``: the coordinator's chain, then each global version's blobs."""
     # heavy import: loaded only when this verb runs
     from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
-    from fedgate.server.audit.verify import verify_database
-    from fedgate.server.coordinator.versions import check_versions
+    from fedgate.server.coordinator.service import verify_coordinator
     from fedgate.server.db.engine import coordinator_url
     from fedgate.server.db.migrate import open_readonly
 
@@ -297,12 +296,8 @@ def _verify_coordinator(
             raise UsageError(f"no coordinator public key at {paths[0]}: pass --pubkeys FILE")
         keys = load_pubkeys(paths)
     engine = open_readonly(db or coordinator_url(home))
-    report = verify_database(engine, keys)
+    report, checked = verify_coordinator(engine, home, keys)
     source = engine.url.render_as_string(hide_password=True)
-    checked = 0
-    if keys is not None and report.ok:
-        problems, checked = check_versions(engine, home / "coordinator" / "blobs", keys)
-        report.problems.extend(problems)
     _report(report, source, as_json, strict, {"global_versions_checked": checked})
 
 

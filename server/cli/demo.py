@@ -9,7 +9,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,20 +21,40 @@ from fedgate.server.cli.common import (
     summary_table,
     write_report,
 )
+from fedgate.server.cli.cycle import report_cycle
 from fedgate.server.launch.config import (
     DEFAULT_FEDERATION_TOML,
     FederationConfig,
     default_federation,
     validate_region,
 )
-from fedgate.server.launch.demo import DEMO_HOME, audit_line, plot_accuracy, verify_region_audit
+from fedgate.server.launch.demo import (
+    DEMO_CYCLES,
+    DEMO_HOME,
+    DEMO_ROUNDS,
+    audit_line,
+    demo_approver,
+    plot_accuracy,
+    verify_coordinator_audit,
+    verify_region_audit,
+)
+
+if TYPE_CHECKING:
+    from fedgate.server.launch.cycle import CycleResult
 
 
 def run_demo(
-    home: Path, fed: FederationConfig, console, timeout: float = 900.0, insecure: bool = False
+    home: Path,
+    fed: FederationConfig,
+    console,
+    timeout: float = 900.0,
+    insecure: bool = False,
+    cycles: int = DEMO_CYCLES,
 ) -> dict:
-    """Bring the federation up under ``home``, train every region, write results, shut down."""
-    from fedgate.server.launch.runner import follow, submit
+    """Bring the federation up under ``home``, run ``cycles`` cycles (every region trains, the
+    gate approves what passes, the coordinator merges; the next cycle starts from the new
+    global version), write results, shut down."""
+    from fedgate.server.launch.cycle import run_cycle
     from fedgate.server.launch.topology import down, up
     from fedgate.server.region.live_view import RunBoard
 
@@ -47,42 +67,58 @@ def run_demo(
     console.rule("[bold]fedgate demo")
     console.print(
         f"home {home}: {len(fed.regions)} regions ({', '.join(fed.region_names)}), "
-        f"{sum(len(r.nodes) for r in fed.regions)} devices, Dirichlet alpha={fed.alpha}"
+        f"{sum(len(r.nodes) for r in fed.regions)} devices, Dirichlet alpha={fed.alpha}; "
+        f"{cycles} cycles of {fed.regions[0].rounds} rounds"
     )
+    done: list[CycleResult] = []
+    histories: dict[str, list[dict]] = {r.name: [] for r in fed.regions}
     try:
         up(fed, home, echo=console.print, insecure=insecure)
         t_up = time.monotonic() - t0
-        subs = [submit(fed, r, home) for r in fed.regions]
-        try:
+        approver = demo_approver(home, [(r.name, r.db or None) for r in fed.regions])
+        for _ in range(cycles):
             with RunBoard({r.name: r.rounds for r in fed.regions}, console) as board:
-                finished = follow(subs, lambda s, e: board.on_event(s.region, e), timeout)
-        finally:
-            for sub in subs:  # the per-run plot, also for a run that failed
-                write_report(sub.out_dir, home, False)
+                cycle = run_cycle(
+                    home, fed, approver, lambda s, e: board.on_event(s.region, e),
+                    console.print, timeout,
+                    after_runs=lambda subs: [write_report(s.out_dir, home, False) for s in subs],
+                )  # fmt: skip
+            offset = len(done) * fed.regions[0].rounds
+            for name, row in board.rows.items():
+                histories[name] += [{**h, "round": h["round"] + offset} for h in row.history]
+            report_cycle(cycle, home)
+            done.append(cycle)
     finally:
         stopped = down(home)
         console.print(f"stopped {len(stopped)} processes")
     audits = {r.name: verify_region_audit(home, r.name, r.db or None) for r in fed.regions}
+    coordinator_audit = verify_coordinator_audit(home)
     wall = time.monotonic() - t0
+    last = done[-1]
     summary = {
         "federation": fed.name,
         "wall_seconds": round(wall, 1),
         "startup_seconds": round(t_up, 1),
+        "cycles": [c.to_json() for c in done],
         "regions": {
             name: {
                 **{k: v for k, v in res.items() if k not in ("kind", "ts")},
-                "history": board.rows[name].history,
-                "run_dir": str(next(s.out_dir for s in subs if s.region == name)),
+                "history": histories[name],
                 "audit": audits[name].to_dict(),
             }
-            for name, res in finished.items()
+            for name, res in last.runs.items()
         },
+        "coordinator_audit": coordinator_audit.to_dict(),
     }
     write_atomic(home / "summary.json", json.dumps(summary, indent=2))
-    plot_accuracy({n: board.rows[n].history for n in finished}, home / "accuracy.png")
-    console.print(summary_table(finished, "fedgate demo summary"))
+    rounds = fed.regions[0].rounds
+    points = [((i + 1) * rounds, c.global_test_acc) for i, c in enumerate(done)
+              if c.global_test_acc is not None]  # fmt: skip
+    plot_accuracy(histories, home / "accuracy.png", points)
+    console.print(summary_table(last.runs, f"the regions' runs in cycle {last.number}"))
     for name, report in audits.items():
         console.print(audit_line(name, report, home))
+    console.print(audit_line("coordinator", coordinator_audit, home))
     console.print(
         f"wall time {wall:.1f} s (start-up {t_up:.1f} s); wrote {home / 'summary.json'} "
         f"and {home / 'accuracy.png'}"
@@ -102,16 +138,18 @@ def demo_cmd(
     home: Annotated[
         Path, typer.Option("--home", help="Fresh state directory for the demo (wiped first).")
     ] = DEMO_HOME,
-    rounds: Annotated[int | None, typer.Option(help="Rounds per region (default 5).")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds per region in each cycle.")] = DEMO_ROUNDS,
+    cycles: Annotated[
+        int, typer.Option(min=1, help="Cycles: regional runs, gate, merge.")
+    ] = DEMO_CYCLES,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS or node authentication (experiments).")
     ] = False,
 ) -> None:
-    """Train two regions (eu, us) on real Flower SuperLinks and SuperNodes, then clean up."""
-    fed = default_federation()
-    if rounds is not None:
-        fed = with_rounds(fed, rounds)
-    friendly(run_demo)(home.resolve(), fed, console, insecure=insecure)
+    """Two regions (eu, us) on real Flower SuperLinks and SuperNodes through the whole chain:
+    regional runs, signed artifacts, the approval gate, global merges; then clean up."""
+    fed = with_rounds(default_federation(), rounds)
+    friendly(run_demo)(home.resolve(), fed, console, insecure=insecure, cycles=cycles)
 
 
 def register(app: typer.Typer) -> None:

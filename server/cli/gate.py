@@ -218,6 +218,27 @@ def artifact_verify(artifact: ArtifactArg, home: HomeOpt = None) -> None:
                f"signed by the region key; weights match")  # fmt: skip
 
 
+@artifact_app.command("export")
+def artifact_export(
+    artifact: ArtifactArg,
+    home: HomeOpt = None,
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="The coordinator's inbox (default: <home>/coordinator/inbox)."),
+    ] = None,
+) -> None:
+    """Hand an approved ARTIFACT to the coordinator: its manifest, approvals and weights as one
+    bundle directory in the inbox (written whole or not at all)."""
+    from fedgate.server.coordinator.service import default_inbox
+    from fedgate.server.gate.export import approvals_of, export_bundle
+
+    where, found = _verified(home, artifact)
+    target = export_bundle(where, found, to or default_inbox(where))
+    count = len(approvals_of(where, found.sha256))
+    typer.echo(f"exported artifact {found.sha256[:16]} of region {found.manifest.region} with "
+               f"{count} approval(s) to {target}")  # fmt: skip
+
+
 def register(app: typer.Typer, region_app: typer.Typer) -> None:
     """Attach ``gate`` (with ``approvers``) to ``fedgate`` and ``artifact`` to ``region``."""
     gate_app.add_typer(approvers_app, name="approvers")

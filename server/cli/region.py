@@ -88,9 +88,10 @@ def status_cmd(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Health per region (SuperLink, fleet proxy, SuperNodes online) and every process
-    fedgate started -- SuperLinks, executors and their ServerApps, proxies, SuperNodes,
-    workers -- alive or dead, a dead one with its last log lines."""
+    """Health per region (SuperLink, fleet proxy, SuperNodes online), every process fedgate
+    started -- SuperLinks, executors and their ServerApps, proxies, SuperNodes, workers --
+    alive or dead (a dead one with its last log lines), each region's last artifact and its
+    gate state, and the global versions with their lineage."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fedgate.server.launch.topology import region_health
@@ -99,7 +100,16 @@ def status_cmd(
     table = ProcessTable(home)
     procs = table.status()
     if not procs:
+        if as_json:
+            import json
+
+            from fedgate.server.launch.chain_status import chain_status
+
+            console.print_json(json.dumps({"regions": [], "processes": [],
+                                           **chain_status(home, fed)}))  # fmt: skip
+            return
         console.print(f"nothing started under {home}")
+        print_chain_status(home, fed)
         return
     with ThreadPoolExecutor(max_workers=max(1, len(fed.regions))) as pool:
         health = list(pool.map(lambda r: region_health(home, r), fed.regions))
@@ -110,7 +120,10 @@ def status_cmd(
         procs_out = [{"name": p.process.name, "pid": p.process.pid, "alive": p.alive,
                       "children": list(p.children), "log": p.process.log,
                       "last_log": list(p.last_log)} for p in procs]  # fmt: skip
-        console.print_json(json.dumps({"regions": rows, "processes": procs_out}))
+        from fedgate.server.launch.chain_status import chain_status
+
+        console.print_json(json.dumps({"regions": rows, "processes": procs_out,
+                                       **chain_status(home, fed)}))  # fmt: skip
         return
     ok, bad = "[green]up[/]", "[red]down[/]"
     regions = Table(title=f"fedgate regions in {home}")
@@ -145,6 +158,37 @@ def status_cmd(
             f"[yellow]{dead} process(es) dead; restart with `fedgate down --home {home}` then "
             f"`fedgate up --home {home}`[/]"
         )
+    print_chain_status(home, fed)
+
+
+def print_chain_status(home: Path, fed: Any) -> None:
+    """The global tier: each region's last artifact and gate state, the global versions."""
+    from fedgate.server.launch.chain_status import global_versions, region_gate
+
+    colour = {"approved": "green", "refused": "red", "pending": "yellow", "none": "dim"}
+    gate = Table(title="approval gate (last artifact per region)")
+    for col in ("region", "artifact", "run", "val acc", "gate", "waiting"):
+        gate.add_column(col, overflow="fold")
+    for g in (region_gate(home, r.name, r.db or None) for r in fed.regions):
+        acc = "-" if g.val_acc is None else f"{g.val_acc:.3f}"
+        gate.add_row(g.region, g.artifact[:12] or "-", g.run_id or "-", acc,
+                     f"[{colour.get(g.state, 'white')}]{g.state}[/]",
+                     ", ".join(p[:12] for p in g.pending) or "-")  # fmt: skip
+    console.print(gate)
+    versions = global_versions(home)
+    if not versions:
+        console.print("no global version yet (`fedgate cycle` or `fedgate coordinator merge`)")
+        return
+    listing = Table(title=f"global versions (current: v{versions[0].version})")
+    for col in ("version", "from", "rule", "weights", "lineage (region share artifact)"):
+        listing.add_column(col, overflow="fold")
+    for v in versions:
+        lineage = "\n".join(f"{e['region']} {e['share']:.2f} {e['weights'][:12]}"
+                            for e in v.lineage)  # fmt: skip
+        if v.verified != "ok":
+            lineage = f"[red]NOT VERIFIED: {v.verified}[/]"
+        listing.add_row(f"v{v.version}", f"v{v.base_version}", v.rule, v.weights[:12], lineage)
+    console.print(listing)
 
 
 def overridden(region: RegionConfig, node_count: int | None = None, **changes: Any) -> RegionConfig:

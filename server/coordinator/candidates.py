@@ -289,7 +289,10 @@ def read_bundle(directory: Path) -> Bundle:
 
 
 def read_inbox(inbox: Path) -> list[Bundle]:
-    """Every bundle directory under ``inbox``, in name order."""
+    """Every bundle directory under ``inbox``, in name order (hidden ones, such as a bundle
+    still being assembled by ``fedgate region artifact export``, are not bundles yet)."""
     if not inbox.is_dir():
         return []
-    return [read_bundle(d) for d in sorted(inbox.iterdir()) if d.is_dir()]
+    return [
+        read_bundle(d) for d in sorted(inbox.iterdir()) if d.is_dir() and not d.name.startswith(".")
+    ]

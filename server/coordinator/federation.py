@@ -21,8 +21,9 @@ A region not listed here is refused.
 
 from __future__ import annotations
 
+import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,22 @@ def parse_federation(data: Mapping[str, Any], where: str = "federation") -> Fede
         arch, regions, robust, _int(head, "trim", 1, 0), _int(head, "device_cap", 1000, 1),
         _int(head, "approvals", 1, 1), float(deadline),
     )  # fmt: skip
+
+
+def render_federation(
+    architecture: str, regions: Mapping[str, tuple[str, Sequence[str]]], **settings: Any
+) -> str:
+    """A federation file: ``regions`` maps a region to (server key hex, approver keys hex);
+    ``settings`` are further ``[federation]`` keys (robust, device_cap, ...). Checked by
+    ``parse_federation`` before it is returned."""
+    head = {"architecture": architecture, **settings}
+    lines = ["[federation]", *(f"{k} = {json.dumps(v)}" for k, v in head.items())]
+    for name, (key, approvers) in regions.items():
+        lines += ["", f"[regions.{name}]", f"key = {json.dumps(key)}",
+                  f"approvers = {json.dumps(list(approvers))}", "export = true"]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    parse_federation(tomllib.loads(text), "generated federation")
+    return text
 
 
 def load_federation(path: Path) -> Federation:

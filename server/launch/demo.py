@@ -4,14 +4,38 @@ The verb that runs it (``fedgate demo``) is ``fedgate.server.cli.demo``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 DEMO_HOME = Path(".fedgate-demo")
+DEMO_CYCLES = 2  # regional runs -> gate -> merge, twice: the second starts from global v1
+DEMO_ROUNDS = 3  # rounds per region per cycle
 
 
-def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Validation accuracy per round per region as a PNG."""
+def demo_approver(home: Path, regions: list[tuple[str, str | None]]):
+    """The demo's approver: a key of its own (``<home>/keys/approver-demo.key``, never a region
+    server's), registered as approver of every region by the home's operator key."""
+    # heavy import (SQLAlchemy): `fedgate --help` imports this module
+    from fedgate.server.audit.keys import ensure_key, keys_dir
+    from fedgate.server.gate.approvers import add_approver
+    from fedgate.server.trust.enrollment import region_registry
+
+    key = ensure_key(keys_dir(home) / "approver-demo.key", keys_dir(home) / "approver-demo.pub")
+    for region, db in regions:
+        with region_registry(home, region, db, create=False) as registry:
+            add_approver(home, registry.store, region, "demo-approver", key.public_key(),
+                         registry.actor_key)  # fmt: skip
+    return key
+
+
+def plot_accuracy(
+    histories: dict[str, list[dict[str, Any]]],
+    path: Path,
+    global_points: Sequence[tuple[int, float]] = (),
+) -> None:
+    """Validation accuracy per round per region as a PNG; ``global_points``: (round, test
+    accuracy) of each global version, drawn at the round it was merged after."""
     # heavy import (matplotlib, SQLAlchemy): `fedgate --help` imports this module
     import matplotlib
 
@@ -22,12 +46,16 @@ def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path) -> Non
     for region, rows in histories.items():
         pts = [(r["round"], r["val-acc"]) for r in rows if r.get("val-acc") is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=region)
+    if global_points:
+        ax.plot([p[0] for p in global_points], [p[1] for p in global_points], marker="*",
+                markersize=12, linestyle="--", color="black",
+                label="global (common test split)")  # fmt: skip
     ax.set_xlabel("round")
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(title="region")
-    ax.set_title("fedgate demo: accuracy per round")
+    ax.set_title("fedgate demo: accuracy per round (cycles back to back)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -47,6 +75,21 @@ def verify_region_audit(home: Path, region: str, db: str | None = None):
         engine.dispose()
 
 
+def verify_coordinator_audit(home: Path):
+    """``fedgate audit verify --coordinator``: its chain, signed heads and global versions."""
+    # heavy import (SQLAlchemy): `fedgate --help` imports this module
+    from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
+    from fedgate.server.coordinator.service import verify_coordinator
+    from fedgate.server.db import open_readonly
+    from fedgate.server.db.engine import coordinator_url
+
+    engine = open_readonly(coordinator_url(home))
+    try:
+        return verify_coordinator(engine, home, load_pubkeys([coordinator_pub_path(home)]))[0]
+    finally:
+        engine.dispose()
+
+
 def audit_line(region: str, report, home: Path) -> str:
     """One line of the demo's audit verdict for a region."""
     if not report.ok:
@@ -54,5 +97,6 @@ def audit_line(region: str, report, home: Path) -> str:
     return (
         f"[bold green]audit {region}: OK[/] {report.events} events, "
         f"{report.signed_heads} signed heads, head seq {report.last_seq} "
-        f"(check it yourself: fedgate audit verify --region {region} --home {home})"
+        f"(check it yourself: fedgate audit verify "
+        f"{'--coordinator' if region == 'coordinator' else f'--region {region}'} --home {home})"
     )

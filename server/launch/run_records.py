@@ -9,6 +9,7 @@ from pathlib import Path
 from fedgate.formats import is_hex64
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.audit.store import Store
+from fedgate.server.coordinator.service import load_global
 from fedgate.server.db import BlobStore, resolve_url
 from fedgate.server.launch.config import ConfigError, RegionConfig
 
@@ -41,10 +42,12 @@ class StartPoint:
     init_model: str = ""
     first_round: int = 1
     resume_from: str = ""
+    base_global_version: str = ""  # "global:N" when the model is global version N
 
     def run_config(self) -> dict[str, str | int]:
         return {"init-model": self.init_model, "first-round": self.first_round,
-                "resume-from": self.resume_from}  # fmt: skip
+                "resume-from": self.resume_from,
+                "base-global-version": self.base_global_version}  # fmt: skip
 
 
 def resume_point(home: Path, region: RegionConfig, run_id: str, rounds: int) -> StartPoint:
@@ -61,7 +64,8 @@ def resume_point(home: Path, region: RegionConfig, run_id: str, rounds: int) -> 
     last, model = last_model(store, run_id, BlobStore(Path(home) / "blobs"))
     if last >= rounds:
         raise ConfigError(f"run {run_id} already completed round {last} of {rounds}")
-    return StartPoint(model, last + 1, str(run_id))
+    base = str(info.config.get("base-global-version", ""))  # the resumed run's, kept
+    return StartPoint(model, last + 1, str(run_id), base)
 
 
 def last_model(store, run_id: str, blobs) -> tuple[int, str]:
@@ -75,15 +79,24 @@ def last_model(store, run_id: str, blobs) -> tuple[int, str]:
     return last, models[last]
 
 
+def global_point(home: Path, source: str) -> StartPoint:
+    """A start from global version N (``global:N``): its weights, verified under the home's
+    coordinator key, copied into the region's blob store; the run's artifact records N."""
+    number = source.removeprefix("global:")
+    if not number.isdigit() or int(number) < 1:
+        raise ConfigError(f"--init-from {source}: give global:N with N >= 1")
+    info, weights = load_global(Path(home), int(number))
+    sha = BlobStore(Path(home) / "blobs").put(weights)
+    assert sha == info.weights_sha256, "load_global returns the bytes it verified"
+    return StartPoint(sha, base_global_version=f"global:{info.version}")
+
+
 def init_point(home: Path, region: RegionConfig, source: str) -> StartPoint:
     """A warm start: ``RUN`` (its final or last recorded model), a model digest, or
     ``global:N`` (a global version, once the coordinator tier exists)."""
     blobs = BlobStore(Path(home) / "blobs")
     if source.startswith("global:"):
-        raise ConfigError(
-            f"--init-from {source}: no global model versions exist in {home} (the global "
-            "coordinator has not merged any); use a run id or a model digest"
-        )
+        return global_point(home, source)
     if is_hex64(source):
         if not blobs.has(source):
             raise ConfigError(f"--init-from: no model {source[:12]}… in {Path(home) / 'blobs'}")

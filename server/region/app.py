@@ -331,6 +331,10 @@ def _train(
     judged = RegionModel.for_spec(spec, blobs)
     strategy = build_strategy(spec, run_id, store, registry, judged.losses, progress)
     log = RoundLog(run_id, store, blobs, progress, spec.first_round)
+    # the gate compares the result with the global model the run started from
+    base_val_acc = (
+        evaluate(judged.model, judged.validation).accuracy if spec.base_global_version else None
+    )
     central_eval = _central_eval(judged, strategy, log)
     train_config = ConfigRecord(device_config(spec))
     progress.write("started", region=spec.region, run_id=run_id, config=spec.to_run_config(),
@@ -348,7 +352,10 @@ def _train(
     )
     final = result.evaluate_metrics_serverapp.get(spec.rounds, {})
     sha = _save_model(out_dir, home, result.arrays)
-    manifest = build_manifest(spec, run_id, strategy.rounds, final, store.audit.head())
+    manifest = build_manifest(
+        spec, run_id, strategy.rounds, final, store.audit.head(),
+        base_global_version=spec.base_global_version, base_val_acc=base_val_acc,
+    )  # fmt: skip
     key = store.audit.signer
     assert key is not None, "the region store signs with the region key"
     write_artifact(home, store, key, manifest, sha)

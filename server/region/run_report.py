@@ -39,7 +39,7 @@ METRIC_NAMES = {
 # ``out-dir``: paths and a database URL that may hold a password), not who started it nor where
 # from (the region and run id are logged apart).
 _NOT_PARAMS = {"home", "db", "launched-by", "region", "out-dir", "init-model", "first-round",
-               "resume-from"}  # fmt: skip
+               "resume-from", "base-global-version"}  # fmt: skip
 PARAM_KEYS = tuple(k for k in RUN_CONFIG_KEYS if k not in _NOT_PARAMS)
 _MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED"}
 

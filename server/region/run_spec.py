@@ -11,6 +11,7 @@ shares (``lr``, ``alpha``, ``seed``) live in ``fedgate.models.defaults``.
 # No ``from __future__ import annotations``: ``from_run_config`` coerces by the fields' types.
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -51,6 +52,12 @@ USABLE_DB = Rule(
 )
 
 
+BASE_VERSION = Rule(
+    "empty or global:N (a global version number)",
+    lambda v: not v or re.fullmatch(r"global:[1-9][0-9]{0,8}", v) is not None,
+)
+
+
 def _setting(default: Any, rule: Rule) -> Any:
     return field(default=default, metadata={"rule": rule})
 
@@ -87,6 +94,8 @@ class RunSpec:
     init_model: str = ""  # SHA-256 of the starting model in the blob store
     first_round: int = _setting(1, AT_LEAST_1)  # 1, or the round a resumed run continues with
     resume_from: str = ""  # the run a resumed run continues
+    # the global version the starting model is ("global:N"), recorded in the run's artifact
+    base_global_version: str = _setting("", BASE_VERSION)
 
     def __post_init__(self) -> None:
         if not self.regions:
