@@ -121,3 +121,28 @@ def test_a_generated_federation_file_parses_to_what_it_was_given(tmp_path: Path)
     assert all(r.export for r in parsed.regions.values())
     with pytest.raises(ValueError, match="approvers must list approver keys"):
         render_federation("cnn-v1", {"eu": (keys["eu"][0], [])})
+
+
+def test_a_cycle_report_shows_verdicts_and_what_to_type(tmp_path: Path, monkeypatch) -> None:
+    from rich.console import Console
+
+    from fedgate.server.cli import cycle as cycle_cli
+    from fedgate.server.launch.cycle import CycleResult, RegionResult
+
+    done = CycleResult(2, 1, [
+        RegionResult("eu", "1", "a" * 64, 0.85, 0.77, "approved"),
+        RegionResult("us", "2", "b" * 64, 0.40, 0.35, "rejected",
+                     ("validation accuracy 0.4000 (limit >= 0.5000)",)),
+        RegionResult("ap", "3", "c" * 64, 0.80, 0.70, "pending"),
+    ], version=2, lineage=[{"region": "eu", "share": 1.0}], global_test_acc=0.81,
+       refusals=["us-bbbb: refused (unapproved): 0 valid approval(s) of 1"])  # fmt: skip
+    out = Console(record=True, width=300)
+    monkeypatch.setattr(cycle_cli, "console", out)
+    monkeypatch.setattr(cycle_cli, "err", out)
+    cycle_cli.report_cycle(done, tmp_path)
+    text = out.export_text()
+    assert "cycle 2 (from global v1)" in text and "global v2" in text and "0.810" in text
+    assert "rejected: validation accuracy 0.4000 (limit >= 0.5000)" in text
+    assert "coordinator refused us-bbbb: refused (unapproved)" in text
+    assert f"fedgate gate approve {'c' * 16} --key APPROVER.key --home {tmp_path}" in text
+    assert f"fedgate gate approve {'a' * 16}" not in text  # only what waits for a decision
