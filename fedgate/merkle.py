@@ -21,6 +21,7 @@ from typing import Protocol
 
 from fedgate.errors import VerificationError
 
+_sha256 = hashlib.sha256
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 MAX_SIZE = 2**63 - 1  # tree sizes and indexes are uint64 in RFC 9162; fedgate stores BIGINT
@@ -267,18 +268,18 @@ class CompactRange:
 
     def append(self, leaf: bytes, completed: dict[Node, bytes] | None = None) -> None:
         """Add one leaf hash; each perfect subtree it completes goes into ``completed``."""
-        stack = self._stack
+        stack, old = self._stack, self.size
+        self.size = new = old + 1
         if completed is not None:
-            completed[(0, self.size)] = leaf
-        self.size += 1
-        stack.append((0, leaf))
-        while len(stack) > 1 and stack[-1][0] == stack[-2][0]:
-            level, right = stack.pop()
-            left = stack.pop()[1]
-            merged = node_hash(left, right)
-            stack.append((level + 1, merged))
+            completed[(0, old)] = leaf
+        level, digest = 0, leaf
+        while old & 1:  # the old size's trailing ones are the subtrees this leaf completes
+            digest = _sha256(b"\x01" + stack.pop()[1] + digest).digest()
+            level += 1
+            old >>= 1
             if completed is not None:
-                completed[(level + 1, (self.size >> (level + 1)) - 1)] = merged
+                completed[(level, (new >> level) - 1)] = digest
+        stack.append((level, digest))
 
     def root(self) -> bytes:
         if not self._stack:

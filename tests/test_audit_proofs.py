@@ -194,3 +194,35 @@ def test_the_coordinators_log_has_proofs_too(tmp_path) -> None:
     assert checked.exit_code == 0 and "OK inclusion: event 4 (merge.done" in checked.output
     note = _cli("checkpoint", "--coordinator", "--home", str(home)).output
     assert note.startswith(audit_origin(log.chain_id) + "\n5\n")
+
+
+def test_every_event_and_checkpoint_pair_proves(tmp_path) -> None:
+    """Checkpoints at sizes around the 16-event blocks whose small subtrees are rehashed, not
+    stored: every event proves against every checkpoint, every pair of checkpoints is consistent,
+    and the table holds only the big subtrees."""
+    from fedgate.server.audit.checkpoints import (
+        STORED_LEVEL,
+        prove_consistency,
+        prove_inclusion,
+    )
+    from fedgate.tlog_proofs import check_consistency, check_inclusion
+
+    key = generate_key()
+    log = AuditLog(open_database(f"sqlite:///{tmp_path / 'log.db'}"), signer=key)
+    done = 0
+    for size in (1, 5, 16, 17, 33, 47, 70):
+        log.append_many([("x.y", {"i": i}) for i in range(done, size)], sign=True)
+        done = size
+    with log.engine.connect() as conn:
+        stored = stored_checkpoints(conn)
+        assert [c.size for c in stored] == [1, 5, 16, 17, 33, 47, 70]
+        levels = {lv for (lv,) in conn.execute(text("SELECT level FROM audit_tree"))}
+        assert min(levels) == STORED_LEVEL and max(levels) == 6  # 64 leaves: 4, 2 and 1 nodes
+        for against in stored:
+            for seq in range(1, against.size + 1):
+                proof = prove_inclusion(conn, log.chain_id, seq, against)
+                assert check_inclusion(proof, key.public_key()).seq == seq
+        for i, old in enumerate(stored):
+            for new in stored[i:]:
+                proof = prove_consistency(conn, log.chain_id, old, new)
+                assert check_consistency(proof, key.public_key()).new.size == new.size

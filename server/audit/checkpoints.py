@@ -2,10 +2,11 @@
 
 Leaves: event ``seq`` is leaf ``seq - 1``, its data the event's canonical bytes
 (``chain.event_bytes``), the same bytes whose SHA-256 the hash chain stores; so the tree and the
-chain bind the same content (``fedgate.tlog_proofs``). Every perfect subtree is stored once
-(``audit_tree``: level, index, hash), written when a checkpoint first covers it: a checkpoint
-hashes only the events since the previous one, plus ``O(log n)`` stored frontier hashes, and a
-proof reads ``O(log n)`` stored hashes, never the leaves.
+chain bind the same content (``fedgate.tlog_proofs``). Every perfect subtree of 16 leaves or
+more is stored once (``audit_tree``: level, index, hash), written when a checkpoint first covers
+it; smaller ones are rehashed from their block of at most 16 events. A checkpoint hashes only
+the events since the previous one plus ``O(log n)`` frontier hashes, and a proof reads
+``O(log n)`` stored hashes and at most two blocks of events, never the whole log.
 
 ``AuditLog.sign_in`` calls ``checkpoint_in`` whenever it signs the chain head (every round, every
 run's end, every device, actor and artifact event), in the same transaction under the chain's
@@ -73,13 +74,37 @@ def _checkpoint(row: Any) -> StoredCheckpoint:
     return StoredCheckpoint(row.size, row.root, row.key, row.note, row.signed_at)
 
 
-class StoredNodes:
-    """The perfect subtrees stored in ``conn``'s ``audit_tree`` (a ``merkle.NodeSource``)."""
+STORED_LEVEL = 4
+"""Subtrees of ``2**STORED_LEVEL`` (16) leaves and more are stored; smaller ones are rehashed
+from the at most 16 events of their block when a proof or checkpoint needs them. So the table
+holds about one row per 8 events, and a checkpoint writes a round's few big subtrees only."""
+BLOCK = 1 << STORED_LEVEL
+_EVENT_COLUMNS = "seq, kind, ts, payload, prev"
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+
+class StoredNodes:
+    """Perfect subtrees of the audit log's tree (a ``merkle.NodeSource``): the stored ones from
+    ``audit_tree``, the small ones rehashed from their block of events."""
+
+    def __init__(self, conn: Connection, chain_id: str) -> None:
+        self.conn, self.chain = conn, chain_id
 
     def nodes(self, keys: Iterable[Node]) -> Mapping[Node, bytes]:
+        wanted = set(keys)
+        low = {k for k in wanted if k[0] < STORED_LEVEL}
+        found = self._stored(wanted - low)
+        blocks = {idx >> (STORED_LEVEL - level) for level, idx in low}
+        for block in sorted(blocks):
+            found.update(self._block(block))
+        missing = [k for k in low if k not in found]
+        if missing:
+            first = (missing[0][1] << missing[0][0]) + 1
+            raise TreeMismatchError(
+                f"events from seq {first} are missing from the log: a proof cannot be built"
+            )
+        return {k: found[k] for k in wanted}
+
+    def _stored(self, keys: set[Node]) -> dict[Node, bytes]:
         by_level: dict[int, list[int]] = {}
         for level, idx in keys:
             by_level.setdefault(level, []).append(idx)
@@ -93,18 +118,32 @@ class StoredNodes:
         )
         rows = self.conn.exec_driver_sql(f"SELECT level, idx, hash FROM audit_tree WHERE {where}")
         found = {(int(lv), int(ix)): bytes(h) for lv, ix, h in rows}
-        missing = sum(len(ix) for ix in by_level.values()) - len(found)
-        if missing:
+        if len(found) != len(keys):
             raise TreeMismatchError(
-                f"the stored Merkle tree lacks {missing} node(s) a proof needs (deleted?)"
+                f"the stored Merkle tree lacks {len(keys) - len(found)} node(s) a proof needs "
+                "(deleted?)"
             )
         return found
 
+    def _block(self, block: int) -> dict[Node, bytes]:
+        """Every perfect subtree of the contiguous events of ``block`` (up to 16 leaves)."""
+        first = block * BLOCK + 1
+        rows = self.conn.exec_driver_sql(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= {int(first)} "
+            f"AND seq < {int(first + BLOCK)} ORDER BY seq"
+        )
+        tree = CompactRange()
+        completed: dict[Node, bytes] = {}
+        for seq, kind, ts, payload, prev in rows:
+            if seq != first + tree.size:
+                break
+            tree.append(leaf_hash(event_bytes(self.chain, seq, kind, ts, payload, prev)), completed)
+        return {(lv, (block << (STORED_LEVEL - lv)) + ix): h for (lv, ix), h in completed.items()}
+
 
 def tree_size(conn: Connection) -> int:
-    """How many leaves the stored tree holds."""
-    last = conn.execute(select(func.max(TREE.c.idx)).where(TREE.c.level == 0)).scalar()
-    return 0 if last is None else int(last) + 1
+    """How many leaves the stored tree covers: the largest checkpoint's size."""
+    return int(conn.execute(select(func.max(CHECKPOINTS.c.size))).scalar() or 0)
 
 
 def leaf_of(conn: Connection, chain_id: str, seq: int) -> bytes | None:
@@ -122,13 +161,12 @@ def extend_tree(conn: Connection, chain_id: str, size: int) -> bytes | None:
     if have > size:
         return None
     keys = subtrees(0, have)
-    found = StoredNodes(conn).nodes(keys)
+    found = StoredNodes(conn, chain_id).nodes(keys)
     tree = CompactRange(have, [found[k] for k in keys])
     completed: dict[Node, bytes] = {}
-    rows = conn.execute(
-        select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.ts, EVENTS.c.payload, EVENTS.c.prev)
-        .where(EVENTS.c.seq > have, EVENTS.c.seq <= size)
-        .order_by(EVENTS.c.seq)
+    rows = conn.exec_driver_sql(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > {int(have)} AND seq <= {int(size)} "
+        "ORDER BY seq"
     )
     for seq, kind, ts, payload, prev in rows:
         if seq != tree.size + 1:
@@ -136,11 +174,24 @@ def extend_tree(conn: Connection, chain_id: str, size: int) -> bytes | None:
         tree.append(leaf_hash(event_bytes(chain_id, seq, kind, ts, payload, prev)), completed)
     if tree.size != size:
         return None
-    if completed:
-        conn.execute(
-            insert(TREE), [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in completed.items()]
-        )
+    big = {k: h for k, h in completed.items() if k[0] >= STORED_LEVEL}
+    if big:  # a tree whose checkpoints were deleted keeps its nodes: write only the new ones
+        present = set(_present(conn, big))
+        rows_out = [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in big.items()
+                    if (lv, ix) not in present]  # fmt: skip
+        if rows_out:
+            conn.execute(insert(TREE), rows_out)
     return tree.root()
+
+
+def _present(conn: Connection, keys: Iterable[Node]) -> Iterable[Node]:
+    """Which of ``keys`` the table holds already (normally none)."""
+    first: dict[int, int] = {}
+    for level, idx in keys:
+        first[level] = min(idx, first.get(level, idx))
+    where = " OR ".join(f"(level = {int(lv)} AND idx >= {int(ix)})" for lv, ix in first.items())
+    rows = conn.exec_driver_sql(f"SELECT level, idx FROM audit_tree WHERE {where}")
+    return ((int(lv), int(ix)) for lv, ix in rows)
 
 
 def checkpoint_in(
@@ -230,7 +281,7 @@ def prove_inclusion(
     leaf = leaf_of(conn, chain_id, seq)
     if leaf is None:
         raise TreeMismatchError(f"event {seq} is missing from the log (deleted)")
-    path = inclusion_proof(seq - 1, checkpoint.size, StoredNodes(conn))
+    path = inclusion_proof(seq - 1, checkpoint.size, StoredNodes(conn, chain_id))
     try:
         verify_inclusion(leaf_hash(leaf), seq - 1, checkpoint.size, path, checkpoint.root)
     except MerkleError:
@@ -263,7 +314,7 @@ def prove_consistency(
             f"the new checkpoint covers {newer.size} events, this log's tree only {have} "
             "(rolled back?)"
         )
-    nodes = StoredNodes(conn)
+    nodes = StoredNodes(conn, chain_id)
     if root(older.size, nodes) != older.root:
         raise TreeMismatchError(
             f"the log does not extend the old checkpoint: its first {older.size} events are not "

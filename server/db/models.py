@@ -232,7 +232,7 @@ class CoordinatorState(Base):
 
 class AuditTreeNode(Base):
     """A perfect subtree of the audit log's RFC 9162 Merkle tree: the ``2**level`` leaves from
-    ``idx * 2**level`` (level 0: the leaf hash of event ``idx + 1``); see
+    ``idx * 2**level`` (leaf ``i`` is event ``i + 1``); only levels 4 and up are stored, see
     ``fedgate.server.audit.checkpoints``."""
 
     __tablename__ = "audit_tree"
