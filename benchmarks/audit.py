@@ -6,7 +6,16 @@ the whole chain and checks every signed head from a read-only engine. PostgreSQL
 its own throwaway cluster (``fedgate.server.db.pgcluster``) with durable settings
 (fsync on). Targets: append >= 5,000 events/s batched, verify >= 100,000 events/s.
 
-    python benchmarks/audit.py [--events 50000] [--batch 500] [--json FILE]
+Merkle proofs (``--proof-events``, default 1e6, SQLite): a log of that many events is built
+through ``AuditLog`` and checkpointed once; then inclusion proofs of random events are generated
+from the database (``checkpoints.prove_inclusion``: O(log n) stored subtree hashes, no leaf
+rehashed) and verified as an outsider does (``tlog_proofs.check_inclusion``: the checkpoint's
+Ed25519 signature and the RFC 9162 path), per second; consistency proofs likewise. Checkpoint
+cost per round: a round's events are appended in one transaction, then the checkpoint is signed
+in its own (hashing that round's events and writing its subtrees); reported as the ratio of the
+two times, on a fresh log and on the big one.
+
+    python benchmarks/audit.py [--events 50000] [--batch 500] [--proof-events 1000000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -75,12 +84,161 @@ def bench(url: str, events: int, batch: int, singles: int) -> dict[str, float]:
     }
 
 
+def _round_events(run: str, rnd: int, clients: int) -> list[tuple[str, dict[str, Any]]]:
+    """A round as the region records it: opened, one verdict per client, closed."""
+    events: list[tuple[str, dict[str, Any]]] = [("round.opened", {"run": run, "round": rnd})]
+    events += [("update.accepted", _payload(rnd * clients + c)) for c in range(clients)]
+    return [*events, ("round.closed", {"run": run, "round": rnd, "model": "ef" * 32})]
+
+
+def _checkpoint_ratio(log: AuditLog, key: Any, rounds: int, clients: int) -> dict[str, float]:
+    """A round's events and its checkpoint written in one transaction, as the region does
+    (``sign_in`` checkpoints in the round's transaction): median time of the checkpoint over
+    the time of appending the round's events, and over the whole transaction (commit included).
+    """
+    from statistics import median
+
+    from fedgate.server.audit.checkpoints import checkpoint_in
+    from fedgate.server.db.engine import run_write
+
+    appends, checkpoints, totals = [], [], []
+    for rnd in range(rounds):
+        items = _round_events("ratio", rnd, clients)
+
+        def write(conn: Any, items: list = items) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            (last,) = log.append_in(conn, items)[-1:]
+            t1 = time.perf_counter()
+            checkpoint_in(conn, key, log.chain_id, last.seq)
+            return t1 - t0, time.perf_counter() - t1
+
+        t0 = time.perf_counter()
+        append, checkpoint = run_write(log.engine, write, "a round and its checkpoint")
+        totals.append(time.perf_counter() - t0)
+        appends.append(append)
+        checkpoints.append(checkpoint)
+    a, c, t = median(appends), median(checkpoints), median(totals)
+    return {"append_round_ms": a * 1e3, "checkpoint_ms": c * 1e3, "transaction_ms": t * 1e3,
+            "ratio": c / a, "share_of_transaction": c / t,
+            "events_per_round": clients + 2}  # fmt: skip
+
+
+def _verify_cost(url: str, events: int, clients: int) -> dict[str, float]:
+    """Verification with the Merkle checkpoints (the tree recomputed) against without, on the
+    same log of ``events`` events written as rounds (a head and a checkpoint each), best of
+    three each, interleaved."""
+    key = generate_key()
+    log = AuditLog(open_database(url), signer=key)
+    for rnd in range(max(1, events // (clients + 2))):
+        log.append_many(_round_events("verify", rnd, clients), sign=True)
+    ro = open_readonly(url)
+    keys = {fingerprint(key): key.public_key()}
+    best = {True: 0.0, False: 0.0}
+    for _ in range(3):
+        for checkpoints in (True, False):
+            t0 = time.perf_counter()
+            report = verify_database(ro, keys, checkpoints=checkpoints)
+            best[checkpoints] = max(best[checkpoints], report.events / (time.perf_counter() - t0))
+            if not report.ok:
+                raise SystemExit(f"verification failed: {report.first}")
+    ro.dispose()
+    return {"verify_per_s": best[True], "verify_per_s_without_checkpoints": best[False],
+            "ratio": best[False] / best[True]}  # fmt: skip
+
+
+def bench_proofs(url: str, events: int, samples: int, clients: int) -> dict[str, Any]:
+    """Proof generation and verification at ``events`` events; checkpoint cost per round."""
+    import random
+
+    from fedgate.server.audit.checkpoints import (
+        latest_checkpoint,
+        prove_consistency,
+        prove_inclusion,
+    )
+    from fedgate.tlog_proofs import check_consistency, check_inclusion
+
+    key = generate_key()
+    fresh = AuditLog(open_database(url.replace(".db", "-fresh.db")), signer=key)
+    small = _checkpoint_ratio(fresh, key, 20, clients)
+
+    log = AuditLog(open_database(url), signer=key)
+    t0 = time.perf_counter()
+    step = 20_000
+    for start in range(0, events, step):
+        n = min(step, events - start)
+        log.append_many([("update.accepted", _payload(start + j)) for j in range(n)])
+        print(f"  building the log: {start + n:,}/{events:,} events", file=sys.stderr, end="\r")
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    log.sign_head()  # the first checkpoint hashes every event once and stores the tree
+    first_checkpoint = time.perf_counter() - t0
+    print(file=sys.stderr)
+    big = _checkpoint_ratio(log, key, 20, clients)
+
+    rng = random.Random(0)
+    pub = key.public_key()
+    ro = open_readonly(url)
+    chain = log.chain_id
+    with ro.connect() as conn:
+        seqs = [rng.randint(1, events) for _ in range(samples)]
+        t0 = time.perf_counter()
+        proofs = [prove_inclusion(conn, chain, s) for s in seqs]
+        gen = samples / (time.perf_counter() - t0)
+        latest = latest_checkpoint(conn)
+        olds = [
+            _old_note(conn, chain, rng.randint(1, latest.size), key) for _ in range(samples // 4)
+        ]
+        t0 = time.perf_counter()
+        cons = [prove_consistency(conn, chain, old, latest) for old in olds]
+        cons_gen = len(olds) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for proof in proofs:
+        check_inclusion(proof, pub)
+    ver = samples / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for proof in cons:
+        check_consistency(proof, pub)
+    cons_ver = len(cons) / (time.perf_counter() - t0)
+    ro.dispose()
+    return {
+        "events": latest.size,
+        "build_events_per_s": events / build,
+        "first_checkpoint_s": first_checkpoint,
+        "inclusion_generated_per_s": gen,
+        "inclusion_verified_per_s": ver,
+        "consistency_generated_per_s": cons_gen,
+        "consistency_verified_per_s": cons_ver,
+        "checkpoint_per_round_fresh_log": small,
+        "checkpoint_per_round_big_log": big,
+        "verify_with_checkpoints": _verify_cost(url.replace(".db", "-verify.db"), 50_000, clients),
+    }
+
+
+def _old_note(conn: Any, chain: str, size: int, key: Any) -> bytes:
+    """The checkpoint of the log at ``size`` (signed here, as the log signed it back then)."""
+    from fedgate.checkpoint import Checkpoint, sign_checkpoint
+    from fedgate.merkle import root
+    from fedgate.server.audit.checkpoints import StoredNodes
+    from fedgate.tlog_proofs import audit_origin
+
+    tree_root = root(size, StoredNodes(conn, chain))
+    return sign_checkpoint(Checkpoint(audit_origin(chain), size, tree_root), key).encode()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000, help="events appended in batches")
     parser.add_argument("--batch", type=int, default=500, help="events per transaction")
     parser.add_argument("--singles", type=int, default=1_000, help="one-event transactions")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument(
+        "--proof-events",
+        type=int,
+        default=1_000_000,
+        help="events in the log the proofs are measured on (0: skip)",
+    )
+    parser.add_argument("--proof-samples", type=int, default=2_000, help="proofs generated")
+    parser.add_argument("--clients", type=int, default=100, help="clients per round")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -103,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                     results["backends"][backend] = bench(url, args.events, args.batch, args.singles)
             else:
                 parser.error(f"unknown backend {backend!r}")
+        if args.proof_events:
+            url = f"sqlite:///{Path(tmp) / 'proofs.db'}"
+            results["proofs"] = bench_proofs(url, args.proof_events, args.proof_samples,
+                                             args.clients)  # fmt: skip
 
     ok = True
     print(
@@ -123,6 +285,25 @@ def main(argv: list[str] | None = None) -> int:
         f"targets (append >= {APPEND_TARGET:,}/s batched, verify >= {VERIFY_TARGET:,}/s): "
         f"{'met' if ok else 'NOT met'}"
     )
+    if "proofs" in results:
+        p = results["proofs"]
+        print(f"Merkle proofs at {p['events']:,} events (SQLite): inclusion generated "
+              f"{p['inclusion_generated_per_s']:,.0f}/s, verified "
+              f"{p['inclusion_verified_per_s']:,.0f}/s;"
+              f" consistency generated {p['consistency_generated_per_s']:,.0f}/s, verified "
+              f"{p['consistency_verified_per_s']:,.0f}/s; first checkpoint "
+              f"{p['first_checkpoint_s']:.1f} s")  # fmt: skip
+        for name in ("fresh_log", "big_log"):
+            r = p[f"checkpoint_per_round_{name}"]
+            print(f"checkpoint per round ({name.replace('_', ' ')}, {r['events_per_round']} "
+                  f"events): {r['checkpoint_ms']:.1f} ms vs appending the round "
+                  f"{r['append_round_ms']:.1f} ms: ratio {r['ratio']:.2f}; "
+                  f"{r['share_of_transaction']:.0%} of the round's transaction "
+                  f"({r['transaction_ms']:.1f} ms with its commit)")  # fmt: skip
+        v = p["verify_with_checkpoints"]
+        print(f"verify: {v['verify_per_s']:,.0f} events/s with the checkpoints checked, "
+              f"{v['verify_per_s_without_checkpoints']:,.0f}/s without: "
+              f"ratio {v['ratio']:.2f}")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

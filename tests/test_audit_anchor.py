@@ -69,6 +69,9 @@ class Region:
         self.chain = self.store.audit.chain_id
         self.events = self._rows("SELECT seq, kind, ts, payload, prev, hash FROM events")
         self.heads = self._rows("SELECT seq, head, key, signature, signed_at FROM audit_heads")
+        self.checkpoints = self._rows(  # the Merkle checkpoints signed with the heads
+            "SELECT size AS seq, root, key, note, signed_at FROM audit_checkpoints"
+        )
 
     def _rows(self, sql: str) -> list[tuple]:
         with make_engine(self.url).connect() as conn:
@@ -78,10 +81,20 @@ class Region:
         return verify_database(open_readonly(self.url), self.keys, **kwargs)
 
     def write(self, events: list[tuple], heads: list[tuple]) -> None:
-        """Replace the log with ``events`` and ``heads`` and point the chain row at the end."""
+        """Replace the log with ``events`` and ``heads`` (and the checkpoints signed with those
+        heads) and point the chain row at the end."""
+        kept = {h[0] for h in heads}
         with make_engine(self.url).begin() as conn:
             conn.exec_driver_sql("DELETE FROM events")
             conn.exec_driver_sql("DELETE FROM audit_heads")
+            conn.exec_driver_sql("DELETE FROM audit_checkpoints")
+            for row in (c for c in self.checkpoints if c[0] in kept):
+                conn.exec_driver_sql(
+                    "INSERT INTO audit_checkpoints (size, root, key, note, signed_at) "
+                    "VALUES (%s, %s, %s, %s, %s)" if "postgresql" in self.url else
+                    "INSERT INTO audit_checkpoints (size, root, key, note, signed_at) "
+                    "VALUES (?, ?, ?, ?, ?)", row,
+                )  # fmt: skip
             for row in events:
                 conn.exec_driver_sql(
                     "INSERT INTO events (seq, kind, ts, payload, prev, hash) "

@@ -4,8 +4,10 @@ Appends are serialised by the database itself: SQLite writers start with
 ``BEGIN IMMEDIATE`` (see ``fedgate.server.db.engine``), PostgreSQL writers lock the single
 ``audit_chain`` row with ``SELECT ... FOR UPDATE``. Either way two writers, in threads or
 in processes, never read the same head, so the chain never forks and seqs stay contiguous.
-With a witness directory (``FEDGATE_AUDIT_WITNESS_DIR``) every signed head is also appended
-there once its transaction commits (``witness.py``), as an anchor outside the database.
+Every signed head comes with a signed checkpoint of the events' Merkle tree at the same seq
+(``checkpoints.py``), in the same transaction. With a witness directory
+(``FEDGATE_AUDIT_WITNESS_DIR``) every signed head is also appended there once its transaction
+commits (``witness.py``), as an anchor outside the database.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fedgate.server.audit.chain import (
     head_message,
     now_ts,
 )
+from fedgate.server.audit.checkpoints import checkpoint_in
 from fedgate.server.audit.witness import queue as witness_queue
 from fedgate.server.db.engine import run_write
 from fedgate.server.db.models import AuditChain, Event, SignedHead
@@ -141,6 +144,7 @@ class AuditLog:
         if seq == 0:
             return None
         key = fingerprint(self.signer)
+        checkpoint_in(conn, self.signer, chain, seq)  # the Merkle tree's, beside the head
         existing = conn.execute(select(HEADS).where(HEADS.c.seq == seq, HEADS.c.key == key)).first()
         if existing is not None:
             return _head(existing)

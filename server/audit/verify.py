@@ -8,7 +8,9 @@ rewritten or extended without the region key fails), and ``anchors`` (the audito
 checkpoint, the region's witnessed heads; ``anchors.py``) must be included and extended,
 which catches a rollback or rewrite that leaves the database self-consistent. Every act (run
 launch, revocation, token, actor change) must carry its actor's signed request where the
-region's roster requires one (``actors.py``).
+region's roster requires one (``actors.py``). The stored Merkle checkpoints
+(``checkpoints.py``) must be signed by a trusted key, name this chain, and match the tree
+recomputed from the events; every signed head from the first checkpoint on has one.
 """
 
 from __future__ import annotations
@@ -21,21 +23,26 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, select
 
+from fedgate.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_note
 from fedgate.crypto import SignatureError, verify
 from fedgate.formats import is_hex64
+from fedgate.merkle import CompactRange
 from fedgate.server.audit.actors import ACTS, ActorCheck
 from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import (
     GENESIS,
     TS_RE,
     HeadRecord,
+    event_bytes,
     head_message,
     json_string,
 )
+from fedgate.server.audit.checkpoints import StoredCheckpoint, stored_checkpoints
 from fedgate.server.audit.coverage import Coverage, ModelRef
 from fedgate.server.audit.log import CHAIN, HEADS, _head
 from fedgate.server.audit.problem import Problem
 from fedgate.server.db.blobs import BlobError, BlobStore
+from fedgate.tlog_proofs import audit_origin
 
 Keys = Mapping[str, Ed25519PublicKey]
 __all__ = ["ChainVerifier", "Keys", "Problem", "VerifyReport", "check_models", "verify_database"]
@@ -57,6 +64,8 @@ class VerifyReport:
     models: list[ModelRef] = field(default_factory=list)  # model blobs round.closed names
     models_checked: int = 0
     requests_checked: int = 0  # actors' signed requests (``actors.py``)
+    checkpoints_checked: int = 0  # Merkle checkpoints matched against the recomputed tree
+    last_checkpoint: int = 0  # the largest size among them
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -100,6 +109,8 @@ class VerifyReport:
             "models_named": len(self.models),
             "models_checked": self.models_checked,
             "requests_checked": self.requests_checked,
+            "checkpoints_checked": self.checkpoints_checked,
+            "last_checkpoint": self.last_checkpoint,
             "first_problem": str(self.first) if self.first else None,
             "first_bad_seq": self.first.seq if self.first else None,
             "problems": [str(p) for p in self.problems],
@@ -120,6 +131,7 @@ class ChainVerifier:
         *,
         anchors: Iterable[Anchor] = (),
         require_signed: bool | None = None,
+        checkpoints: Iterable[StoredCheckpoint] = (),
     ) -> None:
         self.report = VerifyReport(chain_id, heads_checked=keys is not None)
         self._chain = chain_id
@@ -143,6 +155,53 @@ class ChainVerifier:
             require_signed = keys is not None
         self.report.coverage_checked = require_signed
         self._coverage = Coverage(max(self._pending, default=0)) if require_signed else None
+        self._checkpoints: dict[int, list[tuple[StoredCheckpoint, bytes]]] = {}
+        self._checkpointed: set[int] = set()  # sizes with a stored checkpoint, valid or not
+        first = None
+        for checkpoint in checkpoints:
+            first = checkpoint.size if first is None else min(first, checkpoint.size)
+            self._checkpointed.add(checkpoint.size)
+            root = self._check_checkpoint(checkpoint, keys)
+            if root is not None:
+                self._checkpoints.setdefault(checkpoint.size, []).append((checkpoint, root))
+        self._first_checkpoint = first
+        self._tree = CompactRange() if self._checkpoints else None
+
+    def _check_checkpoint(self, stored: StoredCheckpoint, keys: Keys | None) -> bytes | None:
+        """The root a stored checkpoint signs, once its note parses, names this chain, agrees
+        with its row and (``keys``) carries a valid signature by its key; else a problem."""
+        where = f"checkpoint at size {stored.size} (key {stored.key[:16]})"
+        origin = audit_origin(self._chain)
+        try:
+            if keys is None:
+                checkpoint = Checkpoint.parse(parse_note(stored.note).text)
+            elif (pub := keys.get(stored.key)) is None:
+                self._problem(None, f"{where}: signed by an unknown key")
+                return None
+            else:
+                checkpoint = open_checkpoint(stored.note, pub)
+        except CheckpointError as exc:
+            self._problem(None, f"{where}: {exc}")
+            return None
+        if checkpoint.origin != origin:
+            self._problem(None, f"{where}: of log {checkpoint.origin}, not {origin}")
+            return None
+        if checkpoint.size != stored.size or checkpoint.root.hex() != stored.root:
+            self._problem(None, f"{where}: its row disagrees with its signed note")
+            return None
+        return checkpoint.root
+
+    def _check_roots(self, size: int, root: bytes) -> None:
+        for _stored, signed in self._checkpoints.pop(size):
+            if signed != root:
+                self._problem(
+                    size,
+                    f"the events' Merkle tree differs from the checkpoint at size {size} "
+                    "(an event up to here was changed after it was checkpointed)",
+                )
+            else:
+                self.report.checkpoints_checked += 1
+                self.report.last_checkpoint = max(self.report.last_checkpoint, size)
 
     def _add_anchor(self, anchor: Anchor, keys: Keys | None, valid: set) -> None:
         head = anchor.head
@@ -202,7 +261,12 @@ class ChainVerifier:
     def feed_many(self, rows: Iterable[tuple[int, str, str, str, str, str]]) -> None:
         """Check events in seq order; rows are ``(seq, kind, ts, payload, prev, hash)``."""
         rep, kinds, pending, prefix = self.report, self._kinds, self._pending, self._prefix
-        anchors, cov = self._anchors, self._coverage
+        anchors, cov, tree, checkpoints = (
+            self._anchors,
+            self._coverage,
+            self._tree,
+            self._checkpoints,
+        )
         expect, last, count, ts_ok = self._expect, self._prev, 0, TS_RE.match
         # ``last`` is safe to splice unquoted once it matched a recomputed hash (hex only).
         safe = self._prev_safe
@@ -216,9 +280,10 @@ class ChainVerifier:
             kind_json = kinds.get(kind)
             if kind_json is None:
                 kind_json = kinds[kind] = json_string(kind)
-            ok = False
+            ok, raw = False, b""
             if ts_ok(ts) is None:
                 self._problem(seq, f"malformed timestamp {ts!r}")
+                raw = event_bytes(self._chain, seq, kind, ts, payload, prev)
             else:
                 # The bytes of chain.event_bytes, with the per-chain parts precomputed.
                 prev_json = f'"{prev}"' if safe else json_string(prev)
@@ -226,9 +291,14 @@ class ChainVerifier:
                     f'{prefix}{kind_json},"payload":{payload},"prev":{prev_json},'
                     f'"seq":{int(seq)},"ts":"{ts}"}}'
                 )
-                ok = sha256(content.encode()).hexdigest() == digest
+                raw = content.encode()
+                ok = sha256(raw).hexdigest() == digest
                 if not ok:
                     self._problem(seq, "content does not match its hash (edited)")
+            if tree is not None:  # leaf: the same bytes, RFC 9162 (``checkpoints.py``)
+                tree.append(sha256(b"\x00" + raw).digest())
+                if tree.size in checkpoints:
+                    self._check_roots(tree.size, tree.root())
             if seq in pending:
                 self._check_heads(seq, digest, pending.pop(seq))
             if seq in anchors:
@@ -277,6 +347,17 @@ class ChainVerifier:
                     f"{seq} (rolled back)",
                 )
         self._anchors.clear()
+        for size in sorted(self._checkpoints):
+            self._problem(
+                rep.last_seq + 1,
+                f"missing: chain ends at {rep.last_seq} but a checkpoint covers {size} events "
+                "(truncated)",
+            )
+        self._checkpoints.clear()
+        if rep.heads_checked and self._first_checkpoint is not None:
+            for seq in sorted(self._signed):
+                if seq >= self._first_checkpoint and seq not in self._checkpointed:
+                    self._problem(seq, "signed head without a Merkle checkpoint (deleted?)")
         if self._coverage is not None:
             cov = self._coverage
             rep.problems.extend(cov.finish(rep.events, self._signed, rep.last_signed_seq))
@@ -301,8 +382,10 @@ def verify_database(
     anchors: Iterable[Anchor] = (),
     require_signed: bool | None = None,
     batch: int = 20_000,
+    checkpoints: bool = True,
 ) -> VerifyReport:
-    """Verify the chain stored in ``engine``'s database, in one consistent snapshot."""
+    """Verify the chain stored in ``engine``'s database, in one consistent snapshot
+    (``checkpoints``: also its Merkle checkpoints against the tree recomputed from the events)."""
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -310,8 +393,9 @@ def verify_database(
             state = conn.execute(select(CHAIN.c.chain_id, CHAIN.c.seq, CHAIN.c.head)).one()
             heads = [_head(r) for r in conn.execute(select(HEADS).order_by(HEADS.c.seq))]
             checker = ChainVerifier(
-                state.chain_id, heads, keys, anchors=anchors, require_signed=require_signed
-            )
+                state.chain_id, heads, keys, anchors=anchors, require_signed=require_signed,
+                checkpoints=stored_checkpoints(conn) if checkpoints else (),
+            )  # fmt: skip
             for rows in _event_batches(conn, batch):
                 checker.feed_many(rows)
     return checker.finish(state.seq, state.head)

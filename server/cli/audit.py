@@ -1,4 +1,5 @@
-"""``fedgate audit``: the auditor's read-only verbs (verify, runs, rounds, show, export).
+"""``fedgate audit``: the auditor's read-only verbs (verify, runs, rounds, show, export; the
+Merkle proofs: checkpoint, prove, consistency, check-proof).
 
 Databases are opened read-only (SQLite ``mode=ro``, PostgreSQL read-only transactions). The
 views (runs, rounds, show) show what the audit chain states and flag, in red, every mirror-table
@@ -310,7 +311,7 @@ def _open_views(db: str | None, home: Path | None, region: str | None, strict: b
     from fedgate.server.audit.views import read_view
 
     engine = _engine(db, resolve_home(home), region)
-    report = verify_database(engine, None, require_signed=False)
+    report = verify_database(engine, None, require_signed=False, checkpoints=False)
     if not report.ok:
         message = f"the audit chain does not verify (first: {report.first}); run `audit verify`"
         if strict:
@@ -499,10 +500,188 @@ def export(
     err.print(f"exported {count} events to {output}", highlight=False)
 
 
+CoordinatorOpt = Annotated[
+    bool,
+    typer.Option(
+        "--coordinator",
+        help="The global coordinator's log (default database <home>/coordinator.db).",
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")]
+
+
+def _log_engine(db: str | None, home: Path | None, region: str | None, coordinator: bool) -> Any:
+    """A read-only engine on a region's log, or (``coordinator``) the coordinator's."""
+    if not coordinator:
+        return _engine(db, resolve_home(home), region)
+    # heavy import: loaded only when a verb runs
+    from fedgate.server.db.engine import coordinator_url
+    from fedgate.server.db.migrate import open_readonly
+
+    return open_readonly(db or coordinator_url(resolve_home(home)))
+
+
+def _emit(text: str, output: Path | None, what: str) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from fedgate.atomic_file import write_atomic  # heavy import: only when a verb runs
+
+    write_atomic(output, text)
+    err.print(f"{what} written to {output}", highlight=False)
+
+
+@friendly
+def checkpoint(
+    output: OutOpt = None,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    region: RegionOpt = None,
+    coordinator: CoordinatorOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the log's latest signed checkpoint (C2SP tlog-checkpoint in a signed note: origin,
+    tree size, base64 root hash, Ed25519 signature); keep it (--out) to check later with
+    `audit consistency` that the log only grew."""
+    from fedgate.server.audit.checkpoints import latest_checkpoint  # heavy: only this verb
+
+    with _log_engine(db, home, region, coordinator).connect() as conn:
+        latest = latest_checkpoint(conn)
+    if as_json:
+        _print_json(latest)
+        if output is None:
+            return
+    _emit(latest.note, output, f"checkpoint (size {latest.size})")
+
+
+@friendly
+def prove(
+    event: Annotated[
+        int,
+        typer.Argument(help="The event's seq (as `audit show --json` and `audit export` list it)."),
+    ],
+    output: OutOpt = None,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    region: RegionOpt = None,
+    coordinator: CoordinatorOpt = False,
+) -> None:
+    """Write the inclusion proof of one event against the latest checkpoint: a self-contained
+    JSON file (the signed checkpoint, the event's bytes, its index and RFC 9162 audit path) that
+    `audit check-proof FILE --pubkey K` verifies with only the public key."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.checkpoints import prove_inclusion
+    from fedgate.server.audit.log import AuditLog
+    from fedgate.tlog_proofs import dumps
+
+    engine = _log_engine(db, home, region, coordinator)
+    chain = AuditLog(engine).chain_id
+    with engine.connect() as conn:
+        proof = prove_inclusion(conn, chain, event)
+    _emit(dumps(proof), output, f"inclusion proof of event {event}")
+
+
+def _old_checkpoint(conn: Any, spec: str, what: str) -> Any:
+    """A checkpoint named on the command line: a tree size (the stored checkpoint at that size)
+    or a file holding a signed checkpoint note."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.checkpoints import checkpoint_at, latest_checkpoint
+
+    if spec == "latest":
+        return latest_checkpoint(conn)
+    if spec.isdigit():
+        return checkpoint_at(conn, int(spec))
+    path = Path(spec)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what} {spec!r}: neither a tree size nor a readable file "
+                         f"({exc.strerror})") from None  # fmt: skip
+
+
+@friendly
+def consistency(
+    old: Annotated[str, typer.Argument(help="Your kept checkpoint file, or a tree size.")],
+    new: Annotated[
+        str, typer.Argument(help="A checkpoint file, a tree size, or 'latest' (default).")
+    ] = "latest",
+    output: OutOpt = None,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    region: RegionOpt = None,
+    coordinator: CoordinatorOpt = False,
+) -> None:
+    """Prove that the log at NEW extends the checkpoint OLD (RFC 9162 consistency proof), in a
+    file `audit check-proof` verifies with only the public key; fails (exit 2) naming the
+    rewrite when the log's history up to OLD is no longer the one OLD signed."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.audit.checkpoints import prove_consistency
+    from fedgate.server.audit.log import AuditLog
+    from fedgate.tlog_proofs import dumps
+
+    engine = _log_engine(db, home, region, coordinator)
+    chain = AuditLog(engine).chain_id
+    with engine.connect() as conn:
+        older = _old_checkpoint(conn, old, "OLD")
+        newer = _old_checkpoint(conn, new, "NEW")
+        proof = prove_consistency(conn, chain, older, newer)
+    _emit(dumps(proof), output, "consistency proof")
+
+
+@friendly
+def check_proof(
+    file: Annotated[Path, typer.Argument(help="An inclusion or consistency proof file.")],
+    pubkey: Annotated[
+        Path,
+        typer.Option(
+            "--pubkey",
+            help="The log's public key: a .pub file (hex, e.g. <home>/keys/region-eu.pub) or a "
+            "file holding a note verifier key (name+id+base64).",
+        ),
+    ],
+    origin: Annotated[
+        str | None,
+        typer.Option("--origin", help="Also require this log origin (fedgate/audit/<chain id>)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a proof file with only the public key (no database): the checkpoint's Ed25519
+    signature, and the RFC 9162 inclusion path of the event or the consistency path between
+    the two checkpoints."""
+    # core only: this verb runs where fedgate's server parts and databases are not
+    from fedgate.tlog_proofs import ConsistencyResult, check, read_key
+
+    key, key_origin = read_key(pubkey)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read proof file {file}: {exc.strerror}") from None
+    result = check(data, key, origin or key_origin)
+    if isinstance(result, ConsistencyResult):
+        summary = {"ok": True, "kind": "consistency", "origin": result.new.origin,
+                   "old_size": result.old.size, "old_root": result.old.root.hex(),
+                   "new_size": result.new.size, "new_root": result.new.root.hex()}  # fmt: skip
+        line = (f"OK consistency: log {result.new.origin} at size {result.new.size} extends "
+                f"its checkpoint at size {result.old.size}")  # fmt: skip
+    else:
+        event = result.event
+        summary = {"ok": True, "kind": "inclusion", "origin": result.checkpoint.origin,
+                   "size": result.checkpoint.size, "root": result.checkpoint.root.hex(),
+                   "seq": result.seq, "event": event}  # fmt: skip
+        line = (f"OK inclusion: event {result.seq} ({event['kind']}, {event['ts']}) is in log "
+                f"{result.checkpoint.origin} at checkpoint size "
+                f"{result.checkpoint.size}")  # fmt: skip
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(line, highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the ``audit`` sub-app to ``app``."""
     audit = typer.Typer(
-        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export.",
+        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export; "
+        "Merkle checkpoints and proofs an outsider checks with only the public key.",
         no_args_is_help=True,
     )
     audit.command("verify")(verify)
@@ -510,4 +689,8 @@ def register(app: typer.Typer) -> None:
     audit.command("rounds")(rounds)
     audit.command("show")(show)
     audit.command("export")(export)
+    audit.command("checkpoint")(checkpoint)
+    audit.command("prove")(prove)
+    audit.command("consistency")(consistency)
+    audit.command("check-proof")(check_proof)
     app.add_typer(audit, name="audit")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -227,3 +228,29 @@ class CoordinatorState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     current_version: Mapped[int] = mapped_column(Integer)
+
+
+class AuditTreeNode(Base):
+    """A perfect subtree of the audit log's RFC 9162 Merkle tree: the ``2**level`` leaves from
+    ``idx * 2**level`` (leaf ``i`` is event ``i + 1``); only levels 4 and up are stored, see
+    ``fedgate.server.audit.checkpoints``."""
+
+    __tablename__ = "audit_tree"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditCheckpoint(Base):
+    """A signed C2SP checkpoint of the audit log's Merkle tree at ``size`` events."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (UniqueConstraint("size", "key", name="uq_audit_checkpoints_size_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(HEX))  # hex of the RFC 9162 root hash
+    key: Mapped[str] = mapped_column(String(HEX))  # signer's key fingerprint
+    note: Mapped[str] = mapped_column(Text)  # the signed note, as an outsider receives it
+    signed_at: Mapped[str] = mapped_column(String(32))
