@@ -285,8 +285,7 @@ def _verify_coordinator(
     """``verify --coordinator``: the coordinator's chain, then each global version's blobs."""
     # heavy import: loaded only when this verb runs
     from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
-    from fedgate.server.audit.verify import verify_database
-    from fedgate.server.coordinator.versions import check_versions
+    from fedgate.server.coordinator.versions import verify_coordinator
     from fedgate.server.db.engine import coordinator_url
     from fedgate.server.db.migrate import open_readonly
 
@@ -297,12 +296,8 @@ def _verify_coordinator(
             raise UsageError(f"no coordinator public key at {paths[0]}: pass --pubkeys FILE")
         keys = load_pubkeys(paths)
     engine = open_readonly(db or coordinator_url(home))
-    report = verify_database(engine, keys)
+    report, checked = verify_coordinator(engine, home / "coordinator" / "blobs", keys)
     source = engine.url.render_as_string(hide_password=True)
-    checked = 0
-    if keys is not None and report.ok:
-        problems, checked = check_versions(engine, home / "coordinator" / "blobs", keys)
-        report.problems.extend(problems)
     _report(report, source, as_json, strict, {"global_versions_checked": checked})
 
 
@@ -504,10 +499,57 @@ def export(
     err.print(f"exported {count} events to {output}", highlight=False)
 
 
+@friendly
+def serve(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8787,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind (default loopback only; another address needs --token).",
+        ),
+    ] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="FEDGATE_AUDIT_TOKEN",
+            help="Access token every request must carry (Authorization: Bearer T, or ?token=T "
+            "once, which sets a cookie); default $FEDGATE_AUDIT_TOKEN.",
+        ),
+    ] = None,
+    dbs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--db",
+            help="A region kept elsewhere, as REGION=URL (repeatable), e.g. "
+            "eu=postgresql+psycopg://auditor@db/eu.",
+        ),
+    ] = None,
+    recheck: Annotated[
+        float,
+        typer.Option("--recheck", help="Re-verify a chain at most this many seconds apart."),
+    ] = 60.0,
+) -> None:
+    """Serve a read-only web view of the home's audit chains: overview (each chain verified or
+    broken at which event), runs, a run's charts, a round's every client, devices, artifacts,
+    gate decisions and global versions with their lineage; every page has a JSON twin."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.auditweb.serve import serve_forever
+    from fedgate.server.auditweb.sources import discover, parse_db_options
+
+    where = resolve_home(home)
+    sources = discover(where, parse_db_options(list(dbs or [])))
+    serve_forever(sources, host=host, port=port, token=token, ttl=recheck,
+                  say=lambda line: err.print(line, highlight=False, markup=False))  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Attach the ``audit`` sub-app to ``app``."""
     audit = typer.Typer(
-        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export.",
+        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export, "
+        "serve a read-only web view, write a report.",
         no_args_is_help=True,
     )
     audit.command("verify")(verify)
@@ -515,4 +557,5 @@ def register(app: typer.Typer) -> None:
     audit.command("rounds")(rounds)
     audit.command("show")(show)
     audit.command("export")(export)
+    audit.command("serve")(serve)
     app.add_typer(audit, name="audit")
