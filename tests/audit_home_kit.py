@@ -12,6 +12,8 @@ import numpy as np
 from fedgate.crypto import generate_key, public_bytes
 from fedgate.server.audit.actors import OPERATOR
 from fedgate.server.audit.store import Store
+from fedgate.server.coordinator.candidates import Bundle
+from fedgate.server.coordinator.service import Coordinator
 from fedgate.server.db.blobs import BlobStore
 from fedgate.server.gate.approvers import add_approver
 from fedgate.server.gate.decisions import approve
@@ -29,6 +31,8 @@ class Built:
     runs: dict[str, list[str]] = field(default_factory=dict)  # region -> run ids
     devices: dict[str, list[str]] = field(default_factory=dict)
     rounds: int = 0
+    bundles: dict[str, Bundle] = field(default_factory=dict)  # region -> its approved artifact
+    approvers: dict[str, str] = field(default_factory=dict)  # region -> approver public hex
 
 
 def build_region(home: Path, region: str, *, runs: int = 1, rounds: int = 4, clients: int = 5,
@@ -77,12 +81,13 @@ def build_region(home: Path, region: str, *, runs: int = 1, rounds: int = 4, cli
         store.finish_run(run)
         built.runs.setdefault(region, []).append(run)
     if artifact:
-        _artifact(home, store, key, region, built.runs[region][-1], operator, blobs)
+        _artifact(home, store, key, region, built.runs[region][-1], operator, blobs, built)
     store.engine.dispose()
 
 
-def _artifact(home: Path, store: Store, key, region: str, run: str, operator, blobs) -> None:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(len(run))
+def _artifact(home: Path, store: Store, key, region: str, run: str, operator, blobs,  # type: ignore[no-untyped-def]
+              built: Built) -> None:  # fmt: skip
+    rng = np.random.default_rng(sum(map(ord, region)))
     sha = blobs.put_tensors({"w": rng.standard_normal((3, 4)).astype(np.float32)})
     manifest = Manifest(
         region=region, run_id=run, base_global_version="", model="mlp-test-v1", rounds=4,
@@ -94,7 +99,11 @@ def _artifact(home: Path, store: Store, key, region: str, run: str, operator, bl
     path = write_artifact(home, store, key, manifest, sha)
     approver = generate_key()
     add_approver(home, store, region, "carol", approver.public_key(), operator)
-    approve(home, store, parse_artifact(path, path.read_bytes()), Policy(), approver)
+    decision = approve(home, store, parse_artifact(path, path.read_bytes()), Policy(), approver)
+    assert decision.statement_path is not None
+    approval = decision.statement_path.read_bytes()
+    built.bundles[region] = Bundle(region, path.read_bytes(), (approval,), blobs.get(sha))
+    built.approvers[region] = public_bytes(approver).hex()
 
 
 def build_home(home: Path, regions: tuple[str, ...] = ("eu", "us"), **kwargs: object) -> Built:
@@ -102,3 +111,29 @@ def build_home(home: Path, regions: tuple[str, ...] = ("eu", "us"), **kwargs: ob
     for region in regions:
         build_region(home, region, built=built, **kwargs)  # type: ignore[arg-type]
     return built
+
+
+def add_global_version(built: Built) -> int:
+    """Hand every region's approved artifact to a coordinator in the same home and merge them
+    into a signed global version (``Coordinator.merge_once``); returns its number."""
+    lines = ["[federation]", 'architecture = "mlp-test-v1"']
+    for region in built.bundles:
+        key = (built.home / "keys" / f"region-{region}.pub").read_text().strip()
+        lines += [f"[regions.{region}]", f'key = "{key}"',
+                  f'approvers = ["{built.approvers[region]}"]', "export = true"]  # fmt: skip
+    fed = built.home / "coordinator" / "federation.toml"
+    fed.parent.mkdir(parents=True, exist_ok=True)
+    fed.write_text("\n".join(lines) + "\n")
+    inbox = built.home / "coordinator" / "inbox"
+    for region, bundle in built.bundles.items():
+        where = inbox / region
+        (where / "approvals").mkdir(parents=True)
+        (where / "manifest.dsse.json").write_bytes(bundle.manifest)
+        (where / "weights.safetensors").write_bytes(bundle.weights)
+        for i, approval in enumerate(bundle.approvals):
+            (where / "approvals" / f"{i}.dsse.json").write_bytes(approval)
+    coordinator = Coordinator(built.home)
+    outcome = coordinator.merge_once(inbox)
+    coordinator.store.engine.dispose()
+    assert outcome.published is not None, outcome.refusals
+    return outcome.published.info.version

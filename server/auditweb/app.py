@@ -13,21 +13,17 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
 
 from fedgate.server.auditweb import pages
-from fedgate.server.auditweb.charts import sparkline
 from fedgate.server.auditweb.snapshot import Snapshots
 from fedgate.server.auditweb.sources import Source
+from fedgate.server.auditweb.templating import HERE, environment
 
-HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "fedgate_token"
 ALLOWED_METHODS = ("GET", "HEAD")
 CSP = (
@@ -120,28 +116,13 @@ async def _plain(scope: dict, receive: Callable, send: Callable, status: int, te
     await response(scope, receive, send)
 
 
-def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(HERE / "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["short"] = lambda s, n=16: str(s or "")[:n]
-    env.filters["num"] = lambda v: "" if v is None else f"{v:.4g}"
-    env.filters["when"] = lambda v: "" if v is None else str(v)[:19].replace("T", " ")
-    env.filters["spark"] = lambda values: Markup(sparkline(values))
-    env.filters["svg"] = Markup  # SVG built by charts.py, where every label is escaped
-    return env
-
-
 STATIC = {name: (HERE / "static" / name).read_bytes() for name in ("audit.css",)}
 
 
 def create_app(sources: list[Source], *, token: str | None = None, ttl: float = 60.0) -> Any:
     """The web view over ``sources`` (see ``sources.discover``), wrapped in ``Guard``."""
     snaps = Snapshots(sources, ttl=ttl)
-    env = _environment()
+    env = environment()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

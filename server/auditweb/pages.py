@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fedgate.errors import UsageError
+from fedgate.server.audit.legend import LEGEND
 from fedgate.server.audit.store import StoreError
 from fedgate.server.audit.views import round_disagreements, rounds_disagreements
 from fedgate.server.auditweb.charts import Line, Node, line_chart, lineage_graph, stacked_bars
@@ -37,26 +38,6 @@ class PageError(UsageError):
 
 class NotFound(PageError):
     status = 404
-
-
-# What each figure means: shown beside the tables (the CLI prints the same legend).
-LEGEND = {
-    "verdict": "accepted: the update's signature, envelope and arrays passed every check; "
-    "rejected: one failed (the reason names it) and the update was never aggregated",
-    "fate": "what the robust aggregator did with an accepted update: kept, trimmed, "
-    "clipped, down-weighted or dropped",
-    "score": "the aggregation rule's own measure of the update (the round's choice names "
-    "the rule): centered clipping, the distance to the last center; Krum, Multi-Krum and "
-    "Bulyan, the Krum score (squared distances to the nearest updates: lower is more "
-    "central); Zeno, the descent the update brings on the server's validation data minus a "
-    "norm penalty (higher is better); empty when the rule gives none",
-    "weight": "the update's share in the aggregate (0: it did not count); a signed example "
-    "count, capped at max-examples and twice the round's median",
-    "digest": "SHA-256 of the update's canonical array bytes, as its signed envelope states",
-    "val-acc": "accuracy of the round's new model on the region server's validation split",
-    "val-loss": "loss of the round's new model on the region server's validation split",
-    "config digest": "SHA-256 of the run's canonical configuration (what the operator signed)",
-}
 
 
 def plain(obj: Any) -> Any:
@@ -318,12 +299,14 @@ def artifacts(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any]:
             "regions": sorted({r["source"] for r in rows})}  # fmt: skip
 
 
-def _find_artifact(snaps: Snapshots, sha: str, region: str = "") -> tuple[Snapshot, Any] | None:
+def _find_artifact(snaps: Snapshots, ref: str, region: str = "") -> tuple[Snapshot, Any] | None:
+    """The regional artifact ``ref`` names: its weights' digest (the region's key for it) or
+    its signed manifest's digest (what the coordinator calls the artifact)."""
     for snap in snaps.all():
         if region and snap.source.name != region:
             continue
         for art in snap.artifacts:
-            if art.sha256 == sha:
+            if ref in (art.sha256, art.manifest.get("envelope_sha256")):
                 return snap, art
     return None
 
@@ -375,7 +358,8 @@ def version_page(snaps: Snapshots, number: int) -> dict[str, Any]:
     version = next((v for v in coord.versions if v.version == number), None) if coord else None
     if version is None:
         raise NotFound(f"no global version {number}")
-    roots = [(str(e.get("region", "")), str(e.get("artifact", ""))) for e in version.lineage]
+    roots = [(str(e.get("region", "")), str(e.get("weights") or e.get("artifact", "")))
+             for e in version.lineage]  # fmt: skip
     candidates = [c for c in coord.candidates if c.version == number] if coord else []
     return {"title": f"global version {number}", "version": version, "candidates": candidates,
             "lineage": _lineage(snaps, roots, number)}  # fmt: skip
@@ -397,10 +381,11 @@ def _lineage(snaps: Snapshots, roots: Sequence[tuple[str, str]],
         akey = f"a:{region}:{sha}"
         art: ArtifactRecord | None = found[1] if found else None
         snap = found[0] if found else None
+        weights = art.sha256 if art else sha
         approvers = [g.approver_name or g.approver[:12] for g in (snap.gate if snap else [])
-                     if g.artifact == sha and g.approved]  # fmt: skip
+                     if g.artifact == weights and g.approved]  # fmt: skip
         label = f"{region} {sha[:10]}" + (f" ✓{approvers[0]}" if approvers else "")
-        nodes.append(Node(akey, label, offset, f"/artifacts/{region}/{sha}" if art else "",
+        nodes.append(Node(akey, label, offset, f"/artifacts/{region}/{weights}" if art else "",
                           "" if art else "bad"))  # fmt: skip
         if version is not None:
             edges.append(("v", akey))

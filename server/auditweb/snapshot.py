@@ -62,6 +62,11 @@ class ChainStatus:
     checked_at: datetime
     blobs_checked: int  # a region's model blobs, the coordinator's global versions
     in_progress: list[str]
+    # the newest signed head that verified: what the verdict is anchored to
+    signed_seq: int = 0
+    signed_head: str = ""
+    signed_at: str = ""
+    signed_by: str = ""  # the signing key's fingerprint
 
     @property
     def ok(self) -> bool:
@@ -273,8 +278,13 @@ def _status(source: Source, report: VerifyReport, blobs: int, kind_at: str) -> C
         report.head, report.signed_heads, report.heads_checked,
         None if first is None else first.seq, kind_at, "" if first is None else str(first),
         [str(p) for p in report.problems[:20]], datetime.now(UTC), blobs,
-        list(report.in_progress),
+        list(report.in_progress), *_signed(report),
     )  # fmt: skip
+
+
+def _signed(report: VerifyReport) -> tuple[int, str, str, str]:
+    head = report.last_head
+    return (0, "", "", "") if head is None else (head.seq, head.head, head.signed_at, head.key)
 
 
 def unreadable(source: Source, why: str) -> ChainStatus:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from fedgate.errors import UsageError, VerificationError
 from fedgate.home import resolve_home
@@ -349,20 +348,7 @@ def runs(
     if as_json:
         _print_json(items)
     else:
-        table = Table(title="runs")
-        for col in ("run", "region", "launched by", "status", "started", "finished", "rounds"):
-            table.add_column(col)
-        for r in items:
-            table.add_row(
-                r.id,
-                r.region,
-                r.launched_by,
-                r.status,
-                _when(r.started_at),
-                _when(r.finished_at),
-                str(r.rounds),
-            )
-        out.print(table)
+        _print_runs(view, items)
     _disagreements(runs_disagreements(view, store), strict)
 
 
@@ -383,25 +369,7 @@ def rounds(
     if as_json:
         _print_json(items)
     else:
-        table = Table(title=f"run {run}: rounds")
-        transport = any(r.transport_errors for r in items)  # a column only when there are any
-        cols = ("round", "sampled", "accepted", "rejected", *(("transport errors",) * transport),
-                "aggregated", "metrics", "note")  # fmt: skip
-        for col in cols:
-            table.add_column(col)
-        for r in items:
-            metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
-            table.add_row(
-                str(r.round),
-                str(r.sampled),
-                str(r.accepted),
-                str(r.rejected),
-                *((str(r.transport_errors),) * transport),
-                "yes" if r.aggregated else "no",
-                metrics,
-                r.note,
-            )
-        out.print(table)
+        _print_rounds(view, run, items, store.round_models(run))
     _disagreements(rounds_disagreements(view, store, run), strict)
 
 
@@ -424,52 +392,78 @@ def show(
     if as_json:
         _print_json({"round": info, "clients": updates})
     else:
-        _print_round(info, updates)
+        _print_round(info, updates, store.round_models(run).get(round_no, ""))
     _disagreements(round_disagreements(view, store, run, round_no), strict)
 
 
-def _claimed(device_id: str) -> str:
-    """A refused update's device: the id its envelope claims, marked unverified."""
-    return f"[yellow]{device_id[:16]} (claimed)[/yellow]" if device_id else ""
+def _config_digest(config: dict) -> str:
+    from fedgate.server.audit.actors import config_digest  # heavy import: only when printing
+
+    return config_digest(config) if config else ""
 
 
-def _print_round(info: Any, updates: list[Any]) -> None:
+def _print_runs(view: Any, items: list[Any]) -> None:
+    from fedgate.server.cli.audit_tables import legend, num, records  # only when printing
+
+    rows = []
+    for r in items:
+        acc = [x.metrics.get("val-acc") for x in view.run_rounds(r.id)]
+        final = next((a for a in reversed(acc) if a is not None), None)
+        rows.append([escape(r.id), escape(r.region), escape(r.launched_by), escape(r.status),
+                     _when(r.started_at), _when(r.finished_at), str(r.rounds), num(final),
+                     _config_digest(r.config)])  # fmt: skip
+    cols = ("run", "region", "launched by", "status", "started", "finished", "rounds",
+            "val-acc", "config")  # fmt: skip
+    records(out, "runs", cols, rows)
+    legend(out, ["val-acc", "config"])
+
+
+def _print_rounds(view: Any, run: str, items: list[Any], models: dict[int, str]) -> None:
+    from fedgate.server.cli.audit_tables import config_lines, legend, num, records
+
+    info = view.runs[run]
+    out.print(f"run {escape(run)} of region {escape(info.region)}, launched by "
+              f"{escape(info.launched_by)} {_when(info.started_at)}, {escape(info.status)}",
+              highlight=False)  # fmt: skip
+    config_lines(out, info.config, _config_digest(info.config))
+    transport = any(r.transport_errors for r in items)  # a column only when there are any
+    names = sorted({k for r in items for k in r.metrics})
+    rows = []
+    for r in items:
+        rows.append([str(r.round), str(r.sampled), str(r.accepted), str(r.rejected),
+                     *((str(r.transport_errors),) * transport),
+                     "yes" if r.aggregated else "no", *(num(r.metrics.get(k)) for k in names),
+                     escape(r.note), models.get(r.round, "")])  # fmt: skip
+    cols = ("round", "sampled", "accepted", "rejected", *(("transport errors",) * transport),
+            "aggregated", *names, "choice", "model")  # fmt: skip
+    records(out, f"run {run}: rounds", cols, rows)
+    legend(out, [n for n in ("val-acc", "val-loss") if n in names] + ["choice", "model"])
+
+
+def _print_round(info: Any, updates: list[Any], model: str) -> None:
+    from fedgate.server.cli.audit_tables import legend, num, records  # only when printing
+
     metrics = " ".join(f"{k}={_num(v)}" for k, v in info.metrics.items())
     out.print(
-        f"run {info.run_id} round {info.round}: sampled {info.sampled}, accepted "
+        f"run {escape(info.run_id)} round {info.round}: sampled {info.sampled}, accepted "
         f"{info.accepted}, rejected {info.rejected}, transport errors "
-        f"{info.transport_errors}, aggregated "
-        f"{'yes' if info.aggregated else 'no'} {metrics} {info.note}",
+        f"{info.transport_errors}, aggregated {'yes' if info.aggregated else 'no'}; "
+        f"{escape(metrics)}\nchoice: {escape(info.note)}\nmodel: {model or '(not recorded)'}",
         highlight=False,
     )
-    table = Table(title="clients")
-    for col in (
-        "node",
-        "device",
-        "verdict",
-        "reason",
-        "detail",
-        "examples",
-        "fate",
-        "score",
-        "weight",
-    ):
-        folds = col in ("device", "detail")
-        table.add_column(col, overflow="fold" if folds else "ellipsis", no_wrap=not folds)
+    rows = []
     for u in updates:
         style = "green" if u.verdict == "accepted" else "red"
-        table.add_row(
-            u.node_id,
-            u.device_id[:16] or _claimed(u.claimed_device_id),
-            f"[{style}]{u.verdict}[/{style}]",
-            u.reason,
-            u.detail,
-            str(u.num_examples),
-            u.fate,
-            _num(u.score),
-            _num(u.weight),
-        )
-    out.print(table)
+        device = escape(u.device_id) if u.device_id else (
+            f"[yellow]{escape(u.claimed_device_id)} (claimed)[/yellow]"
+            if u.claimed_device_id else "")  # fmt: skip
+        rows.append([escape(u.node_id), device, f"[{style}]{u.verdict}[/{style}]",
+                     escape(u.reason), escape(u.detail), str(u.num_examples), escape(u.fate),
+                     num(u.score), num(u.weight), escape(u.digest)])  # fmt: skip
+    cols = ("node", "device", "verdict", "reason", "detail", "examples", "fate", "score",
+            "weight", "digest")  # fmt: skip
+    records(out, "clients", cols, rows)
+    legend(out, ["device", "verdict", "fate", "score", "weight", "digest"])
 
 
 @friendly
@@ -545,6 +539,42 @@ def serve(
                   say=lambda line: err.print(line, highlight=False, markup=False))  # fmt: skip
 
 
+@friendly
+def report(
+    run: RunOpt,
+    fmt: Annotated[str, typer.Option("--format", help="html (self-contained) or pdf.")] = "html",
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write here (default: report-<run>.<format>)."),
+    ] = None,
+    home: HomeOpt = None,
+    region: RegionOpt = None,
+    dbs: Annotated[
+        list[str] | None,
+        typer.Option("--db", help="A region kept elsewhere, as REGION=URL (repeatable)."),
+    ] = None,
+) -> None:
+    """Write one run's audit report for the compliance file: its configuration and digest, who
+    launched it, charts, every round with every client's fate, artifacts and gate decisions,
+    and the chain's status with the signed head it was verified against."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.auditweb.report import FORMATS, write_report
+    from fedgate.server.auditweb.sources import discover, parse_db_options
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r} (html or pdf)")
+    where = resolve_home(home)
+    sources = discover(where, parse_db_options(list(dbs or [])))
+    target = output or Path(f"report-{run}.{fmt}")
+    data = write_report(sources, run, fmt, target, region)
+    chain = data["chain"]
+    err.print(f"wrote {target}: run {run} of region {data['source']}, {data['rounds']} round(s); "
+              f"chain {chain.status}", highlight=False, markup=False)  # fmt: skip
+    if not chain.ok:
+        raise VerificationError(f"the report says so: {chain.label} is broken "
+                                f"({chain.first_problem})")  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Attach the ``audit`` sub-app to ``app``."""
     audit = typer.Typer(
@@ -558,4 +588,5 @@ def register(app: typer.Typer) -> None:
     audit.command("show")(show)
     audit.command("export")(export)
     audit.command("serve")(serve)
+    audit.command("report")(report)
     app.add_typer(audit, name="audit")
