@@ -85,6 +85,9 @@ class Guard:
                              "(Authorization: Bearer TOKEN, or ?token=TOKEN once)")  # fmt: skip
                 return
             set_cookie = request.query_params.get("token") is not None
+        head = scope["method"] == "HEAD"
+        if head:  # answered as GET, without the body
+            scope = {**scope, "method": "GET"}
         if scope["path"] == "/api" or scope["path"].startswith("/api/"):
             scope = {**scope, "path": scope["path"][4:] or "/", "fedgate_json": True}
 
@@ -97,6 +100,8 @@ class Guard:
                               "Path=/")  # fmt: skip
                     headers.append((b"set-cookie", cookie.encode()))
                 message = {**message, "headers": headers}
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
