@@ -90,6 +90,9 @@ def test_tables_paginate_and_filter(client: TestClient, home: Built) -> None:
     page3 = client.get(base, params={"per_page": 2, "page": 3}).json()["table"]
     assert (page1["total"], page1["pages"], len(page1["items"])) == (6, 3, 2)
     assert len(page3["items"]) == 2 and page3["items"][0] not in page1["items"]
+    html = client.get(base.removeprefix("/api"), params={"per_page": 2, "page": 2}).text
+    assert "page 2 of 3" in html and 'rel="next"' in html and 'rel="prev"' in html
+    assert "per_page=2&amp;page=3" in html
     rejected = client.get(base, params={"verdict": "rejected"}).json()["table"]["items"]
     assert {c["reason"] for c in rejected} == {"revoked-device", "bad-signature"}
     assert client.get(base, params={"reason": "bad-signature"}).json()["table"]["total"] == 1
