@@ -22,7 +22,9 @@ CLOCK_SLACK = timedelta(seconds=60)  # a row's timestamp is taken in the same tr
 
 
 def _ts(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """An event's fixed-width UTC timestamp (``chain.TS_RE``); ``fromisoformat`` is some ten
+    times faster than ``strptime``, which matters over a million events."""
+    return datetime.fromisoformat(ts).astimezone(UTC)
 
 
 def _finite(metrics: Any) -> dict[str, float]:
@@ -44,6 +46,13 @@ class ChainView:
         if run not in self.runs:
             raise StoreError(f"no run {run}")
         return sorted((r for (k, _), r in self.rounds.items() if k == run), key=lambda r: r.round)
+
+    def rounds_by_run(self) -> dict[str, list[RoundInfo]]:
+        """Every run's rounds in order, in one pass (``run_rounds`` for all runs at once)."""
+        out: dict[str, list[RoundInfo]] = {run: [] for run in self.runs}
+        for (run, _), info in sorted(self.rounds.items(), key=lambda kv: kv[0][1]):
+            out.setdefault(run, []).append(info)
+        return out
 
     def round_detail(self, run: str, rnd: int) -> tuple[RoundInfo, list[UpdateInfo]]:
         if (run, rnd) not in self.rounds:

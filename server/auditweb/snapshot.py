@@ -183,8 +183,9 @@ class Snapshot:
 
 def _summary(source: str, view: ChainView) -> list[RunSummary]:
     out = []
+    by_run = view.rounds_by_run()
     for run in view.runs.values():
-        rounds = view.run_rounds(run.id)
+        rounds = by_run[run.id]
         acc = [r.metrics.get(ACCURACY) for r in rounds]
         final = next((a for a in reversed(acc) if a is not None), None)
         out.append(

@@ -406,8 +406,9 @@ def _print_runs(view: Any, items: list[Any]) -> None:
     from fedgate.server.cli.audit_tables import legend, num, records  # only when printing
 
     rows = []
+    by_run = view.rounds_by_run()
     for r in items:
-        acc = [x.metrics.get("val-acc") for x in view.run_rounds(r.id)]
+        acc = [x.metrics.get("val-acc") for x in by_run[r.id]]
         final = next((a for a in reversed(acc) if a is not None), None)
         rows.append([escape(r.id), escape(r.region), escape(r.launched_by), escape(r.status),
                      _when(r.started_at), _when(r.finished_at), str(r.rounds), num(final),
