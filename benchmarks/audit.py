@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -131,7 +132,9 @@ def _web_home(home: Path, runs: int, clients: int) -> str:
     return "big"
 
 
-def _median_ms(client: Any, path: str, repeat: int) -> float:
+def _timed_ms(client: Any, path: str, repeat: int) -> dict[str, float]:
+    """Median and best of ``repeat`` requests (the best is the least disturbed by the other
+    processes of a busy machine)."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -139,10 +142,10 @@ def _median_ms(client: Any, path: str, repeat: int) -> float:
         times.append((time.perf_counter() - t0) * 1000)
         if answer.status_code != 200:
             raise SystemExit(f"{path}: HTTP {answer.status_code}")
-    return sorted(times)[len(times) // 2]
+    return {"median": sorted(times)[len(times) // 2], "best": min(times)}
 
 
-def bench_web(tmp: Path, runs: int = 10_000, clients: int = 1_000, repeat: int = 7) -> dict:
+def bench_web(tmp: Path, runs: int = 10_000, clients: int = 1_000, repeat: int = 11) -> dict:
     """The round page (``clients`` clients) and the runs list (``runs`` runs), in-process."""
     import warnings
 
@@ -175,11 +178,11 @@ def bench_web(tmp: Path, runs: int = 10_000, clients: int = 1_000, repeat: int =
         f"round page ({clients} clients, all on one page)":
             f"/runs/eu/{big}/rounds/1?per_page={min(clients, 1000)}",
     }  # fmt: skip
-    timed = {name: _median_ms(client, path, repeat) for name, path in pages.items()}
+    timed = {name: _timed_ms(client, path, repeat) for name, path in pages.items()}
     return {"runs": runs + 1, "clients": clients, "events": report.events,
             "build_s": built, "verify_ms": verify_ms, "first_request_ms": cold_ms,
-            "pages_ms": timed,
-            "met": all(v < WEB_TARGET_MS for v in timed.values())}  # fmt: skip
+            "pages_ms": timed, "load_average": os.getloadavg()[0],
+            "met": all(v["median"] < WEB_TARGET_MS for v in timed.values())}  # fmt: skip
 
 
 def print_web(r: dict[str, Any]) -> None:
@@ -187,9 +190,10 @@ def print_web(r: dict[str, Any]) -> None:
           f"chain {r['verify_ms']:,.0f} ms (baseline); first request (verify + fold + render) "
           f"{r['first_request_ms']:,.0f} ms")  # fmt: skip
     for name, ms in r["pages_ms"].items():
-        print(f"  {name:<44} {ms:>8.1f} ms  ({ms / r['verify_ms']:.3f} x verify)")
-    print(f"target (each page < {WEB_TARGET_MS:.0f} ms once verified): "
-          f"{'met' if r['met'] else 'NOT met'}")  # fmt: skip
+        print(f"  {name:<46} median {ms['median']:>7.1f} ms, best {ms['best']:>7.1f} ms "
+              f"({ms['median'] / r['verify_ms']:.3f} x verify)")  # fmt: skip
+    print(f"target (each page's median < {WEB_TARGET_MS:.0f} ms once verified): "
+          f"{'met' if r['met'] else 'NOT met'} (load average {r['load_average']:.1f})")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from fedgate.server.audit.store import Store
 from fedgate.server.cli.audit import register
 from fedgate.server.db import default_url
 
-VERBS = ("verify", "runs", "rounds", "show", "export")
+VERBS = ("verify", "runs", "rounds", "show", "export", "serve", "report")
 
 
 def _cli(*args: str, env: dict[str, str] | None = None):

@@ -21,7 +21,7 @@ import pytest
 from fedgate.server.auditweb.app import create_app
 from fedgate.server.auditweb.sources import discover
 from fedgate.server.launch.processes import free_port_block
-from tests.audit_home_kit import HOSTILE, Built, build_home
+from tests.audit_home_kit import HOSTILE, Built, add_global_version, build_home
 
 
 def _browser_binaries() -> tuple[str, str] | None:
@@ -86,7 +86,9 @@ def browser() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("audit-home")
-    return build_home(root / "home", hostile=True, artifact=True)
+    built = build_home(root / "home", hostile=True, artifact=True)
+    add_global_version(built)
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,7 @@ def test_overview_shows_both_regions_verified(browser, server, shots) -> None:
     assert {r.get_attribute("data-chain"): r.get_attribute("data-status") for r in rows} == {
         "eu": "verified",
         "us": "verified",
+        "coordinator": "verified",
     }
     assert "Every audit chain verifies" in browser.find_element("id", "summary").text
 
@@ -153,6 +156,10 @@ def test_every_other_page_renders(browser, server, home, shots) -> None:
     browser.save_screenshot(str(shots / "artifact-lineage.png"))
     _open(browser, server, "/gate", shots, "gate")
     _open(browser, server, "/global", shots, "global")
+    _open(browser, server, "/global/1", shots, "global-lineage")
+    graph = browser.find_element("css selector", "#lineage svg.lineage")
+    nodes = graph.find_elements("css selector", "g.lineage-node")
+    assert len(nodes) == 1 + 2 + 2 + 2 * (len(eu) - 1)  # version, artifacts, runs, devices
 
 
 def test_html_in_a_device_id_or_reason_is_shown_as_text(browser, server, home, shots) -> None:
@@ -184,8 +191,9 @@ def test_a_database_edited_by_sql_is_broken_in_red_at_that_event(
         assert f"broken at event {seq} (update.rejected)" in row.text
         colour = row.find_element("css selector", ".broken").value_of_css_property("color")
         assert colour in ("rgba(209, 36, 47, 1)", "rgb(209, 36, 47)")  # --bad, red
-        ok = browser.find_element("css selector", "tr.chain[data-chain='eu']")
-        assert ok.get_attribute("data-status") == "verified"
+        for name in ("eu", "coordinator"):
+            ok = browser.find_element("css selector", f"tr.chain[data-chain='{name}']")
+            assert ok.get_attribute("data-status") == "verified"
         assert "does NOT verify" in browser.find_element("id", "summary").text
     finally:
         srv.stop()

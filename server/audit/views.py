@@ -175,10 +175,13 @@ def _diff(table: str, what: str, chain: Any, row: Any, skip: tuple[str, ...] = (
 
 
 def _keyed(items: list[Any], key: str) -> dict[Any, Any]:
+    """``items`` by (their ``key``, how many before them had it)."""
     out: dict[Any, Any] = {}
+    seen: dict[Any, int] = {}
     for item in items:
         name = getattr(item, key)
-        n = sum(1 for k in out if k[0] == name)
+        n = seen.get(name, 0)
+        seen[name] = n + 1
         out[name, n] = item
     return out
 

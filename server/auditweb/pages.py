@@ -186,13 +186,18 @@ def run_page(snaps: Snapshots, source: str, run: str, query: Mapping[str, str]) 
 
 def _disagree(snaps: Snapshots, snap: Snapshot, check: Callable[..., list[str]],
               *args: Any) -> list[str]:  # fmt: skip
-    """Mirror-table rows that say something else than the chain (``views.py``)."""
+    """Mirror-table rows that say something else than the chain (``views.py``), compared once
+    per snapshot (a re-check of the chain compares again)."""
     from fedgate.server.audit.store import Store  # reading its tables only
 
-    try:
-        return check(snap.view, Store(snaps.engine(snap.source.name)), *args)
-    except StoreError:
-        return []
+    key = (check.__name__, *args)
+    if key not in snap.compared:
+        try:
+            found = check(snap.view, Store(snaps.engine(snap.source.name)), *args)
+        except StoreError:
+            found = []
+        snap.compared[key] = found
+    return snap.compared[key]
 
 
 def round_page(snaps: Snapshots, source: str, run: str, rnd: int,

@@ -179,6 +179,8 @@ class Snapshot:
     candidates: list[CandidateRecord] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
     mark: tuple[int, str] = (0, "")
+    # mirror-table comparisons already made against this snapshot (``pages._disagree``)
+    compared: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
 
 
 def _summary(source: str, view: ChainView) -> list[RunSummary]:
