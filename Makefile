@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	PATH="$$(.ci/nginx.sh):$$PATH" $(VENV)/bin/fedgate demo
 
-# Server binaries the integration tests start for real: PostgreSQL and nginx.
+# Server binaries the integration tests start for real: PostgreSQL and nginx; and the browser
+# (chromium + chromium-driver) the audit web view's tests drive; Pango for the PDF report.
 # pytest's exit code 5 (no tests collected) is a failure too.
 test: setup
-	PATH="$$(.ci/postgres.sh):$$(.ci/nginx.sh):$$PATH" $(VENV)/bin/python -m pytest -p no:cacheprovider; \
+	.ci/pango.sh
+	PATH="$$(.ci/postgres.sh):$$(.ci/nginx.sh):$$(.ci/chromium.sh):$$PATH" $(VENV)/bin/python -m pytest -p no:cacheprovider; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: setup

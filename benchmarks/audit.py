@@ -15,17 +15,26 @@ cost per round: a round's events are appended in one transaction, then the check
 in its own (hashing that round's events and writing its subtrees); reported as the ratio of the
 two times, on a fresh log and on the big one.
 
-    python benchmarks/audit.py [--events 50000] [--batch 500] [--proof-events 1000000] [--json FILE]
+    python benchmarks/audit.py [--events 50000] [--batch 500] [--proof-events 1000000]
+                               [--web-only | --no-web] [--json FILE]
+
+The web view's part (``bench_web``, ``--web-only``/``--no-web``): the auditor's round page for a
+round of 1,000 clients and the runs list over 10,000 runs, rendered in-process (FastAPI's
+TestClient) against one SQLite region database holding both; goal under 300 ms each once the
+chain is verified and folded (the first request, which does that, is reported apart), with the
+time of one verification of the same chain as the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,7 @@ from fedgate.server.db import open_database, open_readonly
 from fedgate.server.db.pgcluster import PgCluster
 
 APPEND_TARGET, VERIFY_TARGET = 5_000, 100_000
+WEB_TARGET_MS = 300.0
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -225,6 +235,118 @@ def _old_note(conn: Any, chain: str, size: int, key: Any) -> bytes:
     return sign_checkpoint(Checkpoint(audit_origin(chain), size, tree_root), key).encode()
 
 
+# -- the auditor's web view (server/auditweb) ---------------------------------------------------
+
+
+def _web_home(home: Path, runs: int, clients: int) -> str:
+    """A region database with ``runs`` small runs (two clients, one round each) and one run
+    whose round has ``clients`` clients, written as the Store writes them."""
+    from sqlalchemy import insert
+
+    from fedgate.server.audit.round_rows import round_write
+    from fedgate.server.audit.store import METRICS, ROUNDS, RUNS, UPDATES, Store
+    from fedgate.server.db.engine import write_txn
+
+    home.mkdir(parents=True, exist_ok=True)
+    store = Store.open(f"sqlite:///{home / 'region-eu.db'}")
+
+    def fates(n: int) -> list[dict[str, Any]]:
+        return [{"node_id": 10**12 + i, "accepted": i % 10 != 9, "device_id": f"{i:064x}",
+                 "digest": f"{i + 1:064x}", "num_examples": 50 + i % 40,
+                 "reason": "" if i % 10 != 9 else "bad-signature",
+                 "fate": "kept" if i % 10 != 9 else "", "score": i / n, "weight": 1 / n}
+                for i in range(n)]  # fmt: skip
+
+    def write(run: str, n: int, conn: Any) -> None:
+        started = datetime.now(UTC)
+        config = {"rounds": 1, "aggregator": "cc", "seed": run}
+        conn.execute(insert(RUNS).values(id=run, region="eu", launched_by="ops", config=config,
+                                         status="finished", started_at=started,
+                                         finished_at=started))  # fmt: skip
+        rows = round_write(run, {"round": 1, "clients": fates(n), "aggregated": True,
+                                 "metrics": {"val-acc": 0.9, "val-loss": 0.3}})  # fmt: skip
+        conn.execute(insert(ROUNDS).values(**rows.round, closed_at=started))
+        conn.execute(insert(UPDATES), rows.updates)
+        conn.execute(insert(METRICS), rows.metrics)
+        launched = ("run.launched", {"run": run, "region": "eu", "launched_by": "ops",
+                                     "config": config})  # fmt: skip
+        finished = ("run.finished", {"run": run, "status": "finished", "note": ""})
+        store.audit.append_in(conn, [launched, *rows.events, finished])
+
+    for start in range(0, runs, 1000):
+        with write_txn(store.engine) as conn:
+            for k in range(start, min(runs, start + 1000)):
+                write(f"r{k:05d}", 2, conn)
+    with write_txn(store.engine) as conn:
+        write("big", clients, conn)
+    store.engine.dispose()
+    return "big"
+
+
+def _timed_ms(client: Any, path: str, repeat: int) -> dict[str, float]:
+    """Median and best of ``repeat`` requests (the best is the least disturbed by the other
+    processes of a busy machine)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        answer = client.get(path)
+        times.append((time.perf_counter() - t0) * 1000)
+        if answer.status_code != 200:
+            raise SystemExit(f"{path}: HTTP {answer.status_code}")
+    return {"median": sorted(times)[len(times) // 2], "best": min(times)}
+
+
+def bench_web(tmp: Path, runs: int = 10_000, clients: int = 1_000, repeat: int = 11) -> dict:
+    """The round page (``clients`` clients) and the runs list (``runs`` runs), in-process."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from fastapi.testclient import TestClient
+
+    from fedgate.server.auditweb.app import create_app
+    from fedgate.server.auditweb.sources import discover
+
+    home = tmp / "web"
+    t0 = time.perf_counter()
+    big = _web_home(home, runs, clients)
+    built = time.perf_counter() - t0
+    engine = open_readonly(f"sqlite:///{home / 'region-eu.db'}")
+    t0 = time.perf_counter()
+    report = verify_database(engine, None)
+    verify_ms = (time.perf_counter() - t0) * 1000
+    engine.dispose()
+    client = TestClient(create_app(discover(home), ttl=3600))
+    t0 = time.perf_counter()
+    first = client.get("/runs")
+    cold_ms = (time.perf_counter() - t0) * 1000
+    if first.status_code != 200 or client.get("/api/runs").json()["table"]["total"] != runs + 1:
+        raise SystemExit("the runs list does not show every run")
+    pages = {
+        "runs list (50 per page)": "/runs",
+        "runs list (1,000 per page)": "/runs?per_page=1000",
+        "runs list filtered (q=r0999)": "/runs?q=r0999",
+        f"round page ({clients} clients, 50 per page)": f"/runs/eu/{big}/rounds/1",
+        f"round page ({clients} clients, all on one page)":
+            f"/runs/eu/{big}/rounds/1?per_page={min(clients, 1000)}",
+    }  # fmt: skip
+    timed = {name: _timed_ms(client, path, repeat) for name, path in pages.items()}
+    return {"runs": runs + 1, "clients": clients, "events": report.events,
+            "build_s": built, "verify_ms": verify_ms, "first_request_ms": cold_ms,
+            "pages_ms": timed, "load_average": os.getloadavg()[0],
+            "met": all(v["median"] < WEB_TARGET_MS for v in timed.values())}  # fmt: skip
+
+
+def print_web(r: dict[str, Any]) -> None:
+    print(f"web view: {r['runs']:,} runs, {r['events']:,} events; one verification of the "
+          f"chain {r['verify_ms']:,.0f} ms (baseline); first request (verify + fold + render) "
+          f"{r['first_request_ms']:,.0f} ms")  # fmt: skip
+    for name, ms in r["pages_ms"].items():
+        print(f"  {name:<46} median {ms['median']:>7.1f} ms, best {ms['best']:>7.1f} ms "
+              f"({ms['median'] / r['verify_ms']:.3f} x verify)")  # fmt: skip
+    print(f"target (each page's median < {WEB_TARGET_MS:.0f} ms once verified): "
+          f"{'met' if r['met'] else 'NOT met'} (load average {r['load_average']:.1f})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000, help="events appended in batches")
@@ -240,7 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proof-samples", type=int, default=2_000, help="proofs generated")
     parser.add_argument("--clients", type=int, default=100, help="clients per round")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--no-web", action="store_true", help="skip the web view's part")
+    parser.add_argument("--web-only", action="store_true", help="only the web view's part")
+    parser.add_argument("--web-runs", type=int, default=10_000, help="runs in the runs list")
+    parser.add_argument("--web-clients", type=int, default=1_000, help="clients in the round")
     args = parser.parse_args(argv)
+    if args.web_only:
+        args.backends, args.proof_events = "", 0
 
     results: dict[str, Any] = {
         "python": platform.python_version(),
@@ -265,11 +393,15 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{Path(tmp) / 'proofs.db'}"
             results["proofs"] = bench_proofs(url, args.proof_events, args.proof_samples,
                                              args.clients)  # fmt: skip
+        if not args.no_web:
+            results["web"] = bench_web(Path(tmp), args.web_runs, args.web_clients)
 
     ok = True
-    print(
-        f"{'backend':<11} {'append/s (1 per txn)':>21} {'append/s (batched)':>19} {'verify/s':>10}"
-    )
+    if backends:
+        print(
+            f"{'backend':<11} {'append/s (1 per txn)':>21} {'append/s (batched)':>19} "
+            f"{'verify/s':>10}"
+        )
     for backend, r in results["backends"].items():
         print(
             f"{backend:<11} {r['append_single_per_s']:>21,.0f} {r['append_batched_per_s']:>19,.0f}"
@@ -304,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: {v['verify_per_s']:,.0f} events/s with the checkpoints checked, "
               f"{v['verify_per_s_without_checkpoints']:,.0f}/s without: "
               f"ratio {v['ratio']:.2f}")  # fmt: skip
+    if backends:
+        print(
+            f"targets (append >= {APPEND_TARGET:,}/s batched, verify >= {VERIFY_TARGET:,}/s): "
+            f"{'met' if ok else 'NOT met'}"
+        )
+    if "web" in results:
+        print_web(results["web"])
+        ok &= results["web"]["met"]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

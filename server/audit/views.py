@@ -22,7 +22,9 @@ CLOCK_SLACK = timedelta(seconds=60)  # a row's timestamp is taken in the same tr
 
 
 def _ts(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """An event's fixed-width UTC timestamp (``chain.TS_RE``); ``fromisoformat`` is some ten
+    times faster than ``strptime``, which matters over a million events."""
+    return datetime.fromisoformat(ts).astimezone(UTC)
 
 
 def _finite(metrics: Any) -> dict[str, float]:
@@ -44,6 +46,13 @@ class ChainView:
         if run not in self.runs:
             raise StoreError(f"no run {run}")
         return sorted((r for (k, _), r in self.rounds.items() if k == run), key=lambda r: r.round)
+
+    def rounds_by_run(self) -> dict[str, list[RoundInfo]]:
+        """Every run's rounds in order, in one pass (``run_rounds`` for all runs at once)."""
+        out: dict[str, list[RoundInfo]] = {run: [] for run in self.runs}
+        for (run, _), info in sorted(self.rounds.items(), key=lambda kv: kv[0][1]):
+            out.setdefault(run, []).append(info)
+        return out
 
     def round_detail(self, run: str, rnd: int) -> tuple[RoundInfo, list[UpdateInfo]]:
         if (run, rnd) not in self.rounds:
@@ -166,10 +175,13 @@ def _diff(table: str, what: str, chain: Any, row: Any, skip: tuple[str, ...] = (
 
 
 def _keyed(items: list[Any], key: str) -> dict[Any, Any]:
+    """``items`` by (their ``key``, how many before them had it)."""
     out: dict[Any, Any] = {}
+    seen: dict[Any, int] = {}
     for item in items:
         name = getattr(item, key)
-        n = sum(1 for k in out if k[0] == name)
+        n = seen.get(name, 0)
+        seen[name] = n + 1
         out[name, n] = item
     return out
 

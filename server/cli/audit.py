@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from fedgate.errors import UsageError, VerificationError
 from fedgate.home import resolve_home
@@ -286,7 +285,7 @@ def _verify_coordinator(
     """``verify --coordinator``: the coordinator's chain, then each global version's blobs."""
     # heavy import: loaded only when this verb runs
     from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
-    from fedgate.server.coordinator.service import verify_coordinator
+    from fedgate.server.coordinator.versions import verify_coordinator
     from fedgate.server.db.engine import coordinator_url
     from fedgate.server.db.migrate import open_readonly
 
@@ -297,7 +296,7 @@ def _verify_coordinator(
             raise UsageError(f"no coordinator public key at {paths[0]}: pass --pubkeys FILE")
         keys = load_pubkeys(paths)
     engine = open_readonly(db or coordinator_url(home))
-    report, checked = verify_coordinator(engine, home, keys)
+    report, checked = verify_coordinator(engine, home / "coordinator" / "blobs", keys)
     source = engine.url.render_as_string(hide_password=True)
     _report(report, source, as_json, strict, {"global_versions_checked": checked})
 
@@ -350,20 +349,7 @@ def runs(
     if as_json:
         _print_json(items)
     else:
-        table = Table(title="runs")
-        for col in ("run", "region", "launched by", "status", "started", "finished", "rounds"):
-            table.add_column(col)
-        for r in items:
-            table.add_row(
-                r.id,
-                r.region,
-                r.launched_by,
-                r.status,
-                _when(r.started_at),
-                _when(r.finished_at),
-                str(r.rounds),
-            )
-        out.print(table)
+        _print_runs(view, items)
     _disagreements(runs_disagreements(view, store), strict)
 
 
@@ -384,25 +370,7 @@ def rounds(
     if as_json:
         _print_json(items)
     else:
-        table = Table(title=f"run {run}: rounds")
-        transport = any(r.transport_errors for r in items)  # a column only when there are any
-        cols = ("round", "sampled", "accepted", "rejected", *(("transport errors",) * transport),
-                "aggregated", "metrics", "note")  # fmt: skip
-        for col in cols:
-            table.add_column(col)
-        for r in items:
-            metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
-            table.add_row(
-                str(r.round),
-                str(r.sampled),
-                str(r.accepted),
-                str(r.rejected),
-                *((str(r.transport_errors),) * transport),
-                "yes" if r.aggregated else "no",
-                metrics,
-                r.note,
-            )
-        out.print(table)
+        _print_rounds(view, run, items, store.round_models(run))
     _disagreements(rounds_disagreements(view, store, run), strict)
 
 
@@ -425,52 +393,79 @@ def show(
     if as_json:
         _print_json({"round": info, "clients": updates})
     else:
-        _print_round(info, updates)
+        _print_round(info, updates, store.round_models(run).get(round_no, ""))
     _disagreements(round_disagreements(view, store, run, round_no), strict)
 
 
-def _claimed(device_id: str) -> str:
-    """A refused update's device: the id its envelope claims, marked unverified."""
-    return f"[yellow]{device_id[:16]} (claimed)[/yellow]" if device_id else ""
+def _config_digest(config: dict) -> str:
+    from fedgate.server.audit.actors import config_digest  # heavy import: only when printing
+
+    return config_digest(config) if config else ""
 
 
-def _print_round(info: Any, updates: list[Any]) -> None:
+def _print_runs(view: Any, items: list[Any]) -> None:
+    from fedgate.server.cli.audit_tables import legend, num, records  # only when printing
+
+    rows = []
+    by_run = view.rounds_by_run()
+    for r in items:
+        acc = [x.metrics.get("val-acc") for x in by_run[r.id]]
+        final = next((a for a in reversed(acc) if a is not None), None)
+        rows.append([escape(r.id), escape(r.region), escape(r.launched_by), escape(r.status),
+                     _when(r.started_at), _when(r.finished_at), str(r.rounds), num(final),
+                     _config_digest(r.config)])  # fmt: skip
+    cols = ("run", "region", "launched by", "status", "started", "finished", "rounds",
+            "val-acc", "config")  # fmt: skip
+    records(out, "runs", cols, rows)
+    legend(out, ["val-acc", "config"])
+
+
+def _print_rounds(view: Any, run: str, items: list[Any], models: dict[int, str]) -> None:
+    from fedgate.server.cli.audit_tables import config_lines, legend, num, records
+
+    info = view.runs[run]
+    out.print(f"run {escape(run)} of region {escape(info.region)}, launched by "
+              f"{escape(info.launched_by)} {_when(info.started_at)}, {escape(info.status)}",
+              highlight=False)  # fmt: skip
+    config_lines(out, info.config, _config_digest(info.config))
+    transport = any(r.transport_errors for r in items)  # a column only when there are any
+    names = sorted({k for r in items for k in r.metrics})
+    rows = []
+    for r in items:
+        rows.append([str(r.round), str(r.sampled), str(r.accepted), str(r.rejected),
+                     *((str(r.transport_errors),) * transport),
+                     "yes" if r.aggregated else "no", *(num(r.metrics.get(k)) for k in names),
+                     escape(r.note), models.get(r.round, "")])  # fmt: skip
+    cols = ("round", "sampled", "accepted", "rejected", *(("transport errors",) * transport),
+            "aggregated", *names, "choice", "model")  # fmt: skip
+    records(out, f"run {run}: rounds", cols, rows)
+    legend(out, [n for n in ("val-acc", "val-loss") if n in names] + ["choice", "model"])
+
+
+def _print_round(info: Any, updates: list[Any], model: str) -> None:
+    from fedgate.server.cli.audit_tables import legend, num, records  # only when printing
+
     metrics = " ".join(f"{k}={_num(v)}" for k, v in info.metrics.items())
     out.print(
-        f"run {info.run_id} round {info.round}: sampled {info.sampled}, accepted "
+        f"run {escape(info.run_id)} round {info.round}: sampled {info.sampled}, accepted "
         f"{info.accepted}, rejected {info.rejected}, transport errors "
-        f"{info.transport_errors}, aggregated "
-        f"{'yes' if info.aggregated else 'no'} {metrics} {info.note}",
+        f"{info.transport_errors}, aggregated {'yes' if info.aggregated else 'no'}; "
+        f"{escape(metrics)}\nchoice: {escape(info.note)}\nmodel: {model or '(not recorded)'}",
         highlight=False,
     )
-    table = Table(title="clients")
-    for col in (
-        "node",
-        "device",
-        "verdict",
-        "reason",
-        "detail",
-        "examples",
-        "fate",
-        "score",
-        "weight",
-    ):
-        folds = col in ("device", "detail")
-        table.add_column(col, overflow="fold" if folds else "ellipsis", no_wrap=not folds)
+    rows = []
     for u in updates:
         style = "green" if u.verdict == "accepted" else "red"
-        table.add_row(
-            u.node_id,
-            u.device_id[:16] or _claimed(u.claimed_device_id),
-            f"[{style}]{u.verdict}[/{style}]",
-            u.reason,
-            u.detail,
-            str(u.num_examples),
-            u.fate,
-            _num(u.score),
-            _num(u.weight),
-        )
-    out.print(table)
+        device = escape(u.device_id) if u.device_id else (
+            f"[yellow]{escape(u.claimed_device_id)} (claimed)[/yellow]"
+            if u.claimed_device_id else "")  # fmt: skip
+        rows.append([escape(u.node_id), device, f"[{style}]{u.verdict}[/{style}]",
+                     escape(u.reason), escape(u.detail), str(u.num_examples), escape(u.fate),
+                     num(u.score), num(u.weight), escape(u.digest)])  # fmt: skip
+    cols = ("node", "device", "verdict", "reason", "detail", "examples", "fate", "score",
+            "weight", "digest")  # fmt: skip
+    records(out, "clients", cols, rows)
+    legend(out, ["device", "verdict", "fate", "score", "weight", "digest"])
 
 
 @friendly
@@ -677,11 +672,94 @@ def check_proof(
         out.print(line, highlight=False, markup=False)
 
 
+@friendly
+def serve(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8787,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind (default loopback only; another address needs --token).",
+        ),
+    ] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="FEDGATE_AUDIT_TOKEN",
+            help="Access token every request must carry (Authorization: Bearer T, or ?token=T "
+            "once, which sets a cookie); default $FEDGATE_AUDIT_TOKEN.",
+        ),
+    ] = None,
+    dbs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--db",
+            help="A region kept elsewhere, as REGION=URL (repeatable), e.g. "
+            "eu=postgresql+psycopg://auditor@db/eu.",
+        ),
+    ] = None,
+    recheck: Annotated[
+        float,
+        typer.Option("--recheck", help="Re-verify a chain at most this many seconds apart."),
+    ] = 60.0,
+) -> None:
+    """Serve a read-only web view of the home's audit chains: overview (each chain verified or
+    broken at which event), runs, a run's charts, a round's every client, devices, artifacts,
+    gate decisions and global versions with their lineage; every page has a JSON twin."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.auditweb.serve import serve_forever
+    from fedgate.server.auditweb.sources import discover, parse_db_options
+
+    where = resolve_home(home)
+    sources = discover(where, parse_db_options(list(dbs or [])))
+    serve_forever(sources, host=host, port=port, token=token, ttl=recheck,
+                  say=lambda line: err.print(line, highlight=False, markup=False))  # fmt: skip
+
+
+@friendly
+def report(
+    run: RunOpt,
+    fmt: Annotated[str, typer.Option("--format", help="html (self-contained) or pdf.")] = "html",
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write here (default: report-<run>.<format>)."),
+    ] = None,
+    home: HomeOpt = None,
+    region: RegionOpt = None,
+    dbs: Annotated[
+        list[str] | None,
+        typer.Option("--db", help="A region kept elsewhere, as REGION=URL (repeatable)."),
+    ] = None,
+) -> None:
+    """Write one run's audit report for the compliance file: its configuration and digest, who
+    launched it, charts, every round with every client's fate, artifacts and gate decisions,
+    and the chain's status with the signed head it was verified against."""
+    # heavy import: loaded only when this verb runs
+    from fedgate.server.auditweb.report import FORMATS, write_report
+    from fedgate.server.auditweb.sources import discover, parse_db_options
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r} (html or pdf)")
+    where = resolve_home(home)
+    sources = discover(where, parse_db_options(list(dbs or [])))
+    target = output or Path(f"report-{run}.{fmt}")
+    data = write_report(sources, run, fmt, target, region)
+    chain = data["chain"]
+    err.print(f"wrote {target}: run {run} of region {data['source']}, {data['rounds']} round(s); "
+              f"chain {chain.status}", highlight=False, markup=False)  # fmt: skip
+    if not chain.ok:
+        raise VerificationError(f"the report says so: {chain.label} is broken "
+                                f"({chain.first_problem})")  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Attach the ``audit`` sub-app to ``app``."""
     audit = typer.Typer(
-        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export; "
-        "Merkle checkpoints and proofs an outsider checks with only the public key.",
+        help="Auditor's verbs: verify the chain, list runs and rounds, show a round, export, "
+        "serve a read-only web view, write a report; Merkle checkpoints and proofs an outsider "
+        "checks with only the public key.",
         no_args_is_help=True,
     )
     audit.command("verify")(verify)
@@ -693,4 +771,6 @@ def register(app: typer.Typer) -> None:
     audit.command("prove")(prove)
     audit.command("consistency")(consistency)
     audit.command("check-proof")(check_proof)
+    audit.command("serve")(serve)
+    audit.command("report")(report)
     app.add_typer(audit, name="audit")

@@ -10,24 +10,19 @@ weights and statements by SHA-256).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine
 
 from fedgate.crypto import read_public_key
 from fedgate.errors import UsageError
 from fedgate.server.audit.keys import coordinator_key_path, coordinator_pub_path, ensure_key
-from fedgate.server.audit.verify import VerifyReport, verify_database
 from fedgate.server.coordinator.candidates import Refusal, read_inbox, screen
 from fedgate.server.coordinator.federation import Federation, federation_path, load_federation
 from fedgate.server.coordinator.store import CoordinatorStore, VersionInfo
 from fedgate.server.coordinator.versions import (
     Published,
     check_version,
-    check_versions,
     expectation,
     publish,
     recover,
@@ -72,19 +67,6 @@ def load_global(home: Path, version: int, db: str | None = None) -> tuple[Versio
     blobs = BlobStore(coordinator_dir(home) / "blobs")
     check_version(info, blobs, read_public_key(pub))  # VerificationError when not intact
     return info, blobs.get(info.weights_sha256)
-
-
-def verify_coordinator(
-    engine: Engine, home: Path, keys: Mapping[str, Ed25519PublicKey] | None
-) -> tuple[VerifyReport, int]:
-    """The coordinator's audit chain and, when it verifies under ``keys``, every global
-    version's blobs and statement; returns the report and how many versions were checked."""
-    report = verify_database(engine, keys)
-    checked = 0
-    if keys is not None and report.ok:
-        problems, checked = check_versions(engine, coordinator_dir(home) / "blobs", keys)
-        report.problems.extend(problems)
-    return report, checked
 
 
 @dataclass

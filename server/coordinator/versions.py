@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedgate.crypto import fingerprint
 from fedgate.errors import VerificationError
 from fedgate.server.audit.problem import Problem
+from fedgate.server.audit.verify import VerifyReport, verify_database
 from fedgate.server.coordinator.candidates import Candidate, Expectation, Refusal
 from fedgate.server.coordinator.federation import Federation
 from fedgate.server.coordinator.merge import MergeResult, merge_models
@@ -191,3 +192,17 @@ def check_versions(
     if current and current not in {v.version for v in versions}:
         problems.append(Problem(None, f"current global version {current} is not recorded"))
     return problems, len(versions)
+
+
+def verify_coordinator(
+    engine: Any, blobs_root: Path, keys: Mapping[str, Ed25519PublicKey] | None
+) -> tuple[VerifyReport, int]:
+    """The coordinator's chain verified (``verify_database``), then, when its signatures were
+    checked and it holds, every global version (``check_versions``); returns the report and
+    how many versions were checked."""
+    report = verify_database(engine, keys)
+    checked = 0
+    if keys is not None and report.ok:
+        problems, checked = check_versions(engine, blobs_root, keys)
+        report.problems.extend(problems)
+    return report, checked

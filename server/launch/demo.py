@@ -79,13 +79,15 @@ def verify_coordinator_audit(home: Path):
     """``fedgate audit verify --coordinator``: its chain, signed heads and global versions."""
     # heavy import (SQLAlchemy): `fedgate --help` imports this module
     from fedgate.server.audit.keys import coordinator_pub_path, load_pubkeys
-    from fedgate.server.coordinator.service import verify_coordinator
+    from fedgate.server.coordinator.service import coordinator_dir
+    from fedgate.server.coordinator.versions import verify_coordinator
     from fedgate.server.db import open_readonly
     from fedgate.server.db.engine import coordinator_url
 
     engine = open_readonly(coordinator_url(home))
     try:
-        return verify_coordinator(engine, home, load_pubkeys([coordinator_pub_path(home)]))[0]
+        keys = load_pubkeys([coordinator_pub_path(home)])
+        return verify_coordinator(engine, coordinator_dir(home) / "blobs", keys)[0]
     finally:
         engine.dispose()
 
