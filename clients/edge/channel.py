@@ -50,6 +50,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _cause(exc: BaseException) -> str:
+    """The network's own reason under a TUF download error (e.g. ``Connection refused``)."""
+    reason = getattr(exc.__cause__, "reason", None) or exc.__cause__ or exc
+    return _first_line(reason).rpartition(": ")[2] or type(reason).__name__
+
+
 @contextmanager
 def refusals(url: str) -> Iterator[None]:
     """Map TUF's and the network's failures to ``ReleaseRefused`` / unavailable, one line each."""
@@ -76,6 +82,10 @@ def refusals(url: str) -> Iterator[None]:
     except tuf_errors.DownloadHTTPError as exc:
         raise ReleaseServerUnavailable(
             f"release server {url}: {_first_line(exc)} (is it serving a repository?)"
+        ) from None
+    except tuf_errors.SlowRetrievalError as exc:
+        raise ReleaseServerUnavailable(
+            f"release server {url} unreachable or too slow ({_cause(exc)})"
         ) from None
     except tuf_errors.DownloadError as exc:
         raise ReleaseServerUnavailable(f"release server {url}: {_first_line(exc)}") from None

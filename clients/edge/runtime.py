@@ -52,8 +52,12 @@ class Student:
     def __init__(self, path: Path, input_name: str, input_shape: tuple[int, ...]) -> None:
         import onnxruntime as ort  # heavy: only when a model is loaded
 
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1  # batch 1, tiny model
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:
             first = (str(exc).strip().splitlines() or ["?"])[0]
             raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first}") from None

@@ -115,7 +115,9 @@ def load_student(profile: str, path: Path, entry: Mapping[str, Any]) -> Student:
             f"{path}: SHA-256 {digest[:16]} differs from students.json's {str(declared)[:16]}"
         )
     try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise StudentsError(
             f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})"
