@@ -75,19 +75,62 @@ def onnx_model(w: np.ndarray, b: np.ndarray, input_name: str = "input") -> bytes
     return model.SerializeToString()
 
 
+def mlp_model(hidden: int, seed: int = 0, steps: int = 20, lr: float = 0.5) -> bytes:
+    """A 64-``hidden``-10 MLP (Gemm, Relu, Gemm, Softmax) trained for ``steps`` steps of
+    gradient descent on the digits: a larger student, for benchmarks that sweep sizes."""
+    data = load_digits_dataset()
+    rng = np.random.default_rng(seed)
+    x, onehot = data.x[:1200], np.eye(10, dtype=np.float32)[data.y[:1200]]
+    w1 = (rng.standard_normal((64, hidden)) * np.sqrt(2 / 64)).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, 10)) * np.sqrt(1 / hidden)).astype(np.float32)
+    b1, b2 = np.zeros(hidden, np.float32), np.zeros(10, np.float32)
+    with threadpool_limits(1):
+        for _ in range(steps):
+            h = np.maximum(x @ w1 + b1, 0)
+            z = h @ w2 + b2
+            p = np.exp(z - z.max(1, keepdims=True))
+            g = (p / p.sum(1, keepdims=True) - onehot) / len(x)
+            gh = (g @ w2.T) * (h > 0)
+            w2 -= lr * h.T @ g
+            b2 -= lr * g.sum(0)
+            w1 -= lr * x.T @ gh
+            b1 -= lr * gh.sum(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["input", "W1", "B1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "W2", "B2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "student-mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 10])],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
 def accuracy(w: np.ndarray, b: np.ndarray) -> float:
     test = common_test_split()
     return float(np.mean(np.argmax(test.x @ w + b, axis=1) == test.y))
 
 
-def write_students(home: Path, version: int, lineage: str | None, seed: int = 0) -> Path:
-    """``<home>/coordinator/students/v<version>/``: a model per profile and students.json."""
+def write_students(
+    home: Path, version: int, lineage: str | None, seed: int = 0, hidden: int = 0
+) -> Path:
+    """``<home>/coordinator/students/v<version>/``: a model per profile and students.json
+    (softmax regressions; with ``hidden``, MLPs of that width)."""
     where = home / "coordinator" / "students" / f"v{version}"
     where.mkdir(parents=True, exist_ok=True)
     entries = {}
     for i, profile in enumerate(PROFILES):
         w, b = train_softmax(seed * 10 + version * 2 + i)
-        data = onnx_model(w, b)
+        data = mlp_model(hidden, seed * 10 + version * 2 + i) if hidden else onnx_model(w, b)
         (where / f"{profile}.onnx").write_bytes(data)
         entries[profile] = {
             "file": f"{profile}.onnx", "sha256": sha256_hex(data), "bytes": len(data),
@@ -107,6 +150,7 @@ class CoordinatorHome:
     event and signed head in its database (``CoordinatorStore.commit_version``)."""
 
     home: Path
+    hidden: int = 0  # students' hidden width (0: softmax regressions)
 
     def next_version(self) -> int:
         """Record the next global version and write its students; returns the version."""
@@ -128,10 +172,10 @@ class CoordinatorHome:
                            datetime.now(UTC))  # fmt: skip
         store.commit_version(info, [], [], {"version": version, "weights": weights})
         store.engine.dispose()
-        write_students(self.home, version, info.statement_sha256)
+        write_students(self.home, version, info.statement_sha256, hidden=self.hidden)
         return version
 
 
-def coordinator_home(root: Path) -> CoordinatorHome:
+def coordinator_home(root: Path, hidden: int = 0) -> CoordinatorHome:
     """A coordinator home at ``root/home`` with its key and database."""
-    return CoordinatorHome(root / "home")
+    return CoordinatorHome(root / "home", hidden)

@@ -84,6 +84,14 @@ class Status:
         }  # fmt: skip
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_root(data: bytes, where: str) -> None:
     from tuf.api.metadata import Metadata, Root  # tuf: only when provisioning
 
@@ -104,6 +112,8 @@ class EdgeNode:
         self.home = EdgeHome(Path(edge_home))
         self.on_step = on_step
         self._student: tuple[str, Student] | None = None
+        # the current install as last read, with the state file's identity when read
+        self._current: tuple[tuple[int, int, int] | None, Installed | None] | None = None
 
     @classmethod
     def init(
@@ -169,18 +179,25 @@ class EdgeNode:
             target, release = newest_release(updater, config)
             digest = target.hashes.get("sha256", "")
             current = state.current
-            reported = [dict(e) for e in state.events if not e.get("reported")]
+            reported = [
+                {k: v for k, v in e.items() if k != "reported"}
+                for e in state.events
+                if not e.get("reported")
+            ]
             for e in state.events:
                 e["reported"] = True
             action = self._decide(current, release, digest, state)
             if action != "install":
+                changed = bool(reported)
                 if (
                     current is not None
                     and current.channel != release.channel
                     and (current.global_version == release.global_version)
                 ):
                     state.current = replace(current, channel=release.channel)
-                self.home.save_state(state)
+                    changed = True
+                if changed:  # an unchanged release costs no disk write
+                    self.home.save_state(state)
                 return SyncResult(action, state.current, None, release.global_version,
                                   release.channel, reported)  # fmt: skip
             new = self._install(updater, target, release, config)
@@ -190,6 +207,7 @@ class EdgeNode:
             state.add_event("installed", version=new.global_version,
                             previous=current.global_version if current else None)  # fmt: skip
             state.events[-1]["reported"] = True
+            del state.history[:-KEEP_PREVIOUS]
             self.home.save_state(state)
             self._step("committed")
             self._prune(state)
@@ -238,6 +256,7 @@ class EdgeNode:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 os.replace(staged, tmp / "model.onnx")
+                _fsync(tmp / "model.onnx")  # durable before state.json may name it
                 write_atomic(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
                              mode=PUBLIC)  # fmt: skip
                 os.replace(tmp, final)
@@ -266,9 +285,7 @@ class EdgeNode:
 
     def _prune(self, state: EdgeState) -> None:
         """Drop model directories no longer current nor among the last ``KEEP_PREVIOUS``."""
-        del state.history[:-KEEP_PREVIOUS]
         keep = {i.model_dir for i in [state.current, *state.history] if i is not None}
-        self.home.save_state(state)
         for d in self.home.models.iterdir():
             if d.is_dir() and not d.name.startswith(".") and d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
@@ -323,7 +340,10 @@ class EdgeNode:
     # ------------------------------------------------------------------ use
     def predict(self, x: np.ndarray) -> list[Prediction]:
         """Classes and probabilities of samples ``x`` (n, 64) with the current student."""
-        current = self.home.state().current
+        stamp = self.home.state_stamp()
+        if self._current is None or self._current[0] != stamp:
+            self._current = (stamp, self.home.state().current)
+        current = self._current[1]
         if current is None:
             raise UsageError("no model installed here yet: run `fedgate edge sync`")
         if self._student is None or self._student[0] != current.sha256:

@@ -125,12 +125,23 @@ class EdgeHome:
         write_atomic(self.config_path, json.dumps(asdict(config), indent=2) + "\n", mode=PUBLIC)
 
     def state(self) -> EdgeState:
-        if not self.state_path.is_file():
+        try:
+            text = self.state_path.read_text()
+        except FileNotFoundError:
             return EdgeState()
         try:
-            return EdgeState.from_json(self.state_path.read_text())
+            return EdgeState.from_json(text)
         except (ValueError, TypeError, KeyError) as exc:
             raise EdgeStateError(f"{self.state_path}: unreadable ({exc})") from None
+
+    def state_stamp(self) -> tuple[int, int, int] | None:
+        """Identity of the current ``state.json`` (inode, size, mtime): it changes whenever
+        the file is replaced, so a reader can keep what it parsed until then."""
+        try:
+            st = self.state_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def save_state(self, state: EdgeState) -> None:
         write_atomic(self.state_path, state.to_json(), mode=PUBLIC)

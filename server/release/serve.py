@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 class _Handler(SimpleHTTPRequestHandler):
     """Files under ``metadata/`` and ``targets/`` only; no directory listings, no caching of
-    the timestamp (the one file whose name stays while its content changes)."""
+    the timestamp (the one file whose name stays while its content changes). HTTP/1.1, so a
+    node's sync reuses one connection for its few requests."""
+
+    protocol_version = "HTTP/1.1"
 
     def send_head(self) -> Any:
         path = self.path.split("?", 1)[0]

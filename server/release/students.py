@@ -96,6 +96,12 @@ def _declared_input(entry: Mapping[str, Any]) -> tuple[str | None, list[int] | N
     return entry.get("input_name"), entry.get("input_shape")
 
 
+def _batch_one(shape: Any) -> tuple[int, ...]:
+    """A model input shape with every symbolic dimension (a dynamic batch) set to 1."""
+    dims = list(shape) if isinstance(shape, list | tuple) else []
+    return tuple(d if isinstance(d, int) and d > 0 else 1 for d in dims)
+
+
 def probe_inputs(rows: int = PROBE_ROWS) -> np.ndarray:
     """The probe rows: the first ``rows`` of the common test split (public digits)."""
     from fedgate.models.data import common_test_split  # sklearn: only when publishing
@@ -125,12 +131,12 @@ def load_student(profile: str, path: Path, entry: Mapping[str, Any]) -> Student:
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
         raise StudentsError(f"{path}: the student must take one float32 input")
-    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in inputs[0].shape)
+    shape = _batch_one(inputs[0].shape)
     if int(np.prod(shape)) != NUM_FEATURES:
         raise StudentsError(f"{path}: input shape {list(inputs[0].shape)} is not 64 features")
     name, dshape = _declared_input(entry)
     if (name is not None and name != inputs[0].name) or (
-        dshape is not None and list(dshape) != list(shape)
+        dshape is not None and _batch_one(dshape) != shape
     ):
         raise StudentsError(
             f"{path}: students.json declares input {name} {dshape}, the model has "
