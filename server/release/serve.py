@@ -33,6 +33,7 @@ class _Handler(SimpleHTTPRequestHandler):
     node's sync reuses one connection for its few requests."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no delayed-ACK wait
 
     def send_head(self) -> Any:
         path = self.path.split("?", 1)[0]
