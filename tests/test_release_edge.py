@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -370,6 +372,31 @@ def test_root_rotation_is_followed_and_old_online_keys_are_refused(world: World)
         refused(node.sync, "forged")
     with pytest.raises(Exception, match="not this repository's root key"):
         rotate_root(world.home, world.root / "offline")  # the retired root key
+
+
+def test_release_serve_is_ready_when_it_says_so_and_stops_on_ctrl_c(world: World) -> None:
+    from fedgate.server.launch.processes import free_port_block
+
+    port = free_port_block(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "release", "serve", "--home", str(world.home), "--port",
+         str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"serving releases at http://127.0.0.1:{port}" in line, line
+        url = f"http://127.0.0.1:{port}/metadata/timestamp.json"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert Metadata.from_bytes(r.read()).signed.type == "timestamp"
+        for path in ("/", "/metadata/", "/../keys/targets.key", "/release/keys/targets.key"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30)
+            assert info.value.code == 404, path
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
 
 
 def test_the_root_key_is_kept_apart_from_the_home(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.errors import FedgateError, UnavailableError
-from fedgate.server.release.lifecycle import refresh_repository
 from fedgate.server.release.repository import ReleaseRepository
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,9 @@ def _wait_ready(server: ReleaseServer, timeout: float = 10.0) -> None:
 
 
 def _refresher(home: Path, every: float, stop: threading.Event) -> None:
+    # the signing side (and the coordinator's database) loads only here: serving starts light
+    from fedgate.server.release.lifecycle import refresh_repository
+
     while not stop.wait(every):
         try:
             due = refresh_repository(home)
