@@ -16,8 +16,9 @@ from coordinator_kit import bundle, make_fed, write_bundle
 from typer.testing import CliRunner
 
 from fedgate import cli
+from fedgate.crash_points import PAUSE_AT, PAUSE_DIR
 from fedgate.server.coordinator.service import Coordinator, default_inbox
-from fedgate.server.coordinator.versions import PAUSE_AT, PAUSE_DIR, check_version
+from fedgate.server.coordinator.versions import check_version
 
 ENTRY = "import sys; from fedgate.cli import main; sys.argv[0] = 'fedgate'; main()"
 

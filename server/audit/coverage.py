@@ -36,6 +36,10 @@ CHECKPOINT_KINDS = frozenset(
         # the global coordinator's chain (its candidate.* events lie under the head signed at
         # the end of the same transaction)
         "global.version",
+        # its release events (server/release/channels.py), each signed in its own transaction
+        "release.published",
+        "release.channel",
+        "release.root",
     }
 )
 RUN_END_KINDS = frozenset({"run.finished", "run.stopped"})

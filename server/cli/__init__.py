@@ -18,9 +18,11 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.cycle import register as register_cycle
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
+    from fedgate.server.cli.edge import register as register_edge
     from fedgate.server.cli.gate import register as register_gate
     from fedgate.server.cli.pki import register as register_pki
     from fedgate.server.cli.region import register as register_operator
+    from fedgate.server.cli.release import register as register_release
     from fedgate.server.cli.runs import register as register_runs
 
     register_demo(app)
@@ -36,4 +38,6 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     register_audit(app)
     register_coordinator(app)
     register_cycle(app)
+    register_release(app)
+    register_edge(app)
     guard_every_verb(app)

@@ -8,16 +8,15 @@ moves the current-version pointer. A crash before 3 commits leaves the old versi
 (the new blobs are unreferenced; content-addressed, they are harmless and reused by a retry);
 a crash after leaves the new one. ``recover`` sweeps temporary files a killed writer left.
 
-Test hook: with ``FEDGATE_TEST_PAUSE_AT=<step>`` and ``FEDGATE_TEST_PAUSE_DIR=<dir>``, the
-merge writes ``<dir>/<step>.reached`` at that step and waits for ``<dir>/<step>.release``
+Test hook (``fedgate/crash_points.py``): with ``FEDGATE_TEST_PAUSE_AT=<step>`` and
+``FEDGATE_TEST_PAUSE_DIR=<dir>``, the merge writes ``<dir>/<step>.reached`` at that step and
+waits for ``<dir>/<step>.release``
 (steps: ``after-weights``, ``after-statement``, ``in-transaction``, ``after-commit``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedgate.crash_points import pause
 from fedgate.crypto import fingerprint
 from fedgate.errors import VerificationError
 from fedgate.server.audit.problem import Problem
@@ -38,18 +38,6 @@ from fedgate.server.db.blobs import BlobError, BlobStore
 from fedgate.statements import StatementError, sign_statement, statement, verify_envelope
 
 GLOBAL_TYPE = "https://fedgate.dev/global-version/v1"
-PAUSE_AT, PAUSE_DIR = "FEDGATE_TEST_PAUSE_AT", "FEDGATE_TEST_PAUSE_DIR"
-
-
-def pause(step: str) -> None:
-    """The crash-test hook (see the module docstring); a no-op unless both variables are set."""
-    if os.environ.get(PAUSE_AT) != step or not os.environ.get(PAUSE_DIR):
-        return
-    where = Path(os.environ[PAUSE_DIR])
-    (where / f"{step}.reached").write_text(str(os.getpid()))
-    release = where / f"{step}.release"
-    while not release.exists():
-        time.sleep(0.02)
 
 
 def expectation(store: CoordinatorStore, blobs: BlobStore) -> Expectation:
