@@ -8,7 +8,8 @@ SuperLink's own, operator-only address. ``--insecure`` drops TLS and node authen
 (the proxy stays, still fleet-only) and is recorded under the home so later verbs match it.
 
 Ports of a region with base port P: P the SuperLink (operator only), P+1 the proxy (the one
-address devices get), P+10+i SuperNode i's runtime API (loopback, for its ClientApp worker).
+address devices get), P+2 the enrollment service (HTTPS, devices enroll there), P+10+i
+SuperNode i's runtime API (loopback, for its ClientApp worker).
 """
 
 from __future__ import annotations
@@ -108,5 +109,17 @@ def control_target(
     try:
         _, fed = resolve(home, None)
         return load_transport(home).control(fed.region(region))
+    except ConfigError:
+        return None
+
+
+def local_service_url(home: Path, region: str) -> str | None:
+    """The enrollment service ``fedgate up`` runs for ``region`` under ``home``, if it runs."""
+    running = {p.name for p in ProcessTable(home).running()}
+    if f"enroll-{region}" not in running:
+        return None
+    try:
+        _, fed = resolve(home, None)
+        return f"https://{HOST}:{fed.region(region).enroll_port}"
     except ConfigError:
         return None
