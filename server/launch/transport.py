@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgate.atomic_file import write_atomic
-from fedgate.clients.node_key import supernode_flags
+from fedgate.clients.node_key import ensure_node_key, supernode_flags
 from fedgate.server.launch.config import ConfigError, RegionConfig, resolve
 from fedgate.server.launch.fleet_proxy import ProxySpec
 from fedgate.server.launch.processes import ProcessTable
 from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeKey,
-    ensure_node_key,
     superlink_auth_flags,
 )
 from fedgate.server.trust.pki import ensure_region_pki, region_tls, superlink_tls_flags

@@ -47,6 +47,7 @@ from fedgate.enrollment_wire import (
     mint_challenge,
     status_message,
 )
+from fedgate.errors import UsageError
 from fedgate.server.db.models import Update
 from fedgate.server.trust.enrollment import TOKEN_ID_CHARS, DatabaseDeviceRegistry, EnrollmentError
 from fedgate.server.trust.node_auth import ControlTarget, NodeKeyInUse, register_public_key
@@ -78,7 +79,7 @@ _HTTP = {
 }
 
 
-class Refusal(Exception):
+class Refusal(UsageError, ValueError):
     """A request the service refuses: an HTTP status, a reason code and a sentence."""
 
     def __init__(self, reason: str, detail: str, **facts: Any) -> None:

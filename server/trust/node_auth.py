@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgate.clients.node_key import (  # ensure_node_key: the device makes its own
+from fedgate.clients.node_key import (
     NodeAuthError,
     NodeKey,
     public_key_bytes,
