@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,7 +35,8 @@ from fedgate.clients.node_key import NODE_KEY_FILE, NODE_PUB_FILE, NodeKey, supe
 from fedgate.errors import EXIT_VERIFICATION, FedgateError, UnavailableError
 from fedgate.procenv import flower_env, port_open
 
-STOP_GRACE = 3.0  # seconds the SuperNode gets after SIGTERM before SIGKILL
+STOP_GRACE = 2.0  # seconds the SuperNode gets after SIGTERM before SIGKILL
+THREADS_GRACE = 0.5  # seconds the view, watcher and worker threads get, all together
 
 
 class JoinError(UnavailableError, RuntimeError):
@@ -171,6 +173,19 @@ def _stop_group(node: subprocess.Popen) -> None:
         os.killpg(node.pid, signal.SIGKILL)
 
 
+def exit_now(code: int) -> None:
+    """End the ``client join`` process at once with ``code``, output flushed.
+
+    The ClientApp worker thread may sit in Flower's retrying runtime-API client (its
+    SuperNode is gone); a normal interpreter exit would wait for Flower's and torch's
+    executor threads for many seconds. Everything the device keeps was written atomically
+    before this point, so nothing is lost."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _thread(target: Any, *args: Any) -> threading.Thread:
     return threading.Thread(target=target, args=args, daemon=True)
 
@@ -239,8 +254,9 @@ def join(
             signal.signal(sig, handler)
         unlisten()
         _stop_group(node)
-        for t in threads:
-            t.join(2.0)
+        deadline = time.monotonic() + THREADS_GRACE
+        for t in threads:  # a worker thread still importing torch is left to exit_now
+            t.join(max(0.0, deadline - time.monotonic()))
     if outcome.message:
         echo(outcome.message)
     return outcome.code

@@ -363,7 +363,7 @@ def join(
     told so and stops with exit 2."""
     # heavy import: loaded only when this verb runs
     from fedgate.clients.identity import IdentityError, read_enrollment
-    from fedgate.clients.join import JoinSpec
+    from fedgate.clients.join import JoinSpec, exit_now
     from fedgate.clients.join import join as run_join
 
     device_dir = device_dir or resolve_home(home) / "device"
@@ -383,7 +383,7 @@ def join(
     spec = JoinSpec(device_dir, superlink, ca, runtime_port, data_dir, partition_id,
                     num_partitions)  # fmt: skip
     code = run_join(spec, echo=typer.echo, status_every=status_every)
-    raise typer.Exit(code)
+    exit_now(code)  # not typer.Exit: see exit_now
 
 
 @friendly
