@@ -279,3 +279,17 @@ def test_nothing_of_the_region_is_readable_from_the_device_home(served: Served, 
         "anchors/eu.pub", "anchors/eu-ca.pem",
     }  # fmt: skip
     assert os.path.commonpath([device, served.home]) != str(served.home)
+
+
+def test_release_root_metadata_comes_with_the_bundle_when_present(served: Served, tmp_path) -> None:
+    root = served.home / "regions" / "eu" / "release" / "root.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.write_text(json.dumps({"signed": {"_type": "root", "version": 1}, "signatures": []}))
+    try:
+        done = enroll_over_network(served.token(), "pi", tmp_path / "d")
+        kept = json.loads((tmp_path / "d" / "anchors" / "eu-release-root.json").read_text())
+        assert done.release_root and kept["signed"]["_type"] == "root"
+        root.write_text("{broken")  # an unreadable file is not handed out, enrollment goes on
+        assert not enroll_over_network(served.token(), "pi", tmp_path / "e").release_root
+    finally:
+        root.unlink()

@@ -223,6 +223,8 @@ class RateLimiter:
         with self._lock:
             if now - self._noted.get(address, -window) < window:
                 return False
+            if len(self._noted) > 10_000:
+                self._noted = {a: t for a, t in self._noted.items() if now - t < window}
             self._noted[address] = now
             return True
 
@@ -291,7 +293,10 @@ class EnrollmentService:
         root = None
         path = self.s.release_root
         if path is not None and path.is_file():
-            root = json.loads(path.read_text())
+            try:
+                root = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:  # the operator's file: say so, enroll anyway
+                log.error("release root metadata %s unreadable, not handed out: %s", path, exc)
         return TrustBundle(
             region=self.s.region,
             region_ca_pem=self.s.ca_pem.decode(),
