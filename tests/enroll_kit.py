@@ -62,7 +62,7 @@ def serving(
                                 superlink=superlink, db=db, rate=rate, burst=burst)  # fmt: skip
     tls = region_tls(home, region)
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="error",
+        create_app(settings), host="127.0.0.1", port=port, log_level="error", ws="none",
         ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key),
     )  # fmt: skip
     server = uvicorn.Server(config)

@@ -144,24 +144,34 @@ def test_a_device_enrolls_with_one_token_trains_and_is_revoked(local_topology, t
     assert "revoked" in run(owner, "client", "status", "--device-home", device, code=2)
     assert "REVOKED" in run(owner, "client", "join", "--device-home", device, code=2)
     # and its updates rejected: an update signed with its key fails verification
+    assert verdict_on_update(home, device) == "revoked-device"
+
+
+def verdict_on_update(home: Path, device: Path) -> str:
+    """The region's verification verdict on an update signed with ``device``'s key."""
     from flwr.app import ArrayRecord
 
     from fedgate.clients.identity import load_identity
     from fedgate.server.trust.enrollment import region_registry
-    from fedgate.strategies.envelope import Reason, RejectedUpdate, sign_update, verify_envelope
+    from fedgate.strategies.envelope import (
+        RejectedUpdate,
+        arrayrecord_digest,
+        sign_update,
+        verify_envelope,
+    )
 
     arrays = ArrayRecord([np.zeros(3, dtype=np.float32)])
-    envelope = sign_update(load_identity(device).key, region="eu", run_id="r", server_round=1,
-                           nonce="n", base=arrays, arrays=arrays,
-                           metrics={"num-examples": 1})  # fmt: skip
-    with region_registry(home, "eu", create=False) as registry, pytest.raises(RejectedUpdate) as e:
-        verify_envelope(envelope, arrays, expected_region="eu", run_id="r", server_round=1,
-                        nonce="n", global_digest=_digest(arrays), registry=registry,
-                        metrics={"num-examples": 1})  # fmt: skip
-    assert e.value.code == Reason.REVOKED
-
-
-def _digest(arrays) -> str:
-    from fedgate.strategies.envelope import arrayrecord_digest
-
-    return arrayrecord_digest(arrays)
+    facts = {"region": "eu", "run_id": "eu-run-0001", "server_round": 1, "nonce": "ab" * 16}
+    metrics = {"num-examples": 1}
+    key = load_identity(device).key
+    envelope = sign_update(key, base=arrays, arrays=arrays, metrics=metrics, **facts)
+    with region_registry(home, "eu", create=False) as registry:
+        try:
+            verify_envelope(
+                envelope, arrays, expected_region="eu", run_id=facts["run_id"],
+                server_round=1, nonce=facts["nonce"], global_digest=arrayrecord_digest(arrays),
+                registry=registry, metrics=metrics,
+            )  # fmt: skip
+        except RejectedUpdate as exc:
+            return exc.code
+    return "accepted"

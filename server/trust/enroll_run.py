@@ -91,6 +91,7 @@ def serve(
         ssl_keyfile=str(tls.server_key),
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
         log_level=log_level,
+        ws="none",  # HTTP only
         timeout_keep_alive=5,
         limit_concurrency=256,
         h11_max_incomplete_event_size=16 * 1024,
