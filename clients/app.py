@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedgate.clients.device import Device, load_device
+from fedgate.clients.device_view import emit
 from fedgate.clients.profiles import DeviceProfile, get_profile
 from fedgate.models.data import Dataset, DigitsShardLoader, NpzDirectoryLoader
 from fedgate.models.defaults import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_SEED
@@ -184,6 +185,11 @@ def train(msg: Message, context: Context) -> Message:
         step_delay=setup.profile.step_delay,
         seed=seed,
     )
+    emit(
+        "round", run=instruction.run_id, round=instruction.server_round,
+        examples=stats.num_examples, available=len(train_data),
+        cap=setup.profile.max_examples, profile=setup.profile.name, loss=stats.loss,
+    )  # fmt: skip
     arrays = ArrayRecord(model.state_dict())
     if sim is not None:
         arrays = sim.update(base, arrays, cfg, seed)
@@ -203,6 +209,10 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     if envelope is not None:
         content["envelope"] = envelope
+        emit(
+            "signed", run=instruction.run_id, round=instruction.server_round,
+            digest=arrayrecord_digest(arrays),
+        )  # fmt: skip
     return Message(content=content, reply_to=msg)
 
 

@@ -4,8 +4,11 @@ Layout of a device directory::
 
     device.key          private key, PEM, mode 0600
     device.pub          public key, hex of the raw 32 bytes
-    enrollment.json     region, device id and profile, written once enrolled
+    enrollment.json     region, device id and profile, written once enrolled (over the
+                        network also the fleet address and the enrollment service URL)
     anchors/<region>.pub  the region server's public key (trust anchor)
+    anchors/<region>-ca.pem  the region CA (TLS to the fleet and the enrollment service)
+    anchors/<region>-release-root.json  release root metadata, when the region has one
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Enrollment:
     region: str
     device_id: str
     profile: str = ""
+    fleet: str = ""  # the fleet (proxy) address, when enrolled over the network
+    service: str = ""  # the region's enrollment service URL, when enrolled over the network
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,13 @@ def read_enrollment(device_dir: Path) -> Enrollment | None:
         return None
     try:
         data = json.loads(path.read_text())
-        return Enrollment(str(data["region"]), str(data["device_id"]), str(data.get("profile", "")))
+        return Enrollment(
+            str(data["region"]),
+            str(data["device_id"]),
+            str(data.get("profile", "")),
+            str(data.get("fleet", "")),
+            str(data.get("service", "")),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"{path} is corrupt ({exc})") from None
 

@@ -15,6 +15,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedgate.atomic_file import SECRET, write_atomic
 from fedgate.crypto import sha256_hex
 from fedgate.errors import UsageError
 
@@ -82,3 +83,70 @@ def supernode_flags(ca_cert: Path, node: NodeKey) -> list[str]:
         "--root-certificates", str(ca_cert),
         "--auth-supernode-private-key", str(node.private_path),
     ]  # fmt: skip
+
+
+def parse_node_public_key(line: bytes | str) -> ec.EllipticCurvePublicKey:
+    """A node public key from its OpenSSH line (what a device sends when it enrolls)."""
+    data = line.encode() if isinstance(line, str) else line
+    try:
+        key = serialization.load_ssh_public_key(data.strip())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise NodeAuthError(f"not an OpenSSH public key line ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _NIST_CURVES):
+        raise NodeAuthError("Flower needs an ECDSA node key on a NIST curve (P-256/384/521)")
+    return key
+
+
+def ensure_node_key(directory: Path, *, force: bool = False, comment: str = "") -> NodeKey:
+    """The node key pair in ``directory``, made (ECDSA P-384) if missing or when ``force``.
+
+    An existing pair is checked: the public file must belong to the private key.
+    """
+    directory = Path(directory)
+    node = NodeKey(directory / NODE_KEY_FILE, directory / NODE_PUB_FILE)
+    if node.private_path.exists() and not force:
+        key = load_node_private_key(node.private_path)
+        if not node.public_path.exists():
+            write_atomic(node.public_path, _ssh_public_line(key, comment))
+        elif load_node_public_key(node.public_path).public_numbers() != (
+            key.public_key().public_numbers()
+        ):
+            raise NodeAuthError(
+                f"{node.public_path} does not belong to {node.private_path} "
+                "(delete the .pub file to re-derive it, or use --force for a new key)"
+            )
+        return node
+    return write_node_key(directory, new_node_key(), comment)
+
+
+def new_node_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh node key (ECDSA P-384), not yet written anywhere."""
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def node_public_line(key: ec.EllipticCurvePrivateKey, comment: str = "") -> str:
+    """The OpenSSH public line of ``key`` (what a SuperLink registers)."""
+    return _ssh_public_line(key, comment).decode().strip()
+
+
+def write_node_key(directory: Path, key: ec.EllipticCurvePrivateKey, comment: str = "") -> NodeKey:
+    """Write ``key`` as ``node-auth.key`` (0600, OpenSSH) and ``node-auth.pub``."""
+    directory = Path(directory)
+    node = NodeKey(directory / NODE_KEY_FILE, directory / NODE_PUB_FILE)
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    write_atomic(node.private_path, pem, mode=SECRET)
+    write_atomic(node.public_path, _ssh_public_line(key, comment))
+    return node
+
+
+def _ssh_public_line(key: ec.EllipticCurvePrivateKey, comment: str) -> bytes:
+    line = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    comment = "".join(ch for ch in comment if ch.isprintable() and not ch.isspace())
+    return line + (f" {comment}".encode() if comment else b"") + b"\n"

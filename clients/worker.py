@@ -39,6 +39,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+from fedgate.clients.device_view import emit
+
 POLL_INTERVAL = float(os.environ.get("FEDGATE_WORKER_POLL_INTERVAL", "0.1"))
 
 
@@ -82,6 +84,8 @@ class ClientAppWorker:
             message, context, run, fab = pull_task_input(client)
             reply = self._app_for(run, fab)(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
+            if reply.has_error():
+                emit("failed", detail=reply.error.reason)
         except Exception as ex:
             log(logging.ERROR, "ClientApp raised an exception", exc_info=ex)
             details = f"{type(ex)}:<'{ex}'>"
@@ -94,6 +98,8 @@ class ClientAppWorker:
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
+                    if message is not None and message.metadata.message_type == "train":
+                        emit("sent", **_round_of(message))
             finally:
                 push_task_output(client, context, status, details)
                 heartbeat.stop()
@@ -116,6 +122,15 @@ class ClientAppWorker:
         while not self.stopping:
             self.serve_once()
         self.control.close()
+
+
+def _round_of(message: Message) -> dict[str, str | int]:
+    """The region run and round a train message belongs to (its instruction names them)."""
+    try:
+        config = message.content["config"]
+        return {"run": str(config["run-id"]), "round": int(config["server-round"])}
+    except (KeyError, TypeError, ValueError):
+        return {"run": "?", "round": 0}
 
 
 def warm_up() -> None:

@@ -122,7 +122,7 @@ def test_a_device_enrolls_and_joins_with_fedgate_client_verbs(local_topology, tm
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
-    token = run("region", "enroll-token", "--region", "eu").split()[0]
+    token = run("region", "enroll-token", "--region", "eu", "--local").split()[0]
     device = tmp_path / "phone-3"
     out = run("client", "enroll", "--token", token, "--region", "eu", "--profile", "phone",
               "--device-dir", device, "--superlink", f"127.0.0.1:{port}")  # fmt: skip

@@ -20,6 +20,7 @@ from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 from fedgate.clients.node_key import (
     NODE_KEY_FILE,
     NODE_PUB_FILE,
+    ensure_node_key,
     load_node_private_key,
     public_key_bytes,
     supernode_flags,
@@ -28,7 +29,6 @@ from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeAuthError,
     NodeKey,
-    ensure_node_key,
     flwr_connection_toml,
     list_nodes,
     register_node,

@@ -24,7 +24,7 @@ import pytest
 from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest  # type: ignore[attr-defined]
 from flwr.supercore.exit import ExitCode
 
-from fedgate.clients.node_key import supernode_flags
+from fedgate.clients.node_key import ensure_node_key, supernode_flags
 from fedgate.procenv import flower_env, port_open
 from fedgate.server.audit.keys import ensure_region_key
 from fedgate.server.launch.config import FederationConfig, RegionConfig, parse_federation
@@ -44,7 +44,6 @@ from fedgate.server.trust.node_auth import (
     NodeAuthError,
     NodeKey,
     control_client,
-    ensure_node_key,
     find_node,
     flwr_connection_toml,
     list_nodes,

@@ -55,6 +55,11 @@ class RegionConfig:
         """The region's fleet-only proxy: the one address its devices are given."""
         return self.port + 1
 
+    @property
+    def enroll_port(self) -> int:
+        """The region's enrollment service (HTTPS): where devices enroll with a token."""
+        return self.port + 2
+
     def node_runtime_port(self, index: int) -> int:
         return self.port + NODE_PORT_OFFSET + index
 

@@ -46,3 +46,26 @@ def enroll_region_devices(
             registry.revoke(known_id)
         ids.append(known_id)
     return ids
+
+
+def enroll_over_service(home: Path, region: RegionConfig, directory: Path, profile: str = "pi"):
+    """Enroll ``directory`` as a device would, through the region's running enrollment service
+    (``fedgate up`` starts it): a network token issued with the home's operator key, then
+    ``fedgate.clients.enroll_client.enroll_over_network``. Returns its ``NetEnrollment``;
+    the device then joins with ``fedgate client join --device-home DIRECTORY``."""
+    # heavy import (database, HTTP client): only when a device enrolls this way
+    import time
+
+    from fedgate.clients.enroll_client import enroll_over_network
+    from fedgate.server.launch.transport import local_service_url
+    from fedgate.server.trust.enroll_run import network_token
+    from fedgate.server.trust.enrollment import EnrollmentError, region_registry
+
+    url = local_service_url(home, region.name)
+    if url is None:
+        raise EnrollmentError(f"no enrollment service of region {region.name} runs under {home}")
+    ttl = 600.0
+    with region_registry(home, region.name, region.db or None, create=False) as registry:
+        secret = registry.issue_token(ttl)
+    token = network_token(home, region.name, url, secret, time.time() + ttl)
+    return enroll_over_network(token, profile, Path(directory))

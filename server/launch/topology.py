@@ -63,7 +63,7 @@ def endpoints(region: RegionConfig) -> RegionEndpoints:
 
 def _check_ports(fed: FederationConfig) -> None:
     for r in fed.regions:
-        ports = [r.superlink_port, r.fleet_port]
+        ports = [r.superlink_port, r.fleet_port, r.enroll_port]
         ports += [r.node_runtime_port(i) for i in range(len(r.nodes))]
         busy = [p for p in ports if not port_free(p)]
         if busy:  # the user's choice of ports, not a failed service: usage (exit 1)
@@ -119,6 +119,24 @@ def start_proxy(table: ProcessTable, region: RegionConfig, transport: Transport)
     paths = write_config(spec, region_dir(table.home, region.name) / "proxy")
     check_config(paths)
     return spec, table.start(f"proxy-{region.name}", start_command(paths), {})
+
+
+def start_enroll_service(
+    table: ProcessTable, region: RegionConfig, transport: Transport
+) -> ManagedProcess:
+    """The region's enrollment service (``fedgate region enrollment-service``): HTTPS with the
+    region's certificate; it registers enrolled devices' node keys at the operator address."""
+    cmd = [
+        _bin("fedgate"), "region", "enrollment-service",
+        "--region", region.name,
+        "--home", str(table.home),
+        "--host", HOST,
+        "--port", str(region.enroll_port),
+        "--fleet-address", f"{HOST}:{region.fleet_port}",
+        *(["--db", region.db] if region.db else []),
+        "--superlink", f"{HOST}:{region.superlink_port}",
+    ]  # fmt: skip
+    return table.start(f"enroll-{region.name}", cmd, {})
 
 
 def register_node_keys(
@@ -253,10 +271,20 @@ def bring_up_region(
                     "unclean stop (up to a minute: Flower's heartbeat patience)")  # fmt: skip
         wait_until(lambda: not stale_sessions(r, transport, device_ids), timeout,
                    f"stale node sessions of {r.name} to expire", link.log, link.pid)  # fmt: skip
+    enroll = None if transport.insecure else start_enroll_service(table, r, transport)
     wait_until(lambda: healthy(spec, transport.ca(r.name)), timeout, f"fleet proxy {r.name}",
                proxy.log, proxy.pid)  # fmt: skip
     say(r.name, f"fleet proxy ready at {HOST}:{r.fleet_port} "
                 f"({'insecure' if transport.insecure else 'TLS'})")  # fmt: skip
+    if enroll is not None:
+        from fedgate.server.trust.enroll_run import service_healthy
+
+        ca = transport.ca(r.name)
+        wait_until(lambda: service_healthy(r.enroll_port, ca), timeout,
+                   f"enrollment service {r.name}", enroll.log, enroll.pid)  # fmt: skip
+        say(r.name, f"enrollment service ready at https://{HOST}:{r.enroll_port}")
+    else:
+        say(r.name, "no enrollment service (insecure: devices cannot enroll over the network)")
     nodes = [start_supernode(table, fed, r, i, transport, keys[i]) for i in range(len(r.nodes))]
     worker = start_workers(table, r)
     for i, node in enumerate(nodes):

@@ -8,7 +8,8 @@ SuperLink's own, operator-only address. ``--insecure`` drops TLS and node authen
 (the proxy stays, still fleet-only) and is recorded under the home so later verbs match it.
 
 Ports of a region with base port P: P the SuperLink (operator only), P+1 the proxy (the one
-address devices get), P+10+i SuperNode i's runtime API (loopback, for its ClientApp worker).
+address devices get), P+2 the enrollment service (HTTPS, devices enroll there), P+10+i
+SuperNode i's runtime API (loopback, for its ClientApp worker).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgate.atomic_file import write_atomic
-from fedgate.clients.node_key import supernode_flags
+from fedgate.clients.node_key import ensure_node_key, supernode_flags
 from fedgate.server.launch.config import ConfigError, RegionConfig, resolve
 from fedgate.server.launch.fleet_proxy import ProxySpec
 from fedgate.server.launch.processes import ProcessTable
 from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeKey,
-    ensure_node_key,
     superlink_auth_flags,
 )
 from fedgate.server.trust.pki import ensure_region_pki, region_tls, superlink_tls_flags
@@ -108,5 +108,17 @@ def control_target(
     try:
         _, fed = resolve(home, None)
         return load_transport(home).control(fed.region(region))
+    except ConfigError:
+        return None
+
+
+def local_service_url(home: Path, region: str) -> str | None:
+    """The enrollment service ``fedgate up`` runs for ``region`` under ``home``, if it runs."""
+    running = {p.name for p in ProcessTable(home).running()}
+    if f"enroll-{region}" not in running:
+        return None
+    try:
+        _, fed = resolve(home, None)
+        return f"https://{HOST}:{fed.region(region).enroll_port}"
     except ConfigError:
         return None

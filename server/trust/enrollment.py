@@ -55,7 +55,12 @@ TOKENS = EnrollmentToken.__table__
 
 
 class EnrollmentError(UsageError, ValueError):
-    """An enrollment, revocation or registry operation was refused."""
+    """An enrollment, revocation or registry operation was refused; ``reason`` is its
+    machine-readable code (what the enrollment service answers with)."""
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def _device_id_of(public_key: bytes) -> str:
     try:
         return fingerprint(load_public_key(bytes(public_key)))
     except (SignatureError, ValueError, TypeError):
-        raise EnrollmentError("not a raw 32-byte Ed25519 public key") from None
+        raise EnrollmentError("not a raw 32-byte Ed25519 public key", "bad-signing-key") from None
 
 
 class DatabaseDeviceRegistry:
@@ -213,7 +218,9 @@ class DatabaseDeviceRegistry:
         """Register ``public_key`` with a valid unused token, consuming it atomically."""
         device_id = _device_id_of(public_key)
         if not _PROFILE_RE.match(profile):
-            raise EnrollmentError(f"bad device profile {profile!r} (lowercase name, <= 16 chars)")
+            raise EnrollmentError(
+                f"bad device profile {profile!r} (lowercase name, <= 16 chars)", "bad-profile"
+            )
         digest = token_hash(token.strip())
         now = _to_dt(self._clock())
         try:
@@ -227,7 +234,9 @@ class DatabaseDeviceRegistry:
                 if known is not None:
                     state = "revoked" if known.status == REVOKED else "enrolled"
                     where = "here" if known.region == self.region else f"in region {known.region}"
-                    raise EnrollmentError(f"device {device_id[:16]} is already {state} {where}")
+                    raise EnrollmentError(
+                        f"device {device_id[:16]} is already {state} {where}", "key-registered"
+                    )
                 row = {
                     "device_id": device_id,
                     "public_key": bytes(public_key).hex(),
@@ -244,7 +253,9 @@ class DatabaseDeviceRegistry:
                     .values(used_at=now, used_by=device_id)
                 )
                 if used.rowcount != 1:  # a second guard, should the row lock ever be lost
-                    raise EnrollmentError("this enrollment token has already been used")
+                    raise EnrollmentError(
+                        "this enrollment token has already been used", "token-used"
+                    )
                 self._audit(
                     conn,
                     "device.enrolled",
@@ -257,8 +268,35 @@ class DatabaseDeviceRegistry:
                     },
                 )
         except IntegrityError:  # the same key enrolled concurrently with another token
-            raise EnrollmentError(f"device {device_id[:16]} is already enrolled") from None
+            raise EnrollmentError(
+                f"device {device_id[:16]} is already enrolled", "key-registered"
+            ) from None
         return self._device(row)
+
+    def check_enrollable(self, token: str, public_key: bytes) -> str:
+        """The device id ``enroll`` would record, if the token is valid now and the key is new;
+        the same ``EnrollmentError`` it would raise otherwise. Reads only (no lock): the
+        enrollment service calls it before registering a node key, ``enroll`` checks again."""
+        device_id = _device_id_of(public_key)
+        with self.store.engine.connect() as conn:
+            entry = conn.execute(
+                select(TOKENS.c.expires_at, TOKENS.c.used_at).where(
+                    TOKENS.c.token_hash == token_hash(token.strip()),
+                    TOKENS.c.region == self.region,
+                )
+            ).first()
+            _token_usable(entry, self.region, _to_dt(self._clock()))
+            known = conn.execute(
+                select(DEVICES.c.region).where(DEVICES.c.device_id == device_id)
+            ).first()
+        if known is not None:
+            raise EnrollmentError(f"device {device_id[:16]} is already enrolled", "key-registered")
+        return device_id
+
+    def record(self, kind: str, payload: dict[str, Any]) -> None:
+        """Append one audit event of this region on its own (e.g. a refused enrollment)."""
+        with write_txn(self.store.engine) as conn:
+            self._audit(conn, kind, {"region": self.region, **payload})
 
     def _check_token(self, conn: Connection, digest: str, now: datetime) -> None:
         entry = conn.execute(
@@ -266,12 +304,7 @@ class DatabaseDeviceRegistry:
             .where(TOKENS.c.token_hash == digest, TOKENS.c.region == self.region)
             .with_for_update()
         ).first()
-        if entry is None:
-            raise EnrollmentError(f"unknown enrollment token for region {self.region}")
-        if entry.used_at is not None:
-            raise EnrollmentError("this enrollment token has already been used")
-        if _to_ts(now) >= _to_ts(entry.expires_at):
-            raise EnrollmentError("this enrollment token has expired; ask for a new one")
+        _token_usable(entry, self.region, now)
 
     def revoke(self, device_id: str, *, reason: str = "") -> Device:
         """Mark a device revoked (idempotent: revoking twice keeps the first time)."""
@@ -350,6 +383,18 @@ class DatabaseDeviceRegistry:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EnrollmentError(f"corrupt device row in {self.url} ({exc})") from None
+
+
+def _token_usable(entry: Any, region: str, now: datetime) -> None:
+    """Raise the ``EnrollmentError`` a token row (or its absence) calls for at ``now``."""
+    if entry is None:
+        raise EnrollmentError(f"unknown enrollment token for region {region}", "unknown-token")
+    if entry.used_at is not None:
+        raise EnrollmentError("this enrollment token has already been used", "token-used")
+    if _to_ts(now) >= _to_ts(entry.expires_at):
+        raise EnrollmentError(
+            "this enrollment token has expired; ask for a new one", "token-expired"
+        )
 
 
 def region_registry(

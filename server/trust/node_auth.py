@@ -23,17 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgate.atomic_file import SECRET, write_atomic
 from fedgate.clients.node_key import (
-    NODE_KEY_FILE,
-    NODE_PUB_FILE,
     NodeAuthError,
     NodeKey,
-    load_node_private_key,
-    load_node_public_key,
     public_key_bytes,
 )
 from fedgate.crypto import sha256_hex
@@ -66,45 +60,6 @@ class RegisteredNode:
     status: str
     name: str
     fingerprint: str
-
-
-def ensure_node_key(directory: Path, *, force: bool = False, comment: str = "") -> NodeKey:
-    """The node key pair in ``directory``, made (ECDSA P-384) if missing or when ``force``.
-
-    An existing pair is checked: the public file must belong to the private key.
-    """
-    directory = Path(directory)
-    node = NodeKey(directory / NODE_KEY_FILE, directory / NODE_PUB_FILE)
-    if node.private_path.exists() and not force:
-        key = load_node_private_key(node.private_path)
-        if not node.public_path.exists():
-            write_atomic(node.public_path, _ssh_public_line(key, comment))
-        elif load_node_public_key(node.public_path).public_numbers() != (
-            key.public_key().public_numbers()
-        ):
-            raise NodeAuthError(
-                f"{node.public_path} does not belong to {node.private_path} "
-                "(delete the .pub file to re-derive it, or use --force for a new key)"
-            )
-        return node
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    write_atomic(node.private_path, pem, mode=SECRET)
-    write_atomic(node.public_path, _ssh_public_line(key, comment))
-    return node
-
-
-def _ssh_public_line(key: ec.EllipticCurvePrivateKey, comment: str) -> bytes:
-    line = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    comment = "".join(ch for ch in comment if ch.isprintable() and not ch.isspace())
-    return line + (f" {comment}".encode() if comment else b"") + b"\n"
 
 
 def control_client(target: ControlTarget) -> ControlHttpClient:
@@ -180,26 +135,50 @@ def register_node(target: ControlTarget, node: NodeKey, name: str = "") -> int:
     Idempotent: a key that is already registered returns its existing id. A key whose
     node was unregistered (revoked) stays refused: the device needs a new node key.
     """
+    return register_public_key(target, node.public_key(), name, what=str(node.public_path))
+
+
+class NodeKeyInUse(NodeAuthError):
+    """The SuperLink already knows this node key (registered, or unregistered for good)."""
+
+
+def register_public_key(
+    target: ControlTarget,
+    key: ec.EllipticCurvePublicKey,
+    name: str = "",
+    *,
+    what: str = "",
+    reuse: bool = True,
+) -> int:
+    """Register a node public key (what ``register_node`` does for a key file; the
+    enrollment service has only the key a device sent). Without ``reuse`` a key the
+    SuperLink already knows raises ``NodeKeyInUse`` (one call, no listing of all nodes)."""
     from flwr.proto.control_pb2 import RegisterNodeRequest  # type: ignore[attr-defined]
     from flwr.supercore.error import ApiErrorCode
 
-    existing = find_node(target, node)
+    fp = sha256_hex(public_key_bytes(key))
+    what = what or f"node key {fp[:16]}"
+    existing = next((n for n in list_nodes(target) if n.fingerprint == fp), None) if reuse else None
     if existing is not None:
         if existing.status == "unregistered":
             raise NodeAuthError(
-                f"node key {node.public_path} was unregistered (revoked) at {target.address} "
+                f"node key {what} was unregistered (revoked) at {target.address} "
                 "and cannot be registered again; make a new node key"
             )
         return existing.node_id
-    request = RegisterNodeRequest(public_key=public_key_bytes(node.public_key()))
+    request = RegisterNodeRequest(public_key=public_key_bytes(key))
     if name:
         request.name = name
     try:
-        with control_session(target, f"registering node key {node.public_path}") as client:
+        with control_session(target, f"registering node key {what}") as client:
             res = client.RegisterNode(request)
     except NodeAuthError as exc:
         if f"[code {ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE}]" in str(exc):
-            again = find_node(target, node)
+            if not reuse:
+                raise NodeKeyInUse(
+                    f"node key {what} is already known at {target.address}"
+                ) from None
+            again = next((n for n in list_nodes(target) if n.fingerprint == fp), None)
             if again is not None and again.status != "unregistered":
                 return again.node_id
         raise

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedgate.clients.node_key import ensure_node_key
 from fedgate.server.trust.node_auth import (
     ControlTarget,
     NodeKey,
-    ensure_node_key,
     register_node,
     unregister_named,
 )
