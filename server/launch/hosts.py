@@ -14,7 +14,8 @@ A host's processes run through ``Host.wrap`` (``ip netns exec`` when it is a nam
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from fedgate.server.launch.config import FederationConfig
 
@@ -80,6 +81,30 @@ class Layout:
         for r in self.regions.values():
             out += [r.server, *r.devices]
         return list(dict.fromkeys(out))
+
+    def server(self, region: str) -> Host:
+        """The region's server host (this machine when the layout does not place it)."""
+        hosts = self.regions.get(region)
+        return hosts.server if hosts is not None else Host("local")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Layout:
+        def host(d: dict[str, Any]) -> Host:
+            return Host(d["name"], d["address"], d.get("namespace"), tuple(d.get("names", ())))
+
+        regions = {
+            name: RegionHosts(
+                r["region"],
+                host(r["server"]),
+                tuple(host(h) for h in r["devices"]),
+                r.get("subnet", ""),
+            )
+            for name, r in data.get("regions", {}).items()
+        }
+        return cls(data["kind"], host(data["operator"]), regions)
 
 
 def local_layout(fed: FederationConfig) -> Layout:
