@@ -53,16 +53,20 @@ def exchange(
     messages: Iterable[Message],
     timeout: float | None,
     on_reply: Callable[[Message], None] | None = None,
-    interval: float = 0.1,
-    max_interval: float = 1.0,
+    interval: float | None = None,
+    max_interval: float | None = None,
 ) -> list[Message]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed.
 
     The pause between pulls starts at ``interval``, grows by half after every empty pull up
     to ``max_interval`` (a pull costs the SuperLink a few database queries) and drops back
-    when replies arrive, since the others tend to follow. ``on_reply`` sees every reply as
+    when replies arrive, since the others tend to follow. Unset, both come from the grid's
+    ``poll_intervals`` if it has them, else 0.1 and 1 s. ``on_reply`` sees every reply as
     soon as it is pulled.
     """
+    default = getattr(grid, "poll_intervals", (0.1, 1.0))
+    interval = default[0] if interval is None else interval
+    max_interval = default[1] if max_interval is None else max_interval
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []

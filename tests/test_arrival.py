@@ -210,3 +210,14 @@ def test_stateless_marks_a_plain_function() -> None:
     assert len(arrival._checks) == 1
     assert arrival.screen(r, 1, current).node_id == 5
     arrival.close()
+
+
+def test_exchange_polls_at_the_grid_s_own_intervals() -> None:
+    from fedgate.server.region.fast_grid import FastPollGrid
+
+    assert FastPollGrid(DripGrid({})).poll_intervals == (0.1, 1.0)  # over the network
+    grid = DripGrid({1: RecordDict()}, per_pull=0)
+    grid.poll_intervals = (0.001, 0.002)  # type: ignore[attr-defined]
+    messages = [Message(RecordDict(), dst_node_id=1, message_type="train")]
+    assert exchange(grid, messages, 0.2) == []
+    assert grid.pulls > 5  # 0.2 s at <= 2 ms a pause; the defaults (0.1 s, growing) give 2-3
