@@ -143,3 +143,35 @@ def netns_layout(fed: FederationConfig, prefix: str = "fgp", net: str = "10.231.
         regions[r.name] = RegionHosts(r.name, server, devices, str(sub))
         operator_addrs.append(str(sub[254]))
     return Layout("netns", Host("operator", operator_addrs[0], None, ()), regions)
+
+
+def compose_layout(fed: FederationConfig) -> Layout:
+    """The compose rendering's hosts: addresses are compose service names. A region's
+    server host is its SuperLink (reached by the operator) and its fleet proxy (the one name
+    its devices reach, ``fleet-<region>``); each device host is a SuperNode service named for
+    its profile (``supernode-<region>-<profile>``, its ClientApp in its network namespace)."""
+    regions = {}
+    for r in fed.regions:
+        server = Host(f"{r.name}-server", f"superlink-{r.name}", None,
+                      (fleet_name(r.name), f"superlink-{r.name}"))  # fmt: skip
+        devices = tuple(
+            Host(f"{r.name}-device-{i}", f"supernode-{r.name}-{p}") for i, p in enumerate(r.nodes)
+        )
+        regions[r.name] = RegionHosts(r.name, server, devices)
+    return Layout("compose", Host("operator"), regions)
+
+
+def compose_networks(layout: Layout) -> dict[str, set[str]]:
+    """Which compose networks each service of the layout joins: a region's server side on
+    ``<region>-region``, its fleet proxy also on ``<region>-edge``, its devices on
+    ``<region>-edge`` only (no device shares a network with another region or the SuperLink:
+    residency at the network level, as in the network-namespace rendering)."""
+    out: dict[str, set[str]] = {}
+    for name, region in layout.regions.items():
+        inner, edge = f"{name}-region", f"{name}-edge"
+        out[region.server.address] = {inner}
+        out[fleet_name(name)] = {inner, edge}
+        out[f"serverapp-{name}"] = {inner}
+        for device in region.devices:
+            out[device.address] = {edge}
+    return out
