@@ -262,7 +262,8 @@ def host_report() -> dict:
                                  "architecture", "filepath")}
         for lib in threadpool_info()
     ]  # fmt: skip
-    timings = linalg.measure_gemm()
+    choice = linalg.gemm_choice()
+    timings = {k.split()[0]: float(v) for k, v in choice.items() if k.endswith(" seconds")}
     forced = os.environ.get(linalg.GEMM_ENV, "")
     return {
         "cpu": cpu_model(),
@@ -273,7 +274,7 @@ def host_report() -> dict:
         "torch_blas": (torch.backends.mkl.is_available() and "MKL") or "other",
         "threadpools": libs,
         "gemm_seconds": timings,
-        "gemm_kernel": linalg.gemm_kernel(),
+        "gemm_kernel": choice["kernel"],
         "gemm_forced": forced,
         "workers": linalg.WORKERS,
     }
@@ -290,7 +291,7 @@ def print_host(console, host: dict) -> None:
             f"  {lib['user_api']}: {lib['internal_api']} {lib['version']} "
             f"({lib['architecture']}), {lib['num_threads']} threads: {lib['filepath']}"
         )
-    gemm = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in host["gemm_seconds"].items())
+    gemm = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in host["gemm_seconds"].items()) or "-"
     how = f"forced by {host['gemm_forced']!r}" if host["gemm_forced"] else "measured"
     console.print(f"  Gram GEMM (50 x 262144 float32): {gemm} -> {host['gemm_kernel']} ({how})")
 

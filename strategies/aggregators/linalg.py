@@ -211,7 +211,15 @@ def gemm_kernel() -> str:
             else:
                 timings = measure_gemm()
                 _GEMM["kernel"] = min(timings, key=timings.__getitem__)
+                _GEMM.update({f"{k} seconds": f"{v:.6f}" for k, v in timings.items()})
         return _GEMM["kernel"]
+
+
+def gemm_choice() -> dict[str, str]:
+    """The kernel ``gemm_kernel`` picked and the timings it picked it by (none if forced)."""
+    gemm_kernel()
+    with _GEMM_LOCK:
+        return dict(_GEMM)
 
 
 def gram_and_projections(
