@@ -236,6 +236,66 @@ def scaling_table(rows: list[Row], means: dict[tuple[int, int], float]):
     return table
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_report() -> dict:
+    """What this run's speed depends on: CPU, BLAS/LAPACK libraries and their threads
+    (threadpoolctl), torch's threads and the GEMM kernel picked by measurement."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from fedgate.strategies.aggregators import linalg
+
+    libs = [
+        {k: lib.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
+                                 "architecture", "filepath")}
+        for lib in threadpool_info()
+    ]  # fmt: skip
+    choice = linalg.gemm_choice()
+    timings = {k.split()[0]: float(v) for k, v in choice.items() if k.endswith(" seconds")}
+    forced = os.environ.get(linalg.GEMM_ENV, "")
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_blas": (torch.backends.mkl.is_available() and "MKL") or "other",
+        "threadpools": libs,
+        "gemm_seconds": timings,
+        "gemm_kernel": choice["kernel"],
+        "gemm_forced": forced,
+        "workers": linalg.WORKERS,
+    }
+
+
+def print_host(console, host: dict) -> None:
+    console.print(
+        f"CPU {host['cpu']} ({host['cores']} cores); numpy {host['numpy']}, torch "
+        f"{host['torch']} ({host['torch_threads']} threads, {host['torch_blas']}); "
+        f"fedgate column workers {host['workers']}"
+    )
+    for lib in host["threadpools"]:
+        console.print(
+            f"  {lib['user_api']}: {lib['internal_api']} {lib['version']} "
+            f"({lib['architecture']}), {lib['num_threads']} threads: {lib['filepath']}"
+        )
+    gemm = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in host["gemm_seconds"].items()) or "-"
+    how = f"forced by {host['gemm_forced']!r}" if host["gemm_forced"] else "measured"
+    console.print(f"  Gram GEMM (50 x 262144 float32): {gemm} -> {host['gemm_kernel']} ({how})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50)
@@ -256,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=160)
     t0 = time.perf_counter()
+    host = host_report()
+    print_host(console, host)
     x = make_updates(n, d)
     base = Baseline(x, args.repeats)
     print(f"np.mean(axis=0) of ({n}, {d}) float32: {base.measure():.4f} s", file=sys.stderr)
@@ -291,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         payload = [r.__dict__ for r in rows + scaling]
-        args.json.write_text(json.dumps(payload, indent=1))
+        args.json.write_text(json.dumps({"host": host, "rows": payload}, indent=1))
         console.print(f"wrote {len(payload)} rows to {args.json}")
     return 0
 

@@ -13,6 +13,13 @@ instructions, envelope verification, aggregation, central evaluation, audit DB w
 * ``deployment``: ``fedgate up`` with N real SuperNodes (TLS, node auth, fleet proxy, one
   ClientApp worker per node) and ``flwr run``; the nodes hold Dirichlet shards of the pool.
 
+Beside them, in the same run and process tree, plain Flower does the same work
+(``benchmarks/_plain_flower.py``): ``flower-sim`` is Flower's ``FedAvg`` ServerApp and a
+ClientApp doing the device's local training on the same per-client data, on the same engine
+settings; no signing, screening, robust rule or audit. ``vs Flower`` is fedgate's time per
+round over plain Flower's at the same N. Peak memory is also reported per role (SuperLink,
+ServerApp, one SuperNode, one ClientApp; the simulation child and its Ray workers).
+
 Seconds per round is the steady state: the time between the round records of rounds 1 and
 R-1 divided by R-2 (the round loop is pipelined, so that span holds R-2 whole rounds; round
 1 also pays start-up: Ray workers, FAB install, imports, and is reported on its own). The
@@ -20,8 +27,9 @@ ratio is to the smallest N of the same engine and rule in this run. Every case r
 fresh temporary home and everything it started is stopped after.
 
     python benchmarks/scale.py                                  # 10/100/1000 and 2/4/8
+    python benchmarks/scale.py --sim 10,100,1000,5000 --nodes 2,4,8,16 --rounds 3
     python benchmarks/scale.py --limit 2000,5000,10000          # then look for the ceiling
-    python benchmarks/scale.py --json benchmarks/results/scale.json --robust
+    python benchmarks/scale.py --json benchmarks/results/scale.json --rules robust,mean
 """
 
 from __future__ import annotations
@@ -56,18 +64,23 @@ from fedgate.server.launch.simulation import (
 from fedgate.server.launch.topology import down, region_dir, up
 from fedgate.strategies.rules import REGION_DEFAULT
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _plain_flower import read_rounds, simulate_plain
+
 RULES = {
     "mean": ("mean", 0, ""),
     "robust": (REGION_DEFAULT.aggregator, REGION_DEFAULT.f, REGION_DEFAULT.pre),
+    "fedavg": ("mean", 0, ""),  # plain Flower's rows (the config's rule is not used there)
 }
+FLOWER_OF = {"simulation": "flower-sim"}  # fedgate's engine -> plain Flower's rows beside it
 
 
 @dataclasses.dataclass
 class Row:
     """One measured case."""
 
-    engine: str  # simulation | simulation-stock | deployment
-    rule: str  # mean | robust
+    engine: str  # simulation | flower-sim | simulation-stock | deployment
+    rule: str  # mean | robust | fedavg (plain Flower)
     clients: int
     rounds: int
     status: str = "ok"  # ok | failed | infeasible
@@ -77,6 +90,8 @@ class Row:
     peak_rss_mib: float | None = None
     all_accepted: bool = False
     ratio: float | None = None
+    vs_flower: float | None = None
+    roles_mib: dict[str, float] = dataclasses.field(default_factory=dict)
     note: str = ""
 
 
@@ -147,12 +162,37 @@ def submit_fixed(
 # -- measuring ---------------------------------------------------------------------------------
 
 
+ROLES = (  # (role, what its command line holds), first match wins
+    ("superlink", ("superlink_main", "flower-superlink")),
+    ("serverapp", ("flwr-serverapp", "--child")),
+    ("supernode", ("flower-supernode",)),
+    ("clientapp", ("fedgate.clients.worker", "flwr-clientapp")),
+    ("ray-worker", ("ray::", "default_worker.py")),
+)
+
+
+def role_of(cmdline: str) -> str:
+    return next((role for role, marks in ROLES if any(m in cmdline for m in marks)), "other")
+
+
 class RssSampler(threading.Thread):
-    """Peak resident memory (MiB) of some processes and all their descendants (every 0.5 s)."""
+    """Peak resident memory (MiB) of some processes and all their descendants (every 0.5 s):
+    ``peak`` of the whole tree, and ``roles`` the peak of any one process of each role."""
 
     def __init__(self, roots: list[int]) -> None:
         super().__init__(daemon=True)
         self.roots, self.peak, self.stop = roots, 0.0, threading.Event()
+        self.roles: dict[str, float] = {}
+        self._cmd: dict[int, str] = {}
+
+    def _role(self, pid: int) -> str:
+        if pid not in self._cmd:
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return "other"
+            self._cmd[pid] = role_of(raw.replace(b"\0", b" ").decode(errors="replace"))
+        return self._cmd[pid]
 
     def _tree_rss(self) -> float:
         children: dict[int, list[int]] = {}
@@ -169,7 +209,10 @@ class RssSampler(threading.Thread):
             pid = todo.pop()
             if pid not in seen:
                 seen.add(pid)
+                mib = rss.get(pid, 0) / 2**20
                 total += rss.get(pid, 0)
+                role = self._role(pid)
+                self.roles[role] = max(self.roles.get(role, 0.0), round(mib, 1))
                 todo += children.get(pid, [])
         return total / 2**20
 
@@ -193,16 +236,59 @@ def measure(sub: Submission, row: Row, timeout: float) -> Row:
         sampler.stop.set()
         row.wall_s = time.monotonic() - t0
         row.peak_rss_mib = round(sampler.peak, 1)
+        row.roles_mib = dict(sampler.roles)
     ts = {e["round"]: e["ts"] for e in sub.events if e["kind"] == "round"}
     initial = next((e["ts"] for e in sub.events if e["kind"] == "initial"), None)
     rounds = [e for e in sub.events if e["kind"] == "round"]
     row.all_accepted = bool(rounds) and all(e["accepted"] == e["sampled"] for e in rounds)
+    steady_state(row, ts, initial)
+    if row.status == "ok" and not row.all_accepted:
+        row.note = "not every sampled client was accepted in every round"
+    return row
+
+
+def steady_state(row: Row, ts: dict[int, float], initial: float | None) -> None:
+    """``row``'s round-1 and steady-state seconds per round from round timestamps."""
     if initial is not None and 1 in ts:
         row.first_round_s = ts[1] - initial
     if row.rounds - 1 in ts and 1 in ts and row.rounds >= 3:
         row.seconds_per_round = (ts[row.rounds - 1] - ts[1]) / (row.rounds - 2)
-    if row.status == "ok" and not row.all_accepted:
-        row.note = "not every sampled client was accepted in every round"
+
+
+def submit_plain(
+    fed: FederationConfig, region: RegionConfig, home: Path, clients: int, examples: int
+) -> Submission:
+    """Plain Flower's simulation of the same run (``_plain_flower.simulate_plain``)."""
+    out_dir = region_dir(home, region.name) / "runs" / f"plain-{clients}"
+    out_dir.mkdir(parents=True)
+    data_root = write_client_data(home, fed, clients, examples)
+    config_path = write_run_config(fed, region, home, out_dir)
+    child = [__file__, "--child-plain", str(config_path), "--child-clients", str(clients),
+             "--child-data", str(data_root)]  # fmt: skip
+    return start_simulation(region, home, out_dir, child)
+
+
+def measure_plain(sub: Submission, row: Row, timeout: float) -> Row:
+    """Wait for plain Flower's child and fill ``row`` from its ``rounds.jsonl``."""
+    sampler = RssSampler([sub.proc.pid])
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        code = sub.proc.wait(timeout)
+    except Exception:
+        code = None
+        sub.proc.kill()
+        sub.proc.wait()
+    finally:
+        sampler.stop.set()
+        row.wall_s = time.monotonic() - t0
+        row.peak_rss_mib = round(sampler.peak, 1)
+        row.roles_mib = dict(sampler.roles)
+    ts = read_rounds(sub.out_dir)
+    row.all_accepted = all(r in ts for r in range(1, row.rounds + 1))
+    if code != 0 or not row.all_accepted:
+        row.status, row.note = "failed", f"exit {code}, rounds {sorted(ts)}; read {sub.log}"
+    steady_state(row, ts, ts.get(0))
     return row
 
 
@@ -237,6 +323,10 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
     try:
         if engine == "simulation":
             sub = submit_fixed(fed, eu, home, clients, args.examples)
+        elif engine == "flower-sim":
+            measure_plain(submit_plain(fed, eu, home, clients, args.examples), row,
+                          args.run_timeout)  # fmt: skip
+            return row
         elif engine == "simulation-stock":
             sub = submit_simulation(fed, eu, home, clients)
         else:
@@ -266,24 +356,46 @@ def add_ratios(rows: list[Row]) -> None:
         base = baseline(rows, row)
         if row.seconds_per_round and base and row.status == "ok":
             row.ratio = row.seconds_per_round / base.seconds_per_round
+        flower = next((r for r in rows if r.engine == FLOWER_OF.get(row.engine)
+                       and r.clients == row.clients and r.seconds_per_round), None)  # fmt: skip
+        if row.seconds_per_round and flower is not None:
+            row.vs_flower = row.seconds_per_round / flower.seconds_per_round
+
+
+def growth(rows: list[Row], row: Row) -> float | None:
+    """s/round at N over s/round at N/10 of the same engine and rule (None if not run)."""
+    prev = next((r for r in rows if (r.engine, r.rule) == (row.engine, row.rule)
+                 and r.clients * 10 == row.clients and r.seconds_per_round), None)  # fmt: skip
+    if prev is None or not row.seconds_per_round:
+        return None
+    return row.seconds_per_round / prev.seconds_per_round
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'engine':<17}{'rule':<7}{'clients':>8}{'s/round':>10}{'ratio':>9}"
-            f"{'x clients':>10}{'round 1 s':>10}{'wall s':>8}{'peak MiB':>9}  status")  # fmt: skip
+    head = (f"{'engine':<17}{'rule':<7}{'clients':>8}{'s/round':>10}{'ratio':>8}{'x/10x':>7}"
+            f"{'vs Flower':>10}{'round 1 s':>10}{'wall s':>8}{'peak MiB':>9}  status")  # fmt: skip
     lines = [head]
     for r in rows:
-        base = baseline(rows, r)
-        scale = f"{r.clients / base.clients:.0f}" if base and r.status == "ok" else "-"
         spr = f"{r.seconds_per_round:.2f}" if r.seconds_per_round else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio else "-"
+        grow = growth(rows, r)
+        vs = f"{r.vs_flower:.2f}" if r.vs_flower else "-"
         first = f"{r.first_round_s:.1f}" if r.first_round_s else "-"
         rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "-"
         status = r.status + (f": {r.note}" if r.note else "")
         lines.append(
-            f"{r.engine:<17}{r.rule:<7}{r.clients:>8}{spr:>10}{ratio:>9}"
-            f"{scale:>10}{first:>10}{r.wall_s:>8.0f}{rss:>9}  {status}"
+            f"{r.engine:<17}{r.rule:<7}{r.clients:>8}{spr:>10}{ratio:>8}"
+            f"{f'{grow:.1f}' if grow else '-':>7}{vs:>10}{first:>10}{r.wall_s:>8.0f}{rss:>9}"
+            f"  {status}"
         )
+    lines += ["", "peak RSS per process (MiB), by role:"]
+    for r in rows:
+        roles = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.roles_mib.items()) if v)
+        lines.append(f"  {r.engine} {r.rule} {r.clients}: {roles or '-'}")
+    lines += [
+        "ratio: to the smallest N of the same engine and rule; x/10x: to N/10 (goal 100 -> 1,000",
+        "<= 11); vs Flower: fedgate over plain Flower at the same N (goal <= 1.15)",
+    ]
     return "\n".join(lines)
 
 
@@ -309,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-round-seconds", type=float, default=600.0)
     parser.add_argument("--stock-data", action="store_true",
                         help="also run --sim through submit_simulation's data split")  # fmt: skip
-    parser.add_argument("--robust", action="store_true", help="also the region's robust rule")
+    parser.add_argument(
+        "--rules",
+        default="robust",
+        help="fedgate rules to run: robust (the region default) and/or mean",
+    )
+    parser.add_argument("--no-flower", action="store_true", help="skip plain Flower's rows")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (>= 3)")
     parser.add_argument("--examples", type=int, default=32, help="examples per virtual client")
     parser.add_argument("--round-timeout", type=float, default=1800.0)
@@ -319,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
+    parser.add_argument("--child-plain", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_plain:
+        config = json.loads(Path(args.child_plain).read_text())
+        out = Path(args.child_plain).parent
+        return simulate_plain(config, args.child_clients, out, Path(args.child_data))
     if args.child:
         config = json.loads(Path(args.child).read_text())
         return simulate_fixed(config, args.child_clients, Path(args.child_data))
@@ -329,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
 
-    rules = ["mean", "robust"] if args.robust else ["mean"]
-    plan = [("simulation", n, rule) for rule in rules for n in ints(args.sim)]
+    rules = [r for r in args.rules.split(",") if r.strip()]
+    if unknown := set(rules) - {"mean", "robust"}:
+        parser.error(f"--rules: unknown {sorted(unknown)}; choose robust and/or mean")
+    plan = []
+    for n in ints(args.sim):  # per N, plain Flower then fedgate: both under the same load
+        plan += [] if args.no_flower else [("flower-sim", n, "fedavg")]
+        plan += [("simulation", n, rule) for rule in rules]
     if args.stock_data:
         plan += [("simulation-stock", n, "mean") for n in ints(args.sim)]
     plan += [("deployment", n, rule) for rule in rules for n in ints(args.nodes)]

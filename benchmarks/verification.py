@@ -18,6 +18,18 @@ strategy's own preparation (flatten and stack the n updates) that the ratio leav
 Every figure is the median of ``--repeats`` runs; verification and aggregation alternate, so
 both see the same load on a shared machine.
 
+Then the round as the server lives it (``--spacing``): the n replies reach a scripted Grid
+one every ``spacing`` seconds (clients finishing at different times) and ``RobustStrategy``
+pulls them (``fedgate.strategies.arrival.exchange``) and aggregates. Measured: the time from
+the last reply's arrival to the aggregate, for
+
+* ``no verification``: the structural screen only (shape, dtype, finite values);
+* ``on arrival``: the region's full screen (``signature_screen``), each reply checked in the
+  strategy's thread pool as soon as it is pulled (``ArrivalScreening``);
+* ``after the last``: the same full screen run only once every reply is in (the old path).
+
+``latency_ratio`` = on arrival / no verification. Target: <= 1.05.
+
     python benchmarks/verification.py [--d 100000 1000000] [--n 50] [--f 10] [--json FILE]
 """
 
@@ -37,15 +49,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedgate.canonical_arrays import arrays_digest
 from fedgate.crypto import fingerprint, generate_key, public_bytes
 from fedgate.server.region.nonces import ReplayGuard, RoundNonces
-from fedgate.strategies.envelope import arrayrecord_digest, open_envelope, sign_update
+from fedgate.strategies.arrival import exchange
+from fedgate.strategies.envelope import (
+    RECORD_KEY,
+    arrayrecord_digest,
+    open_envelope,
+    sign_update,
+    signature_screen,
+)
+from fedgate.strategies.robust_strategy import RobustStrategy, structural_screen
 from fedgate.strategies.rules import REGION_DEFAULT, build_rule
 
 TARGET = 0.05
+LATENCY_TARGET = 1.05
 REGION, RUN, ROUND = "eu", "bench-run", 7
 WIDTH = 1000  # model layout: weight (d / WIDTH - 1, WIDTH) and bias (WIDTH,)
 
@@ -186,6 +209,138 @@ def bench(d: int, n: int, f: int, repeats: int, seed: int) -> dict[str, Any]:
     }
 
 
+class ScriptedGrid(Grid):
+    """A Grid whose n replies become pullable one every ``spacing`` seconds after the push;
+    ``last_arrival`` is when the last one was pulled (``time.perf_counter``)."""
+
+    def __init__(self, replies: dict[int, RecordDict], spacing: float) -> None:
+        self.replies, self.spacing = replies, spacing
+        self.due: list[tuple[float, Message]] = []
+        self.last_arrival = 0.0
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.replies)
+
+    def push_messages(self, messages) -> list[str]:
+        t0, ids = time.perf_counter(), []
+        for i, msg in enumerate(messages):
+            mid = f"m{i}"
+            node = msg.metadata.dst_node_id
+            meta = Metadata(
+                run_id=1, message_id=f"r{i}", src_node_id=node, dst_node_id=0,
+                reply_to_message_id=mid, group_id=str(ROUND), created_at=time.time(),
+                ttl=3600.0, message_type=msg.metadata.message_type,
+            )  # fmt: skip
+            self.due.append(
+                (t0 + (i + 1) * self.spacing, Message(self.replies[node], metadata=meta))
+            )
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        now = time.perf_counter()
+        ready = [
+            m for t, m in self.due if t <= now and m.metadata.reply_to_message_id in message_ids
+        ]
+        self.due = [(t, m) for t, m in self.due if m not in ready]
+        if ready:
+            self.last_arrival = time.perf_counter()
+        return ready
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        return exchange(self, messages, timeout)
+
+    def create_message(self, *args, **kwargs) -> Message:  # not used by the strategy
+        raise NotImplementedError
+
+    def set_run(self, run) -> None:
+        pass
+
+    @property
+    def run(self):
+        return None
+
+
+def round_latency(r: Round, f: int, spacing: float, mode: str) -> float:
+    """Seconds from the last reply's arrival to the aggregate, for one ``mode``
+    (``none`` | ``arrival`` | ``after``)."""
+    contents = {
+        node: RecordDict({"arrays": arrays, "metrics": metrics, RECORD_KEY: envelope})
+        for node, (arrays, metrics, envelope) in enumerate(
+            zip(r.updates, r.metrics, r.envelopes, strict=True), start=1
+        )
+    }
+    screen = structural_screen
+    if mode != "none":
+        screen = signature_screen(
+            r.registry, REGION, RUN, lambda _: r.nonce, structural_screen, seen=ReplayGuard()
+        )
+    n = len(contents)
+    strategy = RobustStrategy(
+        build_rule(REGION_DEFAULT.aggregator, f, REGION_DEFAULT.pre),
+        clients_per_round=n, min_clients=n, screen=screen,
+    )  # fmt: skip
+    grid = ScriptedGrid(contents, spacing)
+    try:
+        batch = strategy.configure_train(ROUND, r.base, ConfigRecord(), grid)
+        on_reply = None if mode == "after" else strategy.arrival.arrived
+        replies = exchange(grid, batch, None, on_reply, interval=spacing / 4, max_interval=spacing)
+        arrays, _ = strategy.aggregate_train(ROUND, replies)
+        done = time.perf_counter()
+    finally:
+        strategy.arrival.close()
+    record = strategy.rounds[-1]
+    if arrays is None or record.accepted != n:
+        raise SystemExit(f"{mode}: the round did not accept all {n} updates: {record}")
+    return done - grid.last_arrival
+
+
+def bench_arrival(d: int, n: int, f: int, spacing: float, repeats: int, seed: int) -> dict:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as a ServerApp
+    r = make_round(d, n, seed)
+    modes = ("none", "arrival", "after")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for m in modes:  # warm up (threads, BLAS, caches)
+        round_latency(r, f, spacing, m)
+    for _ in range(repeats):  # interleaved, so all see the same (shared) machine
+        for m in modes:
+            times[m].append(round_latency(r, f, spacing, m))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {
+        "d": d,
+        "n": n,
+        "spacing_s": spacing,
+        "latency_no_verification_s": med["none"],
+        "latency_verify_on_arrival_s": med["arrival"],
+        "latency_verify_after_last_s": med["after"],
+        "latency_ratio": med["arrival"] / med["none"],
+        "latency_ratio_after_last": med["after"] / med["none"],
+    }
+
+
+def arrival_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "time from the last reply's arrival to the aggregate (RobustStrategy.aggregate_train, "
+        f"median of repeats); target on-arrival/none <= {LATENCY_TARGET}",
+        f"{'d':>9} {'n':>3} {'spacing':>8} {'no verif.':>10} {'on arrival':>10} "
+        f"{'after last':>10} {'ratio':>6} {'old ratio':>9}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['d']:>9} {row['n']:>3} {row['spacing_s'] * 1e3:>6.0f}ms "
+            f"{row['latency_no_verification_s']:>9.3f}s "
+            f"{row['latency_verify_on_arrival_s']:>9.3f}s "
+            f"{row['latency_verify_after_last_s']:>9.3f}s {row['latency_ratio']:>6.3f} "
+            f"{row['latency_ratio_after_last']:>9.3f}"
+            f"  {'met' if row['latency_ratio'] <= LATENCY_TARGET else 'MISSED'}"
+        )
+    lines += [
+        "no verif.   structural screen only; on arrival: full screen in the strategy's pool as",
+        "            each reply is pulled; after last: full screen once all replies are in",
+    ]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], f: int) -> str:
     rule = "+".join(filter(None, [REGION_DEFAULT.pre, REGION_DEFAULT.aggregator]))
     ms = 1e3
@@ -225,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--f", type=int, default=10, help="Byzantine clients the rule tolerates")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=0.02,
+        help="seconds between two replies' arrival in the round latency part",
+    )
+    parser.add_argument("--no-latency", action="store_true", help="skip the round latency part")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1:
@@ -239,11 +401,18 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows = [bench(d, args.n, args.f, args.repeats, args.seed) for d in args.d]
-    print(table(rows, args.f))
+    print(table(rows, args.f), flush=True)
+    latency = []
+    if not args.no_latency:
+        latency = [
+            bench_arrival(d, args.n, args.f, args.spacing, args.repeats, args.seed) for d in args.d
+        ]
+        print(arrival_table(latency))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        args.json.write_text(json.dumps(public, indent=2) + "\n")
+        doc = {"per_update": public, "round_latency": latency}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from logging import WARNING
@@ -481,7 +482,7 @@ def _check_metrics(envelope: Envelope, metrics: Mapping[str, Any]) -> None:
         raise RejectedUpdate(Reason.METRICS_MISMATCH, "reported metrics differ from signed ones")
 
 
-def open_envelope(
+def check_envelope(
     record: Any,
     arrays: ArrayRecord | Mapping[str, Any],
     *,
@@ -492,15 +493,11 @@ def open_envelope(
     global_digest: str,
     registry: DeviceLookup,
     metrics: Mapping[str, Any] | None = None,
-    seen: SeenUpdates | None = None,
-) -> Envelope:
-    """Verify a packed envelope against ``arrays`` and this round; return it or raise.
+) -> tuple[Envelope, bytes]:
+    """Every check of ``open_envelope`` but the replay memory: ``(envelope, signed bytes)``.
 
-    Every failed check raises ``RejectedUpdate`` (an exception of the registry itself
-    propagates; ``signature_screen`` turns it into ``verification-error``). ``metrics`` (the
-    reply's MetricRecord) must then equal the signed metrics; ``seen`` records the device for
-    this run and round, rejecting a second envelope (``replay`` when identical,
-    ``duplicate-device`` otherwise).
+    Keeps no state, so replies may be checked concurrently (hashing and Ed25519 release the
+    GIL); ``remember_envelope`` then applies the replay memory, in reply order.
     """
     envelope, signed, signature = parse_record(record)
     _authenticate(envelope, signed, signature, expected_region, registry)
@@ -524,11 +521,55 @@ def open_envelope(
         raise RejectedUpdate(Reason.DIGEST_MISMATCH, "arrays differ from the signed digest")
     if metrics is not None:
         _check_metrics(envelope, metrics)
+    return envelope, signed
+
+
+def remember_envelope(
+    seen: SeenUpdates, envelope: Envelope, signed: bytes, run_id: str, server_round: int
+) -> None:
+    """Record a checked envelope's device for this run and round; a second envelope of the
+    device raises ``replay`` (identical) or ``duplicate-device`` (different)."""
+    digest = sha256_hex(signed)
+    previous = seen.remember(envelope.device_id, run_id, server_round, digest)
+    if previous is not None:
+        code = Reason.REPLAY if previous == digest else Reason.DUPLICATE_DEVICE
+        raise RejectedUpdate(code, f"device {envelope.device_id[:16]} already sent round")
+
+
+def open_envelope(
+    record: Any,
+    arrays: ArrayRecord | Mapping[str, Any],
+    *,
+    expected_region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    global_digest: str,
+    registry: DeviceLookup,
+    metrics: Mapping[str, Any] | None = None,
+    seen: SeenUpdates | None = None,
+) -> Envelope:
+    """Verify a packed envelope against ``arrays`` and this round; return it or raise.
+
+    Every failed check raises ``RejectedUpdate`` (an exception of the registry itself
+    propagates; ``signature_screen`` turns it into ``verification-error``). ``metrics`` (the
+    reply's MetricRecord) must then equal the signed metrics; ``seen`` records the device for
+    this run and round, rejecting a second envelope (``replay`` when identical,
+    ``duplicate-device`` otherwise). ``check_envelope`` then ``remember_envelope``.
+    """
+    envelope, signed = check_envelope(
+        record,
+        arrays,
+        expected_region=expected_region,
+        run_id=run_id,
+        server_round=server_round,
+        nonce=nonce,
+        global_digest=global_digest,
+        registry=registry,
+        metrics=metrics,
+    )
     if seen is not None:
-        previous = seen.remember(envelope.device_id, run_id, server_round, sha256_hex(signed))
-        if previous is not None:
-            code = Reason.REPLAY if previous == sha256_hex(signed) else Reason.DUPLICATE_DEVICE
-            raise RejectedUpdate(code, f"device {envelope.device_id[:16]} already sent round")
+        remember_envelope(seen, envelope, signed, run_id, server_round)
     return envelope
 
 
@@ -560,6 +601,122 @@ def verify_envelope(
     ).device_id
 
 
+class SignatureScreen:
+    """A ``RobustStrategy`` screen: ``base_screen`` first, then envelope verification.
+
+    An accepted fate gets the verified device id and the signed example count; every fate
+    gets the device id the envelope claims (``claimed_device``), so a refused update still
+    names the device it claims to be. Any unexpected exception (in ``base_screen``, the
+    registry, ...) rejects the update with ``verification-error`` instead of crashing the
+    round.
+
+    Staged (``fedgate.strategies.arrival.StagedScreen``): ``check`` holds every check but the
+    replay memory and keeps no state, so the strategy runs it on each reply as it arrives,
+    in a thread pool; ``commit`` applies the replay memory in reply order. Calling the
+    screen does both.
+    """
+
+    def __init__(
+        self,
+        registry: DeviceLookup,
+        region: str,
+        run_id: str,
+        nonce_for_round: Callable[[int], str],
+        base_screen: Callable[[Message, int, ArrayRecord], ClientFate],
+        *,
+        seen: SeenUpdates | None = None,
+        record_key: str = RECORD_KEY,
+    ) -> None:
+        self.registry = registry
+        self.region = region
+        self.run_id = run_id
+        self.nonce_for_round = nonce_for_round
+        self.base_screen = base_screen
+        self.seen = seen
+        self.record_key = record_key
+        self._digest: tuple[int, ArrayRecord | None, str] = (0, None, "")  # round, model
+        self._lock = threading.Lock()
+
+    def _global_digest(self, server_round: int, current: ArrayRecord) -> str:
+        with self._lock:  # computed once per round's model, whichever thread asks first
+            done_round, model, digest = self._digest
+            if done_round != server_round or model is not current:
+                digest = arrayrecord_digest(current)
+                self._digest = (server_round, current, digest)
+            return digest
+
+    def _checked(
+        self, reply: Message, server_round: int, current: ArrayRecord
+    ) -> tuple[ClientFate, Envelope | None, bytes]:
+        content = reply.content
+        record = content.config_records.get(self.record_key)
+        fate = replace(
+            self.base_screen(reply, server_round, current),
+            claimed_device_id=claimed_device(record),
+        )
+        if not fate.accepted:
+            return fate, None, b""
+        try:
+            envelope, signed = check_envelope(
+                record,
+                next(iter(content.array_records.values())),
+                expected_region=self.region,
+                run_id=self.run_id,
+                server_round=server_round,
+                nonce=self.nonce_for_round(server_round),
+                global_digest=self._global_digest(server_round, current),
+                registry=self.registry,
+                metrics=next(iter(content.metric_records.values())),
+            )
+        except RejectedUpdate as exc:
+            return replace(fate, accepted=False, reason=exc.code, detail=exc.detail), None, b""
+        fate = replace(
+            fate,
+            device_id=envelope.device_id,
+            digest=envelope.arrays_digest,
+            num_examples=envelope.num_examples,
+        )
+        return fate, envelope, signed
+
+    def check(
+        self, reply: Message, server_round: int, current: ArrayRecord
+    ) -> Callable[[], ClientFate]:
+        """Every stateless check of ``reply``; returns the step that finishes its fate
+        (the replay memory), to be called in reply order."""
+        try:
+            fate, envelope, signed = self._checked(reply, server_round, current)
+        except Exception as exc:  # fail closed: a fault never crashes the round
+            failed = _failed_screen(reply, exc, self.record_key)
+            return lambda: failed
+        if envelope is None or self.seen is None:
+            return lambda: fate
+        seen = self.seen
+
+        def commit() -> ClientFate:
+            try:
+                remember_envelope(seen, envelope, signed, self.run_id, server_round)
+            except RejectedUpdate as exc:
+                return replace(fate, accepted=False, reason=exc.code, detail=exc.detail)
+            except Exception as exc:
+                return _failed_screen(reply, exc, self.record_key)
+            return fate
+
+        return commit
+
+    def __call__(self, reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
+        return self.check(reply, server_round, current)()
+
+
+def _failed_screen(reply: Any, exc: Exception, record_key: str) -> ClientFate:
+    """The ``verification-error`` fate of a reply whose screening raised ``exc``."""
+    log(WARNING, "update screening failed unexpectedly: %r", exc)
+    node = getattr(getattr(reply, "metadata", None), "src_node_id", 0)
+    fate = ClientFate(node, False, Reason.VERIFICATION_ERROR, repr(exc)[:200])
+    with contextlib.suppress(Exception):  # the reply itself may be what is broken
+        fate.claimed_device_id = claimed_device(reply.content.config_records[record_key])
+    return fate
+
+
 def signature_screen(
     registry: DeviceLookup,
     region: str,
@@ -569,61 +726,8 @@ def signature_screen(
     *,
     seen: SeenUpdates | None = None,
     record_key: str = RECORD_KEY,
-) -> Callable[[Message, int, ArrayRecord], ClientFate]:
-    """A ``RobustStrategy`` screen: ``base_screen`` first, then envelope verification.
-
-    An accepted fate gets the verified device id and the signed example count; every fate
-    gets the device id the envelope claims (``claimed_device``), so a refused update still
-    names the device it claims to be. Any unexpected exception (in ``base_screen``, the
-    registry, ...) rejects the update with ``verification-error`` instead of crashing the
-    round.
-    """
-    cache: list[Any] = [None, None, ""]  # (round, current record, digest)
-
-    def global_digest(server_round: int, current: ArrayRecord) -> str:
-        if cache[0] != server_round or cache[1] is not current:
-            cache[:] = [server_round, current, arrayrecord_digest(current)]
-        return cache[2]
-
-    def verified(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
-        content = reply.content
-        fate = replace(
-            base_screen(reply, server_round, current),
-            claimed_device_id=claimed_device(content.config_records.get(record_key)),
-        )
-        if not fate.accepted:
-            return fate
-        try:
-            envelope = open_envelope(
-                content.config_records.get(record_key),
-                next(iter(content.array_records.values())),
-                expected_region=region,
-                run_id=run_id,
-                server_round=server_round,
-                nonce=nonce_for_round(server_round),
-                global_digest=global_digest(server_round, current),
-                registry=registry,
-                metrics=next(iter(content.metric_records.values())),
-                seen=seen,
-            )
-        except RejectedUpdate as exc:
-            return replace(fate, accepted=False, reason=exc.code, detail=exc.detail)
-        return replace(
-            fate,
-            device_id=envelope.device_id,
-            digest=envelope.arrays_digest,
-            num_examples=envelope.num_examples,
-        )
-
-    def screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
-        try:
-            return verified(reply, server_round, current)
-        except Exception as exc:  # fail closed: a fault never crashes the round
-            log(WARNING, "update screening failed unexpectedly: %r", exc)
-            node = getattr(getattr(reply, "metadata", None), "src_node_id", 0)
-            fate = ClientFate(node, False, Reason.VERIFICATION_ERROR, repr(exc)[:200])
-            with contextlib.suppress(Exception):  # the reply itself may be what is broken
-                fate.claimed_device_id = claimed_device(reply.content.config_records[record_key])
-            return fate
-
-    return screen
+) -> SignatureScreen:
+    """The region's screen (``SignatureScreen``): structural checks, then the envelope."""
+    return SignatureScreen(
+        registry, region, run_id, nonce_for_round, base_screen, seen=seen, record_key=record_key
+    )

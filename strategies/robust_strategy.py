@@ -26,6 +26,7 @@ from flwr.supercore import log
 from fedgate.canonical_arrays import CanonicalArraysError
 from fedgate.errors import UnavailableError, VerificationError
 from fedgate.strategies.aggregators import Aggregator
+from fedgate.strategies.arrival import ArrivalScreening, exchange, stateless
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
 from fedgate.strategies.fates import ClientFate, TransportError
 from fedgate.strategies.instruction import SIGNATURE_KEY, sign_instruction
@@ -120,6 +121,7 @@ Scorer = Callable[[ArrayRecord], "float | np.ndarray"]
 one number, or one loss per held-out example (the ensemble then tests its choice's margin)."""
 
 
+@stateless
 def structural_screen(reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
     """Reject malformed, mis-shaped, oversize or non-finite updates with a reason code.
 
@@ -168,6 +170,8 @@ class RobustStrategy(Strategy):
     ``min_clients`` to connect), screen every reply (``screen``), aggregate the accepted
     updates' deltas with ``aggregator`` and keep the previous global model when fewer than
     ``min_clients`` updates survive. Every client's fate lands in ``rounds``.
+    ``start`` screens each reply as it arrives, in ``workers`` threads
+    (``fedgate.strategies.arrival``), so aggregation starts on already-checked updates.
     With ``scorer`` (the server's loss of a candidate model on its own data), aggregators
     that choose between candidates (the validated ensemble) get it before every round.
     """
@@ -187,6 +191,7 @@ class RobustStrategy(Strategy):
         scorer: Scorer | None = None,
         wait_timeout: float = 60.0,
         seed: int = 0,
+        workers: int | None = None,
     ) -> None:
         self.aggregator = aggregator
         self.clients_per_round = clients_per_round
@@ -194,6 +199,7 @@ class RobustStrategy(Strategy):
         self.max_examples = max_examples
         self.median_cap = median_cap
         self.screen = screen
+        self.arrival = ArrivalScreening(screen, workers)
         self.signer = signer
         self.on_round_opened = on_round_opened
         self.on_evaluated = on_evaluated
@@ -251,9 +257,29 @@ class RobustStrategy(Strategy):
         if evaluate_fn is not None and (res := evaluate_fn(before, initial_arrays)) is not None:
             result.evaluate_metrics_serverapp[before] = res
         arrays = initial_arrays
-        replies = grid.send_and_receive(
-            self.configure_train(first_round, arrays, train_config, grid), timeout=timeout
-        )
+        try:
+            return self._rounds(
+                grid, result, arrays, first_round, num_rounds, timeout, train_config,
+                evaluate_config, evaluate_fn,
+            )  # fmt: skip
+        finally:
+            self.arrival.close()
+
+    def _rounds(
+        self,
+        grid: Grid,
+        result: Result,
+        arrays: ArrayRecord,
+        first_round: int,
+        num_rounds: int,
+        timeout: float,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+    ) -> Result:
+        """``start``'s round loop: every exchange screens replies on arrival."""
+        batch = self.configure_train(first_round, arrays, train_config, grid)
+        replies = exchange(grid, batch, timeout, self.arrival.arrived)
         for current in range(first_round, num_rounds + 1):
             log(INFO, "[ROUND %s/%s]", current, num_rounds)
             new_arrays, train_metrics = self.aggregate_train(current, replies)
@@ -267,7 +293,7 @@ class RobustStrategy(Strategy):
                 batch = self.configure_train(current + 1, arrays, train_config, grid)
             else:
                 batch = self.configure_evaluate(current, arrays, evaluate_config, grid)
-            replies = list(grid.send_and_receive(batch, timeout=timeout))
+            replies = exchange(grid, batch, timeout, self.arrival.arrived)
         self.aggregate_evaluate(num_rounds, replies)
         if not len(result.arrays):
             result.arrays = arrays
@@ -306,6 +332,7 @@ class RobustStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays
+        self.arrival.open(server_round, arrays)
         messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
         self._sent[server_round] = messages  # Flower sets their message ids when it sends them
         return messages
@@ -313,6 +340,7 @@ class RobustStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.arrival.open(None)  # evaluate replies carry no update to check
         return self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
 
     def aggregate_train(
@@ -338,7 +366,7 @@ class RobustStrategy(Strategy):
         for fate in matched.unanswered:
             log(WARNING, "round %s: node %s did not reply", server_round, fate.node_id)
         fates, accepted = screen_replies(
-            matched.updates, self.screen, server_round, current, self.max_examples
+            matched.updates, self.arrival.screen, server_round, current, self.max_examples
         )
         record = RoundRecord(
             round=server_round,

@@ -264,6 +264,33 @@ def test_compose_has_the_regional_topology():
         assert tier in text, f"no place reserved for the global tier's {tier}"
 
 
+def test_compose_follows_the_host_layout_fedgate_up_and_the_netns_test_use():
+    """compose.yaml is the compose rendering of ``fedgate.server.launch.hosts``'s layout:
+    the same hosts and names (devices reach ``fleet-<region>``), and each service on the
+    networks the layout gives it (devices on their region's edge network only)."""
+    import tomllib
+
+    from fedgate.server.launch.config import parse_federation
+    from fedgate.server.launch.hosts import compose_layout, compose_networks, fleet_name
+
+    text = "[federation]\nname = 'compose'\n" + "".join(
+        f"[regions.{r}]\nport = {port}\nnodes = ['phone', 'pi']\n"
+        "clients-per-round = 2\nmin-clients = 2\naggregator = 'mean'\nf = 0\n"
+        for r, port in (("eu", 30000), ("us", 30100))
+    )
+    layout = compose_layout(parse_federation(tomllib.loads(text), "compose"))
+    svc = services()
+    for name, networks in compose_networks(layout).items():
+        assert set(_names(svc[name].get("networks", []))) == networks, name
+    for region in layout.regions.values():
+        fleet = fleet_name(region.region)
+        assert fleet == region.server.reach
+        for device in region.devices:
+            words = argv(svc[device.address])
+            host, _ = _host_port(words[words.index("--superlink") + 1])
+            assert host == fleet, device.address
+
+
 def test_every_reference_exists_and_every_declaration_is_used():
     top = compose()
     used: dict[str, set[str]] = {"networks": set(), "volumes": set(), "secrets": set()}

@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,9 +269,16 @@ def start_command(paths: ProxyPaths, nginx: str | None = None) -> list[str]:
     ]  # fmt: skip
 
 
-def check_config(paths: ProxyPaths, nginx: str | None = None, timeout: float = 30.0) -> None:
-    """``nginx -t`` on the written config; ``ProxyError`` with nginx's own words if invalid."""
+def check_config(
+    paths: ProxyPaths,
+    nginx: str | None = None,
+    timeout: float = 30.0,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> None:
+    """``nginx -t`` on the written config (run through ``wrap``: on the proxy's host);
+    ``ProxyError`` with nginx's own words if invalid."""
     cmd = [*start_command(paths, nginx), "-t", "-q"]
+    cmd = cmd if wrap is None else wrap(cmd)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

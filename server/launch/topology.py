@@ -1,4 +1,13 @@
-"""The local topology: one SuperLink per region and its SuperNodes, as loopback processes."""
+"""The topology: one SuperLink per region and its SuperNodes, started where a ``Layout`` puts them.
+
+``up`` renders the host description (``fedgate.server.launch.hosts``) as processes: by
+default every host is this machine (127.0.0.1); with a network-namespace layout each host's
+processes run in its namespace (``Host.wrap``) at its own address, the region's devices
+reaching its fleet proxy by name (``fedgate.server.launch.netns`` builds the network).
+Seams for other services of a region host (an enrollment service): ``bring_up_region``
+starts the region host's services in order; add a ``start_<service>(table, region,
+transport, host)`` beside ``start_proxy`` and call it there.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from fedgate.clients.device import node_config_arg
 from fedgate.procenv import port_open
 from fedgate.server.launch.config import ConfigError, FederationConfig, RegionConfig
 from fedgate.server.launch.fleet_proxy import check_config, healthy, start_command, write_config
+from fedgate.server.launch.hosts import Host, Layout
 from fedgate.server.launch.local_devices import device_dir
 from fedgate.server.launch.processes import (
     ManagedProcess,
@@ -57,8 +67,19 @@ class RegionEndpoints:
     superlink: str
 
 
-def endpoints(region: RegionConfig) -> RegionEndpoints:
-    return RegionEndpoints(region.name, f"{HOST}:{region.superlink_port}")
+def endpoints(region: RegionConfig, transport: Transport | None = None) -> RegionEndpoints:
+    address = HOST if transport is None else transport.server_address(region.name)
+    return RegionEndpoints(region.name, f"{address}:{region.superlink_port}")
+
+
+def _server(transport: Transport, region: RegionConfig) -> Host:
+    return Host("local") if transport.layout is None else transport.layout.server(region.name)
+
+
+def _device(transport: Transport, region: RegionConfig, index: int) -> Host:
+    if transport.layout is None:
+        return Host("local")
+    return transport.layout.region(region.name).device(index)
 
 
 def _check_ports(fed: FederationConfig) -> None:
@@ -89,11 +110,14 @@ def start_superlink(
         *transport.superlink_flags(region.name),
         "--isolation", "process",
         "--database", str(state / "state.db"),
-        "--host", HOST,
+        "--host", transport.server_address(region.name),
         "--port", str(region.superlink_port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
-    return table.start(f"superlink-{region.name}", cmd, {"FLWR_HOME": str(state / "flwr-home")})
+    host = _server(transport, region)
+    return table.start(
+        f"superlink-{region.name}", host.wrap(cmd), {"FLWR_HOME": str(state / "flwr-home")}
+    )
 
 
 def start_executor(
@@ -107,18 +131,22 @@ def start_executor(
     tls = ["--insecure"] if ca is None else ["--root-certificates", str(ca)]
     cmd = [
         _bin("flower-superexec"), *tls,
-        "--runtime-api-address", f"{HOST}:{region.superlink_port}",
+        "--runtime-api-address", f"{transport.server_address(region.name)}:{region.superlink_port}",
         "--parent-pid", str(superlink.pid),
     ]  # fmt: skip
-    return table.start(f"executor-{region.name}", cmd, {"FLWR_HOME": str(state / "flwr-home")})
+    host = _server(transport, region)
+    return table.start(
+        f"executor-{region.name}", host.wrap(cmd), {"FLWR_HOME": str(state / "flwr-home")}
+    )
 
 
 def start_proxy(table: ProcessTable, region: RegionConfig, transport: Transport):
     """The region's fleet-only nginx: the one address its SuperNodes are given."""
     spec = transport.proxy(region)
     paths = write_config(spec, region_dir(table.home, region.name) / "proxy")
-    check_config(paths)
-    return spec, table.start(f"proxy-{region.name}", start_command(paths), {})
+    host = _server(transport, region)
+    check_config(paths, wrap=host.wrap)
+    return spec, table.start(f"proxy-{region.name}", host.wrap(start_command(paths)), {})
 
 
 def start_enroll_service(
@@ -168,23 +196,35 @@ def start_supernode(
         _bin("flower-supernode"),
         *transport.supernode_flags(region, key),
         "--isolation", "process",
-        "--host", HOST,
+        "--host", HOST,  # its ClientApp worker runs on the same host: loopback
         "--port", str(region.node_runtime_port(index)),
         "--node-config", node_config(fed, region, index, table.home),
     ]  # fmt: skip
+    host = _device(transport, region, index)
     return table.start(
-        f"supernode-{region.name}-{index}", cmd, {"FLWR_HOME": str(state / "flwr-home")}
+        f"supernode-{region.name}-{index}", host.wrap(cmd), {"FLWR_HOME": str(state / "flwr-home")}
     )
 
 
-def start_workers(table: ProcessTable, region: RegionConfig) -> ManagedProcess:
-    """One long-lived ClientApp worker process per region, forking a child per SuperNode."""
-    cmd = [sys.executable, "-m", "fedgate.clients.worker"]
+def start_workers(
+    table: ProcessTable, region: RegionConfig, transport: Transport | None = None
+) -> list[ManagedProcess]:
+    """Long-lived ClientApp worker processes, one per device host (on one machine: one
+    for the whole region), each forking a child per SuperNode of its host."""
+    groups: dict[Host, list[int]] = {}
     for i in range(len(region.nodes)):
-        flwr_home = region_dir(table.home, region.name) / f"node-{i}" / "flwr-home"
-        log = table.log_dir / f"worker-{region.name}-{i}.log"
-        cmd += ["--node", f"{HOST}:{region.node_runtime_port(i)},{flwr_home},{log}"]
-    return table.start(f"workers-{region.name}", cmd, {})
+        host = Host("local") if transport is None else _device(transport, region, i)
+        groups.setdefault(host, []).append(i)
+    started = []
+    for n, (host, nodes) in enumerate(groups.items()):
+        cmd = [sys.executable, "-m", "fedgate.clients.worker"]
+        for i in nodes:
+            flwr_home = region_dir(table.home, region.name) / f"node-{i}" / "flwr-home"
+            log = table.log_dir / f"worker-{region.name}-{i}.log"
+            cmd += ["--node", f"{HOST}:{region.node_runtime_port(i)},{flwr_home},{log}"]
+        name = f"workers-{region.name}" + ("" if len(groups) == 1 else f"-{n}")
+        started.append(table.start(name, host.wrap(cmd), {}))
+    return started
 
 
 def online_nodes(region: RegionConfig, transport: Transport) -> int:
@@ -254,10 +294,11 @@ def bring_up_region(
     """One region: SuperLink, executor, proxy, node keys, SuperNodes and workers, each
     waited on by its readiness (a port, /health, the SuperLink's node list), never a sleep."""
     r = region
+    address = transport.server_address(r.name)
     link = start_superlink(table, r, transport)
-    wait_until(lambda: port_open(r.superlink_port), timeout, f"SuperLink {r.name}",
+    wait_until(lambda: port_open(r.superlink_port, address), timeout, f"SuperLink {r.name}",
                link.log, link.pid)  # fmt: skip
-    say(r.name, f"SuperLink ready at {HOST}:{r.superlink_port} (operator address)")
+    say(r.name, f"SuperLink ready at {address}:{r.superlink_port} (operator address)")
     stale = stop_stale_runs(table.home, r, transport)
     if stale:
         say(r.name, f"stopped {len(stale)} run(s) an earlier session left pending: {stale}")
@@ -274,7 +315,7 @@ def bring_up_region(
     enroll = None if transport.insecure else start_enroll_service(table, r, transport)
     wait_until(lambda: healthy(spec, transport.ca(r.name)), timeout, f"fleet proxy {r.name}",
                proxy.log, proxy.pid)  # fmt: skip
-    say(r.name, f"fleet proxy ready at {HOST}:{r.fleet_port} "
+    say(r.name, f"fleet proxy ready at {transport.fleet_address(r.name)}:{r.fleet_port} "
                 f"({'insecure' if transport.insecure else 'TLS'})")  # fmt: skip
     if enroll is not None:
         from fedgate.server.trust.enroll_run import service_healthy
@@ -286,8 +327,10 @@ def bring_up_region(
     else:
         say(r.name, "no enrollment service (insecure: devices cannot enroll over the network)")
     nodes = [start_supernode(table, fed, r, i, transport, keys[i]) for i in range(len(r.nodes))]
-    worker = start_workers(table, r)
+    workers = start_workers(table, r, transport)
     for i, node in enumerate(nodes):
+        if _device(transport, r, i).namespace is not None:
+            continue  # its loopback is its host's own; the node list below tells readiness
         wait_until(lambda i=i: port_open(r.node_runtime_port(i)), timeout,
                    f"SuperNode {r.name}-{i}", node.log, node.pid)  # fmt: skip
     wait_until(lambda: online_nodes(r, transport) >= len(r.nodes), timeout,
@@ -296,7 +339,7 @@ def bring_up_region(
     for i, node in enumerate(nodes):
         if not alive(node.pid):
             raise TopologyError(f"SuperNode {r.name}-{i} exited after start-up; read {node.log}")
-    for proc, what in ((worker, "ClientApp workers"), (executor, "executor")):
+    for proc, what in (*[(w, "ClientApp workers") for w in workers], (executor, "executor")):
         if not alive(proc.pid):
             raise TopologyError(f"{what} of {r.name} exited; read {proc.log}")
     say(
@@ -312,12 +355,16 @@ def up(
     timeout: float = 120.0,
     echo=print,
     insecure: bool = False,
+    layout: Layout | None = None,
 ) -> list[RegionEndpoints]:
     """Start every region's SuperLink, executor, proxy and SuperNodes, regions concurrently,
     and wait until each is ready, printing progress per process.
 
-    Secure unless ``insecure``: see ``fedgate.server.launch.transport``. On any failure,
-    everything started so far is stopped again before the error propagates.
+    Secure unless ``insecure``: see ``fedgate.server.launch.transport``. ``layout`` places
+    the processes on hosts (default: all on this machine; a network-namespace layout needs
+    its network built first, ``fedgate.server.launch.netns``); it is recorded with the
+    transport, so later verbs reach the same addresses. On any failure, everything started
+    so far is stopped again before the error propagates.
     """
     table = ProcessTable(home)
     if table.running():
@@ -325,9 +372,10 @@ def up(
             f"fedgate is already up in {home} ({len(table.running())} processes); "
             "run `fedgate down` first"
         )
-    _check_ports(fed)
+    if layout is None or layout.local:
+        _check_ports(fed)
     table.stop_all()  # forget (and make sure of) what a previous, dead topology left listed
-    transport = Transport(Path(home), insecure)
+    transport = Transport(Path(home), insecure, None if layout is None or layout.local else layout)
     if insecure:
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
     # heavy imports (database, audit chain): only `up` needs them, not `status`
@@ -363,7 +411,7 @@ def up(
     except BaseException:
         table.stop_all()
         raise
-    return [endpoints(r) for r in fed.regions]
+    return [endpoints(r, transport) for r in fed.regions]
 
 
 @dataclass(frozen=True)
@@ -385,7 +433,7 @@ class RegionHealth:
 def region_health(home: Path, region: RegionConfig) -> RegionHealth:
     """Probe a region of the topology under ``home``: SuperLink, proxy and node status."""
     transport = load_transport(home)
-    link = port_open(region.superlink_port)
+    link = port_open(region.superlink_port, transport.server_address(region.name))
     proxy = healthy(transport.proxy(region), transport.ca(region.name)) if link else False
     if not link:
         return RegionHealth(region.name, False, proxy, len(region.nodes), error="SuperLink down")

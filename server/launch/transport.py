@@ -22,6 +22,7 @@ from fedgate.atomic_file import write_atomic
 from fedgate.clients.node_key import ensure_node_key, supernode_flags
 from fedgate.server.launch.config import ConfigError, RegionConfig, resolve
 from fedgate.server.launch.fleet_proxy import ProxySpec
+from fedgate.server.launch.hosts import LOCAL, Layout
 from fedgate.server.launch.processes import ProcessTable
 from fedgate.server.trust.node_auth import (
     ControlTarget,
@@ -30,7 +31,7 @@ from fedgate.server.trust.node_auth import (
 )
 from fedgate.server.trust.pki import ensure_region_pki, region_tls, superlink_tls_flags
 
-HOST = "127.0.0.1"
+HOST = LOCAL
 TRANSPORT_FILE = "transport.json"
 INSECURE_WARNING = (
     "warning: --insecure: no TLS and no SuperNode authentication; anything that can reach "
@@ -40,18 +41,30 @@ INSECURE_WARNING = (
 
 @dataclass(frozen=True)
 class Transport:
-    """The transport mode of one fedgate home."""
+    """The transport mode of one fedgate home, and where its hosts are (``layout``; None:
+    every process on this machine at 127.0.0.1, ``fedgate.server.launch.hosts``)."""
 
     home: Path
     insecure: bool = False
+    layout: Layout | None = None
+
+    def server_address(self, region: str) -> str:
+        """Where the region's SuperLink and proxy listen and the operator reaches them."""
+        return HOST if self.layout is None else self.layout.server(region).address
+
+    def fleet_address(self, region: str) -> str:
+        """The name (or address) devices reach the region's fleet proxy by."""
+        return HOST if self.layout is None else self.layout.server(region).reach
 
     def ca(self, region: str) -> Path | None:
         return None if self.insecure else region_tls(self.home, region).ca_cert
 
     def prepare_region(self, region: str) -> None:
-        """Make (or renew) the region's certificates; nothing to do when insecure."""
+        """Make (or renew) the region's certificates, for the names its hosts are reached
+        by; nothing to do when insecure."""
         if not self.insecure:
-            ensure_region_pki(self.home, region)
+            names = () if self.layout is None else self.layout.region(region).tls_names
+            ensure_region_pki(self.home, region, names)
 
     def superlink_flags(self, region: str) -> list[str]:
         if self.insecure:
@@ -60,14 +73,20 @@ class Transport:
 
     def control(self, region: RegionConfig) -> ControlTarget:
         """The operator-only address: Control API (runs, node registration)."""
-        return ControlTarget(f"{HOST}:{region.superlink_port}", self.ca(region.name))
+        address = self.server_address(region.name)
+        return ControlTarget(f"{address}:{region.superlink_port}", self.ca(region.name))
 
     def proxy(self, region: RegionConfig) -> ProxySpec:
-        upstream = f"{HOST}:{region.superlink_port}"
+        address = self.server_address(region.name)
+        upstream = f"{address}:{region.superlink_port}"
         if self.insecure:
-            return ProxySpec(region.fleet_port, upstream, None, None, None, node_auth=False)
+            return ProxySpec(region.fleet_port, upstream, None, None, None, node_auth=False,
+                             listen_host=address)  # fmt: skip
         tls = region_tls(self.home, region.name)
-        return ProxySpec(region.fleet_port, upstream, tls.server_cert, tls.server_key, tls.ca_cert)
+        # the DNS name the certificate is checked for (nginx checks names, not IP addresses)
+        name = "localhost" if address == HOST else self.fleet_address(region.name)
+        return ProxySpec(region.fleet_port, upstream, tls.server_cert, tls.server_key,
+                         tls.ca_cert, upstream_name=name, listen_host=address)  # fmt: skip
 
     def node_key(self, device_dir: Path, comment: str) -> NodeKey | None:
         """The SuperNode's authentication key (made on first use); None when insecure."""
@@ -75,7 +94,7 @@ class Transport:
 
     def supernode_flags(self, region: RegionConfig, node: NodeKey | None) -> list[str]:
         """How a SuperNode reaches its region: through the proxy, with TLS and its key."""
-        target = ["--superlink", f"{HOST}:{region.fleet_port}"]
+        target = ["--superlink", f"{self.fleet_address(region.name)}:{region.fleet_port}"]
         ca = self.ca(region.name)
         if ca is None or node is None:
             return ["--insecure", *target]
@@ -83,14 +102,19 @@ class Transport:
 
     def save(self) -> None:
         path = self.home / "run" / TRANSPORT_FILE
-        write_atomic(path, json.dumps({"insecure": self.insecure}))
+        doc: dict = {"insecure": self.insecure}
+        if self.layout is not None:
+            doc["layout"] = self.layout.to_dict()
+        write_atomic(path, json.dumps(doc))
 
 
 def load_transport(home: Path) -> Transport:
-    """The mode ``fedgate up`` recorded under ``home`` (secure when nothing was recorded)."""
+    """The mode (and host layout) ``fedgate up`` recorded under ``home`` (secure and local
+    when nothing was recorded)."""
     path = Path(home) / "run" / TRANSPORT_FILE
-    insecure = bool(json.loads(path.read_text()).get("insecure")) if path.exists() else False
-    return Transport(Path(home), insecure)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    layout = Layout.from_dict(doc["layout"]) if doc.get("layout") else None
+    return Transport(Path(home), bool(doc.get("insecure")), layout)
 
 
 def control_target(

@@ -144,14 +144,92 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
+GEMM_ENV = "FEDGATE_GEMM"
+"""``numpy`` or ``torch`` forces the kernel of the large Gram products; unset: measured."""
+_GEMM: dict[str, str] = {}
+_GEMM_LOCK = threading.Lock()
+
+
+def _torch_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    import torch  # heavy import: only for large matrices
+
+    with torch.no_grad():
+        return torch.mm(_as_tensor(a), _as_tensor(b).T).numpy()
+
+
+def _numpy_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` as a sum of column-block products on the worker threads, each on
+    single-threaded BLAS (as the rules run it: ``serial_blas``)."""
+    spans = column_spans(a.shape[1], WORKERS)
+    if len(spans) == 1:
+        return a @ b.T
+    with single_blas():
+        parts = list(
+            _pool().map(lambda span: a[:, span[0] : span[1]] @ b[:, span[0] : span[1]].T, spans)
+        )
+    return functools.reduce(np.add, parts)
+
+
+GEMMS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "numpy": _numpy_mm,
+    "torch": _torch_mm,
+}
+
+
+def measure_gemm(n: int = 50, d: int = 1 << 18, repeats: int = 3) -> dict[str, float]:
+    """Best seconds of ``x @ x.T`` (float32, ``(n, d)``) per kernel on this host, each with
+    its own default threading (numpy's BLAS, torch's intra-op threads)."""
+    import time
+
+    x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+    out = {}
+    for name, mm in GEMMS.items():  # accumulation in float32 either way: same precision
+        try:
+            mm(x, x)  # warm up: imports, thread pools
+        except Exception:  # a kernel this host cannot run is not a candidate
+            continue
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            mm(x, x)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best
+    return out
+
+
+def gemm_kernel() -> str:
+    """The kernel of the large Gram products: ``FEDGATE_GEMM`` if set, else the faster of
+    numpy's BLAS and torch's GEMM as measured once per process (``measure_gemm``): which one
+    wins depends on the host (OpenBLAS or MKL, AMD or Intel), so it is never assumed."""
+    with _GEMM_LOCK:
+        if "kernel" not in _GEMM:
+            forced = os.environ.get(GEMM_ENV, "").strip().lower()
+            if forced and forced not in GEMMS:
+                raise ValueError(f"{GEMM_ENV}={forced!r}: choose one of {', '.join(GEMMS)}")
+            if forced:
+                _GEMM["kernel"] = forced
+            else:
+                timings = measure_gemm()
+                _GEMM["kernel"] = min(timings, key=timings.__getitem__)
+                _GEMM.update({f"{k} seconds": f"{v:.6f}" for k, v in timings.items()})
+        return _GEMM["kernel"]
+
+
+def gemm_choice() -> dict[str, str]:
+    """The kernel ``gemm_kernel`` picked and the timings it picked it by (none if forced)."""
+    gemm_kernel()
+    with _GEMM_LOCK:
+        return dict(_GEMM)
+
+
 def gram_and_projections(
     x: np.ndarray, extra: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``x @ x.T`` and ``x @ extra.T`` (``extra``: ``(m, d)``) as float64.
 
-    Large inputs go to torch's GEMM (MKL, on torch's own threads: about twice OpenBLAS's
-    throughput for this short-and-wide shape) in ``x``'s dtype, sharing ``x``'s memory; small
-    ones stay in numpy, where a call costs less than torch's dispatch.
+    Large inputs go to the GEMM that measured faster on this host (``gemm_kernel``: numpy's
+    BLAS or torch's, in ``x``'s dtype, sharing ``x``'s memory); small ones stay in numpy,
+    where a call costs less than torch's dispatch.
     """
     d = x.shape[1]
     e = None if extra is None else np.ascontiguousarray(extra, dtype=x.dtype).reshape(-1, d)
@@ -159,12 +237,9 @@ def gram_and_projections(
         g = (x @ x.T).astype(np.float64)
         p = None if e is None else (x @ e.T).astype(np.float64)
     else:
-        import torch  # heavy import: only for large matrices
-
-        t = _as_tensor(x)
-        with torch.no_grad():
-            g = torch.mm(t, t.T).numpy().astype(np.float64)
-            p = None if e is None else torch.mm(t, _as_tensor(e).T).numpy().astype(np.float64)
+        mm = GEMMS[gemm_kernel()]
+        g = mm(x, x).astype(np.float64)
+        p = None if e is None else mm(x, e).astype(np.float64)
     return (g + g.T) / 2, p
 
 
