@@ -31,6 +31,7 @@ Dirichlet(alpha).
 
 from __future__ import annotations
 
+import copy
 import gc
 import io
 import logging
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from fedgate.clients.profiles import PROFILES
-from fedgate.clients.sim.attacks import Attack, backdoor_success_rate, get_attack
+from fedgate.clients.sim.attacks import BACKDOORS, Attack, backdoor_success_rate, get_attack
 from fedgate.models.data import (
     TEST_FRACTION,
     VALIDATION_FRACTION,
@@ -287,6 +288,17 @@ def fedgate_step(name: str, pre: str | None = None, **params) -> Callable[[Setti
                 agg.set_scorer(lambda delta: server.losses(glob + delta))
             return glob + np.asarray(agg(deltas, counts).vector, dtype=np.float32)
 
+        def preview(deltas, glob, counts, server):
+            """What ``step`` would return, leaving the rule's state (a CC centre) untouched:
+            the defence an adaptive attacker queries."""
+            nonlocal agg
+            saved, agg = agg, copy.deepcopy(agg)
+            try:
+                return step(deltas, glob, counts, server)
+            finally:
+                agg = saved
+
+        step.preview = preview  # type: ignore[attr-defined]
         return step
 
     return make
@@ -383,6 +395,7 @@ def flower_step(kind: str) -> Callable[[Setting], Step]:
                 return glob
             return flatten(arrays.to_numpy_ndarrays())
 
+        step.preview = step  # type: ignore[attr-defined]  # Flower's rules keep no state
         return step
 
     return make
@@ -463,12 +476,15 @@ def run_group(
                 momenta[k] = sent if rnd == 1 else beta * momenta[k] + (1 - beta) * sent
                 sent = momenta[k]
             upd = np.array(sent, dtype=np.float32, copy=True)
+            server = Server(fed.root, deltas[k, setting.n])
             if len(byz):
                 rng = np.random.default_rng([setting.seed, 7, rnd])
                 ref = upd[honest] if setting.colluding else None
-                upd[byz] = fed.attack.craft(upd[byz], ref, setting.f, rng, n=setting.n)
+                extra = {}
+                if getattr(fed.attack, "adaptive", False):
+                    extra["defence"] = defence_oracle(steps[i], upd, byz, glob[k], counts, server)
+                upd[byz] = fed.attack.craft(upd[byz], ref, setting.f, rng, n=setting.n, **extra)
             try:
-                server = Server(fed.root, deltas[k, setting.n])
                 new = steps[i](upd, glob[k], counts, server)
                 glob[k] = np.asarray(new, np.float32)
             except Exception as exc:
@@ -484,12 +500,28 @@ def run_group(
             continue
         res.accuracy = float(acc[k])
         res.diverged = bool(not np.all(np.isfinite(glob[k])) or not res.accuracy >= 0.2)
-        if fed.attack.name == "backdoor":
+        if fed.attack.name in BACKDOORS:
             w = torch.from_numpy(np.nan_to_num(glob[k : k + 1]))
             res.backdoor_asr = backdoor_success_rate(
-                lambda x, w=w: batched_predict(w, x)[0].numpy(), fed.test
+                lambda x, w=w: batched_predict(w, x)[0].numpy(),
+                fed.test,
+                trigger=BACKDOORS[fed.attack.name],
             )
     return results
+
+
+def defence_oracle(step: Step, upd, byz, glob, counts, server) -> Callable:
+    """The defended aggregate (new weights minus ``glob``) of ``step`` if the attackers
+    ``byz`` sent the rows ``mal`` and everyone else ``upd``: what an adaptive attacker that
+    knows the rule (and the server's data, the strongest case) optimises against."""
+    preview = getattr(step, "preview", step)
+
+    def defence(mal: np.ndarray) -> np.ndarray:
+        trial = np.array(upd, copy=True)
+        trial[byz] = mal
+        return np.asarray(preview(trial, glob, counts, server), dtype=np.float64) - glob
+
+    return defence
 
 
 def batched_loss(weights: torch.Tensor, data: Dataset, reduction: str = "mean") -> torch.Tensor:

@@ -20,7 +20,11 @@ are not finite or its accuracy is below 0.2; it then counts as 0 in the worst ca
     python benchmarks/robustness.py --rules ensemble,cc --fs 4 --seeds 0,1,2
 
 Rows written with ``--json``: {alpha, f, attack, rule, impl, seed, accuracy} (+ diverged,
-client_momentum, backdoor_asr for the backdoor attack, error when a run failed).
+client_momentum, backdoor_asr for the three backdoor forms, error when a run failed).
+Every figure is the **worst over seeds**; backdoor success is the fraction of the common
+test split's non-target images, carrying the form's trigger (corner patch; mirrored for the
+edge case), that the final model classifies as the target. ``--plot FILE`` draws the
+frontier (worst-case accuracy against backdoor success, per setting).
 """
 
 from __future__ import annotations
@@ -47,10 +51,28 @@ from _fl_sim import FLOWER_KINDS, FLOWER_RULES, RuleSpec, Setting, fedgate_step,
 from fedgate.clients.sim.attacks import ATTACKS  # noqa: E402
 
 ALL_ATTACKS = list(ATTACKS)  # "none" first
-QUICK_ATTACKS = ["none", "sign-flip", "ipm-0.1", "ipm-100", "label-flip", "min-max"]
-QUICK_RULES = ["cc", "nnm+cc", "trimmed-mean", "multi-krum"]
-EXTRA_RULES = ["nnm+cc"]  # the region default's robust member, in the full grid too
-TARGETS = {(0.5, 4): 0.93, (0.1, 4): 0.80, (0.5, 6): 0.80}  # worst case of the region default
+QUICK_ATTACKS = [
+    "none",
+    "sign-flip",
+    "ipm-100",
+    "backdoor",
+    "backdoor-bounded",
+    "backdoor-edge",
+    "alie-adaptive",
+]
+QUICK_RULES = ["ensemble-nofilter", "cc", "nnm+cc", "multi-krum"]
+# the region default's robust member, the default without its backdoor filter, and FLAME in
+# front of single rules: the candidate defences of the frontier, in the full grid too
+EXTRA_RULES = ["nnm+cc", "ensemble-nofilter", "flame+cc", "flame+mean"]
+VARIANTS: dict[str, tuple[str, str | None, dict]] = {
+    "ensemble-nofilter": ("ensemble", None, {"filter": ""}),
+    "ensemble-noise": ("ensemble", None, {"noise": 0.001}),
+}
+"""Labels for rules built with parameters other than the region defaults: (rule, pre, params)."""
+TARGETS = {(0.5, 4): 0.93, (0.5, 6): 0.92, (0.1, 4): 0.88, (0.1, 6): 0.80}
+"""Worst case (over attacks and seeds) the region default must reach (issue 19)."""
+BACKDOOR_TARGET_ASR = 0.05
+"""The region default's backdoor success must stay at or below this for every form."""
 
 
 def default_label() -> str:
@@ -75,15 +97,24 @@ def fedgate_specs(names: list[str] | None = None, nnm: bool = False) -> list[Rul
         from fedgate.strategies.aggregators import PRE_AGGREGATORS
 
         composed = {f"{p}+{n}" for p in PRE_AGGREGATORS for n in AGGREGATORS}
-        unknown = sorted(set(names) - set(labels) - composed)
+        unknown = sorted(set(names) - set(labels) - composed - set(VARIANTS))
         if unknown:
             raise SystemExit(f"unknown fedgate rule(s) {unknown}; known: {', '.join(labels)}")
         labels = [n for n in dict.fromkeys(names)]
     specs = []
     for label in labels:
-        pre, _, name = label.rpartition("+")
-        specs.append(RuleSpec(label, "fedgate", fedgate_step(name, pre or None)))
+        name, pre, params = parse_label(label)
+        specs.append(RuleSpec(label, "fedgate", fedgate_step(name, pre, **params)))
     return specs
+
+
+def parse_label(label: str) -> tuple[str, str | None, dict]:
+    """A table label as (rule, pre-aggregator, parameters): ``nnm+cc``, or a variant."""
+    if label in VARIANTS:
+        name, pre, params = VARIANTS[label]
+        return name, pre, dict(params)
+    pre, _, name = label.rpartition("+")
+    return name, pre or None, {}
 
 
 def runnable(label: str, setting: Setting) -> bool:
@@ -92,9 +123,9 @@ def runnable(label: str, setting: Setting) -> bool:
     from fedgate.strategies.aggregators import AggregatorConfigError
     from fedgate.strategies.rules import build_rule
 
-    pre, _, name = label.rpartition("+")
+    name, pre, params = parse_label(label)
     try:
-        build_rule(name, setting.f, pre or None).check(setting.n)
+        build_rule(name, setting.f, pre, **params).check(setting.n)
     except AggregatorConfigError:
         return False
     return True
@@ -196,11 +227,24 @@ def _score(row: dict) -> float:
 
 
 def cells(rows: list[dict]) -> dict[tuple, float]:
-    """(impl, rule, alpha, f, attack) -> accuracy averaged over seeds (diverged = 0)."""
+    """(impl, rule, alpha, f, attack) -> the worst accuracy over seeds (diverged = 0)."""
     acc: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         acc[(r["impl"], r["rule"], r["alpha"], r["f"], r["attack"])].append(_score(r))
-    return {k: sum(v) / len(v) for k, v in acc.items()}
+    return {k: min(v) for k, v in acc.items()}
+
+
+def backdoor_cells(rows: list[dict]) -> dict[tuple, tuple[float, str]]:
+    """(impl, rule, alpha, f) -> (highest backdoor success over forms and seeds, its form)."""
+    out: dict[tuple, tuple[float, str]] = {}
+    for r in rows:
+        if r.get("backdoor_asr") is None:
+            continue
+        key = (r["impl"], r["rule"], r["alpha"], r["f"])
+        asr = 1.0 if r["diverged"] else float(r["backdoor_asr"])
+        if key not in out or asr > out[key][0]:
+            out[key] = (asr, r["attack"])
+    return out
 
 
 def summarize(rows: list[dict]) -> dict[tuple, tuple[float, str, float | None]]:
@@ -228,8 +272,8 @@ def worst_case_table(rows: list[dict]):
     keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], k[1] != default, k[1]))
     seeds = sorted({r["seed"] for r in rows})
     table = Table(
-        title="Final test accuracy: worst case over attacks, the worst attack, (clean accuracy); "
-        f"mean over seeds {seeds}"
+        title="Final test accuracy: worst case over attacks and seeds, the worst attack, "
+        f"(clean accuracy, worst seed); seeds {seeds}"
     )
     table.add_column("impl")
     table.add_column("rule")
@@ -255,7 +299,7 @@ def per_attack_table(rows: list[dict], alpha: float, f: int):
     c = cells(rows)
     attacks = [a for a in ALL_ATTACKS if any(r["attack"] == a for r in rows)]
     keys = sorted({(k[0], k[1]) for k in c if k[2:4] == (alpha, f)})
-    table = Table(title=f"Accuracy per attack, alpha={alpha}, f={f} (0 = diverged)")
+    table = Table(title=f"Accuracy per attack, alpha={alpha}, f={f}, worst seed (0 = diverged)")
     table.add_column("impl")
     table.add_column("rule")
     for a in attacks:
@@ -264,6 +308,95 @@ def per_attack_table(rows: list[dict], alpha: float, f: int):
         vals = [c.get((impl, rule, alpha, f, a)) for a in attacks]
         table.add_row(impl, rule, *["-" if v is None else f"{v:.3f}" for v in vals])
     return table
+
+
+def backdoor_table(rows: list[dict]):
+    """Per (impl, rule): highest backdoor success over the forms and seeds (and the form),
+    beside the worst-case and clean accuracy: the frontier's two axes."""
+    from rich.table import Table
+
+    bd, summary = backdoor_cells(rows), summarize(rows)
+    default = default_label()
+    keys = sorted({(k[0], k[1]) for k in bd}, key=lambda k: (k[0], k[1] != default, k[1]))
+    table = Table(
+        title="Backdoor success (triggered non-target test images classified as the target; "
+        "highest over forms and seeds) | worst-case accuracy | clean accuracy"
+    )
+    table.add_column("impl")
+    table.add_column("rule")
+    for alpha, f in _settings(rows):
+        table.add_column(f"alpha={alpha} f={f}", justify="right")
+    for impl, rule in keys:
+        out = []
+        for alpha, f in _settings(rows):
+            hit, acc = bd.get((impl, rule, alpha, f)), summary.get((impl, rule, alpha, f))
+            if hit is None or acc is None:
+                out.append("n/a")
+                continue
+            clean = "-" if acc[2] is None else f"{acc[2]:.3f}"
+            out.append(f"{hit[0]:.3f} {hit[1]} | {acc[0]:.3f} | {clean}")
+        label = f"{rule} (region default)" if (impl, rule) == ("fedgate", default) else rule
+        table.add_row(impl, label, *out)
+    return table
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """Per (alpha, f) and candidate defence: highest backdoor success and worst-case accuracy,
+    and whether the candidate is on the Pareto front (no other is better on both)."""
+    bd, summary = backdoor_cells(rows), summarize(rows)
+    points = []
+    for (impl, rule, alpha, f), (asr, form) in bd.items():
+        acc = summary.get((impl, rule, alpha, f))
+        if acc is None:
+            continue
+        points.append(
+            {"alpha": alpha, "f": f, "impl": impl, "rule": rule, "backdoor": asr,
+             "form": form, "worst": acc[0], "worst_attack": acc[1], "clean": acc[2]}
+        )  # fmt: skip
+    for p in points:
+        p["pareto"] = not any(
+            q is not p
+            and (q["alpha"], q["f"]) == (p["alpha"], p["f"])
+            and q["backdoor"] <= p["backdoor"]
+            and q["worst"] >= p["worst"]
+            and (q["backdoor"] < p["backdoor"] or q["worst"] > p["worst"])
+            for q in points
+        )
+    return points
+
+
+def plot_frontier(points: list[dict], path: Path) -> None:
+    """Worst-case accuracy against backdoor success, one panel per setting, the Pareto
+    front joined and the region default marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(p["alpha"], p["f"]) for p in points}, key=lambda s: (-s[0], s[1]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4.5), squeeze=False)
+    default = default_label()
+    for ax, (alpha, f) in zip(axes[0], settings, strict=True):
+        here = [p for p in points if (p["alpha"], p["f"]) == (alpha, f)]
+        for p in here:
+            mine = (p["impl"], p["rule"]) == ("fedgate", default)
+            ax.scatter(p["backdoor"], p["worst"], marker="*" if mine else "o",
+                       s=160 if mine else 30, c="tab:red" if mine else
+                       ("tab:blue" if p["impl"] == "fedgate" else "tab:gray"))  # fmt: skip
+            ax.annotate(f"{p['impl'][0]}:{p['rule']}", (p["backdoor"], p["worst"]), fontsize=6)
+        front = sorted((p for p in here if p["pareto"]), key=lambda p: p["backdoor"])
+        ax.plot([p["backdoor"] for p in front], [p["worst"] for p in front], "k--", lw=0.8)
+        target = TARGETS.get((alpha, f))
+        if target is not None:
+            ax.axhline(target, color="tab:green", lw=0.8)
+        ax.axvline(BACKDOOR_TARGET_ASR, color="tab:green", lw=0.8)
+        ax.set_title(f"alpha={alpha} f={f}")
+        ax.set_xlabel("backdoor success (highest over forms, seeds)")
+        ax.set_ylabel("worst-case accuracy (over attacks, seeds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def verdict_lines(rows: list[dict]) -> list[str]:
@@ -296,15 +429,15 @@ def verdict_lines(rows: list[dict]) -> list[str]:
                 f"    vs Flower {kind:<14} {other[0]:.3f} ({other[1]}): {better} "
                 f"by {worst - other[0]:+.3f}"
             )
-    asr = [
-        f"alpha={r['alpha']} f={r['f']}: {r['backdoor_asr']:.2f}"
-        for r in rows
-        if (r["impl"], r["rule"]) == ("fedgate", default) and "backdoor_asr" in r
-    ]
-    if asr:
-        lines.append(
-            f"default backdoor success rate (triggered test images -> target): {'; '.join(asr)}"
-        )
+    bd = backdoor_cells(rows)
+    for alpha, f in _settings(rows):
+        hit = bd.get(("fedgate", default, alpha, f))
+        if hit is not None:
+            ok = "met" if hit[0] <= BACKDOOR_TARGET_ASR else "MISSED"
+            lines.append(
+                f"alpha={alpha} f={f}: default backdoor success {hit[0]:.3f} ({hit[1]}; "
+                f"highest over forms and seeds), target <= {BACKDOOR_TARGET_ASR}: {ok}"
+            )
     diverged = [r for r in rows if r["diverged"] and (r["impl"], r["rule"]) == ("fedgate", default)]
     lines.append(
         f"default runs diverged (NaN or accuracy < 0.2): {len(diverged)}"
@@ -329,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-momentum", type=float, default=0.0)
     parser.add_argument("--agnostic", action="store_true", help="non-colluding attackers")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plot", type=Path, help="save the backdoor/accuracy frontier plot")
     args = parser.parse_args(argv)
 
     try:
@@ -373,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(worst_case_table(rows))
     for alpha, f in _settings(rows):
         console.print(per_attack_table(rows, alpha, f))
+    if any(r.get("backdoor_asr") is not None for r in rows):
+        console.print(backdoor_table(rows))
+        if args.plot:
+            plot_frontier(frontier(rows), args.plot)
+            console.print(f"frontier plot: {args.plot}", highlight=False)
     for line in verdict_lines(rows):
         console.print(line, highlight=False, markup=False)
     errors = [r for r in rows if r.get("error")]

@@ -1,4 +1,8 @@
-"""The validated ensemble: chooses by server loss, follows its choice, explains it."""
+"""The validated ensemble: chooses by server loss, follows its choice, explains it.
+
+The members' choice is tested without the backdoor pre-filter (``filter=""``); the region
+default with it is tested in ``test_backdoor_defence.py``.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def test_picks_the_member_with_the_lowest_server_loss():
     ]
     vectors = [rule(x).vector for rule in direct]
     target = vectors[1]
-    ens = make_aggregator("ensemble", 2, members=members)
+    ens = make_aggregator("ensemble", 2, filter="", members=members)
     ens.set_scorer(lambda delta: float(np.linalg.norm(delta - target)))
     res = ens(x)
     np.testing.assert_allclose(res.vector, target)
@@ -39,19 +43,23 @@ def test_picks_the_member_with_the_lowest_server_loss():
 
 def test_scorer_is_used_once_and_the_fallback_is_explained():
     x = updates()
-    ens = make_aggregator("ensemble", 2)  # cc, nnm+cc, zeno; fallback: the last not judged
+    ens = make_aggregator(
+        "ensemble", 2, filter=""
+    )  # cc, nnm+cc, zeno; fallback: the last not judged
     ens.set_scorer(lambda delta: 0.0)
     assert ens(x).note.startswith("ensemble: chose cc")  # ties go to the earlier member
     res = ens(x)
     assert "no scorer set, used fallback nnm+cc" in res.note
-    persistent = make_aggregator("ensemble", 2, scorer_fn=lambda delta: -float(delta.sum()))
+    persistent = make_aggregator(
+        "ensemble", 2, filter="", scorer_fn=lambda delta: -float(delta.sum())
+    )
     persistent(x)
     assert "chose" in persistent(x).note
 
 
 def test_non_finite_losses_never_win():
     x = updates()
-    ens = make_aggregator("ensemble", 2, members=("cc", "nnm+cc"))
+    ens = make_aggregator("ensemble", 2, filter="", members=("cc", "nnm+cc"))
     losses = iter([float("nan"), 1.0])  # cc's model diverged on the server data
     ens.set_scorer(lambda delta: next(losses))
     ens(x)
@@ -60,7 +68,7 @@ def test_non_finite_losses_never_win():
 
 def test_members_follow_the_chosen_aggregate():
     x = updates()
-    ens = make_aggregator("ensemble", 2)
+    ens = make_aggregator("ensemble", 2, filter="")
     ens.set_scorer(lambda delta: float(np.abs(delta).sum()))
     res = ens(x)
     stateful = [rule for rule in ens.rules if hasattr(rule, "center")]
@@ -71,33 +79,33 @@ def test_members_follow_the_chosen_aggregate():
 
 def test_equals_a_single_member_when_it_has_one():
     x = updates(3)
-    ens = make_aggregator("ensemble", 2, members=("trimmed-mean",))
+    ens = make_aggregator("ensemble", 2, filter="", members=("trimmed-mean",))
     np.testing.assert_allclose(ens(x).vector, make_aggregator("trimmed-mean", 2)(x).vector)
 
 
 def test_reference_reaches_fltrust_members():
     x = updates(4)
-    ens = make_aggregator("ensemble", 1, members=("cc", "fltrust"), fallback=1)
+    ens = make_aggregator("ensemble", 1, filter="", members=("cc", "fltrust"), fallback=1)
     ens.set_reference(x.mean(0))
     assert "fallback fltrust" in ens(x).note
 
 
 def test_configuration_errors_are_clear():
     with pytest.raises(AggregatorConfigError, match="at least one member"):
-        make_aggregator("ensemble", 1, members=())
+        make_aggregator("ensemble", 1, filter="", members=())
     with pytest.raises(AggregatorConfigError, match="unknown aggregator 'ccc'"):
-        make_aggregator("ensemble", 1, members=("ccc",))
+        make_aggregator("ensemble", 1, filter="", members=("ccc",))
     with pytest.raises(AggregatorConfigError, match="cannot be ensembles"):
-        make_aggregator("ensemble", 1, members=("ensemble",))
+        make_aggregator("ensemble", 1, filter="", members=("ensemble",))
     with pytest.raises(AggregatorConfigError, match="fallback=5"):
-        make_aggregator("ensemble", 1, fallback=5)
+        make_aggregator("ensemble", 1, filter="", fallback=5)
     with pytest.raises(AggregatorConfigError, match="fallback member zeno needs"):
-        make_aggregator("ensemble", 1, fallback=2)
+        make_aggregator("ensemble", 1, filter="", fallback=2)
     with pytest.raises(AggregatorConfigError, match="every member needs the server's scorer"):
-        make_aggregator("ensemble", 1, members=("zeno", "zeno+cc"))
+        make_aggregator("ensemble", 1, filter="", members=("zeno", "zeno+cc"))
     with pytest.raises(AggregatorConfigError, match="confidence must be >= 0"):
-        make_aggregator("ensemble", 1, confidence=-1.0)
-    ens = make_aggregator("ensemble", 2, members=("cc", "bulyan"))
+        make_aggregator("ensemble", 1, filter="", confidence=-1.0)
+    ens = make_aggregator("ensemble", 2, filter="", members=("cc", "bulyan"))
     with pytest.raises(AggregatorConfigError, match="bulyan needs n >= 4f\\+3"):
         ens.check(10)
 
@@ -167,7 +175,7 @@ def test_a_judged_member_within_the_noise_is_not_chosen_in_a_real_aggregation():
         return np.linalg.norm(delta - target) + noise * (directions @ delta)
 
     for noise, expected in ((50.0, "cc"), (0.0, "zeno")):
-        ens = make_aggregator("ensemble", 2, members=("cc", "zeno"))
+        ens = make_aggregator("ensemble", 2, filter="", members=("cc", "zeno"))
         ens.set_scorer(lambda delta, noise=noise: per_example(delta, noise))
         res = ens(x)
         assert ens.last_choice == expected, (noise, res.note)
@@ -178,7 +186,7 @@ def test_a_judged_member_within_the_noise_is_not_chosen_in_a_real_aggregation():
 
 def test_without_a_scorer_members_that_need_one_are_not_run():
     x = updates(6)
-    ens = make_aggregator("ensemble", 2)  # zeno alone would refuse to run unscored
+    ens = make_aggregator("ensemble", 2, filter="")  # zeno alone would refuse to run unscored
     res = ens(x)
     assert ens.last_choice == "nnm+cc" and "fallback nnm+cc" in res.note
     np.testing.assert_allclose(res.vector, make_aggregator("cc", 2, pre="nnm")(x).vector)

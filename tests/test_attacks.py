@@ -50,6 +50,11 @@ def test_registry_names_and_clear_errors():
         "min-max",
         "min-sum",
         "backdoor",
+        "backdoor-bounded",
+        "backdoor-edge",
+        "alie-adaptive",
+        "min-max-adaptive",
+        "min-sum-adaptive",
     }
     assert set(ATTACKS) == expected
     assert get_attack(None).name == get_attack("").name == "none"

@@ -1,14 +1,19 @@
 """Signing and robust aggregation on real SuperLink/SuperNodes, with misbehaving devices.
 
-One region, ten SuperNodes: six honest devices, two model-poisoning attackers, one revoked
-device and one that signs with a key other than its enrolled one. Run 1 trains with all of
-them; then the operator revokes the two attackers and run 2 trains again ("clean": only the
-six honest devices get through). Signing must reject exactly the bad envelopes, every round
-must still complete, and the region's default rule must keep the attacked model within 3
-points of the clean one. With ten small, label-skewed shards a sign-flipped update is as
-typical as an honest one, and only the server's validation data tells them apart: the default
-ensemble's Zeno member does (the distance-based members alone end 23 points below clean here;
-see the robustness notes in the README).
+One region, ten SuperNodes: six honest devices, two attackers (a boosted backdoor: model
+replacement with the corner trigger, and a sign-flipper), one revoked device and one that
+signs with a key other than its enrolled one. Run 1 trains with all of them; then the
+operator revokes the two attackers and run 2 trains again ("clean": only the six honest
+devices get through). Signing must reject exactly the bad envelopes, every round must still
+complete, and the region's default rule must keep the attacked model within 3 points of the
+clean one while the backdoor's success on the common test split's triggered copy stays under
+0.05. With ten small, label-skewed shards a sign-flipped update is as typical as an honest
+one, and only the server's validation data tells them apart: the default ensemble's Zeno
+member does (the distance-based members alone end 23 points below clean here; see the
+robustness notes in the README); the backdoor's trigger is invisible to that data, and the
+default's FLAME filter (cosine clustering, median-norm clipping) is what keeps it out.
+The backdoor replaced the IPM-100 attacker of earlier versions (any clipping rule stops that
+one; the benchmark still measures it), so the backdoor check costs no extra run.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from fedgate.server.launch.runner import follow, submit
 pytestmark = pytest.mark.integration
 
 HONEST = [0, 1, 2, 3, 4, 5]
-ATTACKERS = {6: "ipm-100", 7: "sign-flip"}
+ATTACKERS = {6: "backdoor", 7: "sign-flip"}
+BACKDOOR = 6
 REVOKED, WRONG_KEY = 8, 9
 ROUNDS = 10
 
@@ -105,6 +111,35 @@ def test_defended_model_stays_within_three_points_of_clean(region, attacked) -> 
     )
     store = Store(open_readonly(resolve_url(None, home, "eu")))
     assert [run.status for run in store.runs()] == ["finished", "finished"]
+
+
+def test_default_keeps_the_backdoor_out(region, attacked) -> None:
+    """The attacked run's final model ignores the trigger on the common test split, and every
+    round's record explains what the rule did with the backdoored update."""
+    import torch
+
+    from fedgate.clients.sim.attacks import backdoor_success_rate
+    from fedgate.models.data import common_test_split
+    from fedgate.models.nets import build_model
+    from fedgate.server.db.blobs import BlobStore
+
+    home, _ = region
+    done, rounds = attacked
+    model = build_model("mlp-64-32-10", seed=0)
+    tensors = BlobStore(home / "blobs").get_tensors(done["model_sha256"])
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
+    model.eval()
+
+    def predict(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).argmax(1).numpy()
+
+    assert backdoor_success_rate(predict, common_test_split(0)) < 0.05
+    device = json.loads((device_dir(home, "eu", BACKDOOR) / "enrollment.json").read_text())
+    for r in rounds:
+        (mine,) = [c for c in r["clients"] if c["device_id"] == device["device_id"]]
+        assert mine["accepted"] and mine["fate"] in ("dropped", "clipped", "down-weighted"), r
+        assert "flame: kept " in r["note"], r["note"]
 
 
 def test_enroll_registers_and_revoke_unregisters_the_node_key(region, tmp_path) -> None:

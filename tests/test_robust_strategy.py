@@ -19,7 +19,8 @@ def _reply(node: int, value: float, **metrics: float) -> Message:
 
 
 def _round(scorer) -> tuple[RobustStrategy, ArrayRecord]:
-    ensemble = make_aggregator("ensemble", 1, members=("mean", "median"))
+    # the plumbing of the scorer, on exact member outputs: no backdoor pre-filter
+    ensemble = make_aggregator("ensemble", 1, members=("mean", "median"), filter="")
     strategy = RobustStrategy(ensemble, clients_per_round=5, min_clients=3, scorer=scorer)
     strategy._current = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
     # four honest updates at 1.0, one outlier at 101: the mean is 21, the median 1

@@ -64,11 +64,27 @@ Attacks
                 ``gamma = n / (eta * f)`` (server learning rate ``eta = 1``; the ``f``
                 colluders share the replacement) so that the mean lands on the backdoored
                 model. :func:`backdoor_success_rate` measures the attack.
+``backdoor-bounded``  constrain-and-scale (Bagdasaryan et al.; Sun et al.'s norm-bounded
+                attacker): the same poisoned training, the delta scaled to the **median norm
+                of the honest deltas** (its own norm when non-colluding), so norm clipping to
+                the median leaves it whole and it is as long as a typical honest update.
+``backdoor-edge``  edge-case backdoor (Wang et al., NeurIPS 2020): rare inputs no honest
+                device holds -- its own non-target images **mirrored left to right**
+                (:func:`mirror`) -- relabelled to ``target``, norm-bounded like
+                ``backdoor-bounded``; success is measured on mirrored test images.
+``alie-adaptive``,  adaptive attackers that know the defence (the AGR-tailored setting of
+``min-max-adaptive``,  Shejwalkar & Houmansadr): ALIE / Min-Max / Min-Sum's update
+``min-sum-adaptive``  ``mu + s p``, with the scale ``s`` chosen each round, among multiples
+                of the paper's (ALIE's ``z_max``, the agnostic ``gamma``), as the one whose
+                **defended aggregate** (``craft(..., defence=...)``: what the server's rule
+                would apply) lands farthest from the honest mean. Without a ``defence``
+                (a real device) they send the agnostic form.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
@@ -90,16 +106,38 @@ def apply_trigger(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def backdoor_success_rate(predict, data: Dataset, target: int = BACKDOOR_TARGET) -> float:
+def mirror(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` (``(k, 64)`` 8x8 images) flipped left to right: the edge-case
+    backdoor's rare inputs (no honest device holds a mirrored digit)."""
+    arr = np.asarray(x, dtype=np.float32).reshape(-1, 8, 8)
+    return np.ascontiguousarray(arr[:, :, ::-1].reshape(-1, 64))
+
+
+TRIGGERS = {"corner": apply_trigger, "mirror": mirror}
+"""How a backdoor marks its inputs: the 2x2 corner patch, or the edge case (mirrored)."""
+
+
+def triggered(x: np.ndarray, trigger: str = "corner") -> np.ndarray:
+    """``x`` carrying ``trigger`` (``corner`` or ``mirror``)."""
+    try:
+        return TRIGGERS[trigger](x)
+    except KeyError:
+        raise ValueError(f"unknown trigger {trigger!r}; known: {', '.join(TRIGGERS)}") from None
+
+
+def backdoor_success_rate(
+    predict, data: Dataset, target: int = BACKDOOR_TARGET, trigger: str = "corner"
+) -> float:
     """Fraction of ``data``'s non-target examples classified as ``target`` once triggered.
 
     ``predict`` maps an ``(k, 64)`` float32 array to ``(k,)`` predicted labels (for a torch
-    model: ``lambda x: model(torch.from_numpy(x)).argmax(1).numpy()``).
+    model: ``lambda x: model(torch.from_numpy(x)).argmax(1).numpy()``); ``trigger`` is the
+    backdoor's (``corner``; ``mirror`` for the edge-case form).
     """
     keep = data.y != target
     if not np.any(keep):
         raise ValueError("no example with a label other than the backdoor target")
-    pred = np.asarray(predict(apply_trigger(data.x[keep])))
+    pred = np.asarray(predict(triggered(data.x[keep], trigger)))
     return float(np.mean(pred == target))
 
 
@@ -341,15 +379,31 @@ class MinSum(MinMax):
 
 @dataclass(frozen=True)
 class Backdoor(Attack):
+    """A backdoor in one of three forms (see the module doc): ``bound="boost"`` scales the
+    delta by ``n / (eta f)`` (model replacement); ``bound="median"`` scales it to the median
+    norm of the honest deltas (constrain-and-scale: as large as an honest update may be, so
+    norm clipping does not touch it); ``trigger`` is ``corner`` or ``mirror`` (edge case)."""
+
     name: str = "backdoor"
     data_poisoning: bool = True
+    omniscient: bool = False
     target: int = BACKDOOR_TARGET
     boost: float | None = None  # None: n / (eta * f) (model replacement)
     eta: float = 1.0
+    trigger: str = "corner"
+    bound: str = "boost"  # "boost" | "median"
+
+    def __post_init__(self) -> None:
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"unknown trigger {self.trigger!r}; known: {', '.join(TRIGGERS)}")
+        if self.bound not in ("boost", "median"):
+            raise ValueError(f"unknown bound {self.bound!r}; known: boost, median")
 
     def poison_data(self, dataset: Dataset, rng: np.random.Generator) -> Dataset:
-        x = np.concatenate([dataset.x, apply_trigger(dataset.x)])
-        y = np.concatenate([dataset.y, np.full(len(dataset), self.target, dtype=np.int64)])
+        keep = dataset.x if self.trigger == "corner" else dataset.x[dataset.y != self.target]
+        marked = triggered(keep, self.trigger)
+        x = np.concatenate([dataset.x, marked])
+        y = np.concatenate([dataset.y, np.full(len(marked), self.target, dtype=np.int64)])
         perm = rng.permutation(len(y))  # interleave clean and triggered examples
         return Dataset(x[perm], y[perm])
 
@@ -359,9 +413,70 @@ class Backdoor(Attack):
         return float(n) / (self.eta * max(int(f), 1))
 
     def craft(self, own, honest, f, rng, n=None):
-        own = _rows(own)
+        own = np.asarray(_rows(own), dtype=np.float64)
+        if self.bound == "median":
+            ref = own if honest is None else np.asarray(honest, dtype=np.float64)
+            target_norm = float(np.median(np.linalg.norm(ref, axis=1)))
+            norms = np.linalg.norm(own, axis=1, keepdims=True)
+            scale = np.divide(target_norm, norms, out=np.ones_like(norms), where=norms > 0)
+            return (scale * own).astype(np.float32)
         s = self.scale(_infer_n(n, own, honest, f), f)
-        return (s * np.asarray(own, dtype=np.float64)).astype(np.float32)
+        return (s * own).astype(np.float32)
+
+
+Defence = Callable[[np.ndarray], np.ndarray]
+"""What an adaptive attacker knows: the defended aggregate the server would apply (the
+region default's, in its current state) if the attackers sent these ``(k, d)`` rows beside
+the round's honest updates."""
+
+
+def deviation(defence: Defence, mal: np.ndarray, mu: np.ndarray) -> float:
+    """How far the defended aggregate lands from the honest mean (the attacker's objective);
+    a non-finite aggregate counts as infinitely far."""
+    agg = np.asarray(defence(mal), dtype=np.float64)
+    dist = float(np.linalg.norm(agg - mu))
+    return dist if math.isfinite(dist) else math.inf
+
+
+@dataclass(frozen=True)
+class Adaptive(Attack):
+    """An attack whose scale is searched each round against the defence (Shejwalkar &
+    Houmansadr's AGR-tailored form, and ALIE with ``z`` searched instead of the paper's
+    formula): of the candidate scales (``base`` times ``factors``) it sends the one whose
+    *defended* aggregate lands farthest from the honest mean. ``base`` is ALIE's ``z_max`` or
+    the agnostic Min-Max/Min-Sum ``gamma``. Without a defence to query (a real device, or a
+    simulation that gives none) it is its agnostic form."""
+
+    name: str = "alie-adaptive"
+    omniscient: bool = True
+    kind: str = "alie"  # "alie" | "min-max" | "min-sum"
+    factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+    adaptive: bool = True
+
+    def _direction(self, own, honest, f, n) -> tuple[np.ndarray, np.ndarray, float]:
+        """Honest mean, perturbation and the agnostic scale."""
+        ref = reference_statistics(own, honest)
+        mu = ref.mean(axis=0)
+        if self.kind == "alie":
+            z = alie_z(_infer_n(n, own, honest, f), f) or 1.0
+            return mu, -ref.std(axis=0), z
+        base = MinMax() if self.kind == "min-max" else MinSum()
+        p = perturbation_vector(ref, "std")
+        g = 0.0 if not np.any(p) else search_gamma(base._violation(ref, mu, p))
+        return mu, p, g or 1.0
+
+    def craft(self, own, honest, f, rng, n=None, defence: Defence | None = None):
+        own = _rows(own)
+        mu, p, scale = self._direction(own, honest, f, n)
+        rows = len(own)
+
+        def crafted(s: float) -> np.ndarray:
+            return np.repeat((mu + s * p)[None, :], rows, axis=0).astype(np.float32)
+
+        if defence is None:
+            return crafted(scale)
+        best = max(self.factors, key=lambda k: (deviation(defence, crafted(k * scale), mu), -k))
+        return crafted(best * scale)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -379,8 +494,18 @@ ATTACKS: dict[str, Attack] = {
         MinMax(),
         MinSum(),
         Backdoor(),
+        Backdoor(name="backdoor-bounded", bound="median", omniscient=True),
+        Backdoor(name="backdoor-edge", bound="median", omniscient=True, trigger="mirror"),
+        Adaptive(name="alie-adaptive", kind="alie"),
+        Adaptive(name="min-max-adaptive", kind="min-max"),
+        Adaptive(name="min-sum-adaptive", kind="min-sum"),
     )
 }
+
+BACKDOORS: dict[str, str] = {
+    name: a.trigger for name, a in ATTACKS.items() if isinstance(a, Backdoor)
+}
+"""Every backdoor form and its trigger (what its success is measured with)."""
 
 
 def get_attack(name: str | None, **params) -> Attack:
@@ -417,7 +542,9 @@ def poison_dataset(name: str | None, dataset: Dataset, rng: np.random.Generator)
 
 __all__ = [
     "ATTACKS",
+    "BACKDOORS",
     "BACKDOOR_TARGET",
+    "TRIGGERS",
     "TRIGGER_PIXELS",
     "Attack",
     "alie_z",
@@ -425,8 +552,10 @@ __all__ = [
     "apply_trigger",
     "backdoor_success_rate",
     "get_attack",
+    "mirror",
     "perturbation_vector",
     "poison_dataset",
     "reference_statistics",
     "search_gamma",
+    "triggered",
 ]

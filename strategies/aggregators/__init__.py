@@ -17,6 +17,8 @@ zeno          n - f best validation descents (Xie 2019)   a server scorer       
 ensemble      per round, the member the server prefers    its members' needs    members'
 nnm+<rule>    nearest-neighbour mixing first (Allouah     n > f and the rule's  the rule's
               2023), as the ``pre`` pre-aggregator
+flame+<rule>  cosine HDBSCAN cluster, median-norm clip  the rule's needs      the rule's
+              (Nguyen 2022), as ``pre`` = flame
 zeno+<rule>   drop the f worst validation descents, then  a server scorer, the  the rule's
               the rule on the rest (``pre`` = zeno)        rule's bound on n - f
 ============  ==========================================  ====================  =============

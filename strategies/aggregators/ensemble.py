@@ -46,8 +46,12 @@ from fedgate.strategies.aggregators.base import (
     loss_summary,
     require_f,
 )
+from fedgate.strategies.aggregators.flame import filtered, smallest_n
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
 from fedgate.strategies.aggregators.registry import make_aggregator
+
+FILTERS = ("", "flame")
+"""Pre-filters an ensemble can run once, before all of its members ('' for none)."""
 
 
 def parse_member(spec: str) -> tuple[str | None, str]:
@@ -93,6 +97,8 @@ class Ensemble:
     members: tuple[str, ...] = ("cc", "nnm+cc", "zeno")
     fallback: int | None = None
     confidence: float = 2.0
+    filter: str = ""
+    noise: float = 0.0
     scorer_fn: Scorer | None = field(default=None, repr=False)
     name: ClassVar[str] = "ensemble"
 
@@ -107,6 +113,14 @@ class Ensemble:
             raise AggregatorConfigError(
                 f"{self.name}: confidence must be >= 0, got {self.confidence}"
             )
+        if self.filter not in FILTERS:
+            raise AggregatorConfigError(
+                f"{self.name}: unknown filter {self.filter!r}; known: "
+                + ", ".join(repr(k) for k in FILTERS)
+            )
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise AggregatorConfigError(f"{self.name}: noise must be >= 0, got {self.noise}")
+        self._rng = np.random.default_rng(0)
         self.rules: list[Aggregator] = []
         for spec in self.members:
             pre, name = parse_member(spec)
@@ -158,6 +172,26 @@ class Ensemble:
         x = as_float_matrix(updates)
         self.check(len(x))
         scorer, self._scorer = self._scorer or self.scorer_fn, None
+        if self.filter == "flame":
+            need = max(smallest_n(rule, len(x)) for rule in self.rules)
+            result = filtered(
+                lambda sub, w: self._choose(sub, w, scorer),
+                x,
+                weights,
+                need,
+                self.noise,
+                self._rng,
+            )
+        else:
+            result = self._choose(x, weights, scorer)
+        for rule in self.rules:
+            if hasattr(rule, "center"):  # follow the model the server applies
+                rule.center = np.array(result.vector, copy=True)
+        return result
+
+    def _choose(
+        self, x: np.ndarray, weights: np.ndarray | None, scorer: Scorer | None
+    ) -> AggregationResult:
         if scorer is None:
             k = self.fallback
             chosen = self.rules[k](x, weights)
@@ -175,8 +209,5 @@ class Ensemble:
             scores = tuple(loss_summary(loss)[0] for loss in losses)
             listed = ", ".join(f"{m} {s:.4g}" for m, s in zip(self.members, scores, strict=True))
             note = f"{self.name}: chose {self.members[k]} (server loss: {listed})"
-        for rule in self.rules:
-            if hasattr(rule, "center"):  # follow the model the server applies
-                rule.center = np.array(chosen.vector, copy=True)
         self.last_choice, self.last_scores = self.members[k], scores
         return AggregationResult(chosen.vector, chosen.diagnostics, note)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedgate.strategies.aggregators.base import Aggregator, AggregatorConfigError
+from fedgate.strategies.aggregators.flame import Flame
 from fedgate.strategies.aggregators.nnm import NNM
 from fedgate.strategies.aggregators.zeno import ZenoFilter
 
@@ -17,14 +18,18 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {}
 """Every rule by name; filled, in a fixed order, when ``fedgate.strategies.aggregators`` loads."""
 
 RULE_DEFAULTS: dict[str, dict] = {
-    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0},
+    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0, "filter": "flame"},
     "cc": {"tau": None, "iterations": 3},
     "zeno": {"step": 0.1, "rho": 0.0},
 }
 """The measured parameters every rule built by :func:`make_aggregator` gets unless the caller
 overrides them: a standalone rule, an ensemble member and a rule behind a pre-aggregator alike."""
 
-_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {"nnm": NNM, "zeno": ZenoFilter}
+_PRE: dict[str, Callable[[Aggregator], Aggregator]] = {
+    "nnm": NNM,
+    "zeno": ZenoFilter,
+    "flame": Flame,
+}
 PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 
 
