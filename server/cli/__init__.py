@@ -17,6 +17,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.coordinator import register as register_coordinator
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
+    from fedgate.server.cli.distill import register as register_distill
     from fedgate.server.cli.gate import register as register_gate
     from fedgate.server.cli.pki import register as register_pki
     from fedgate.server.cli.region import register as register_operator
@@ -34,4 +35,5 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     app.add_typer(client_app, name="client")
     register_audit(app)
     register_coordinator(app)
+    register_distill(app)
     guard_every_verb(app)
