@@ -6,9 +6,17 @@ ServerApp and the tests all derive the same shards without shipping data around.
 Layout of the digits data (1,797 real 8x8 images):
 - a common **test** split (``TEST_FRACTION``), never trained on: regions and the
   coordinator only report accuracy on it;
+- a public **transfer** split (``TRANSFER_FRACTION`` of all digits, stratified, drawn from
+  what the test split leaves with its own random stream): the coordinator distils students on
+  it (``models/distill.py``), so it is held out from every region for any set of regions and
+  never holds device data;
 - the rest is dealt to the regions (disjoint, stratified); inside each region a held-out
   **validation** split for the regional server and a **training pool** that is partitioned
   across the region's devices with a Dirichlet(alpha) label skew.
+
+The test split is the same as before the transfer split existed; the regions' validation
+splits and device pools are drawn as before from what is left, so they are smaller (the
+pools lose about a quarter) and not the same examples.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Protocol
 import numpy as np
 
 TEST_FRACTION = 0.2
+TRANSFER_FRACTION = 0.2  # of all digits (a quarter of what the test split leaves)
+_TRANSFER_STREAM = 0x7472616E  # the transfer split's own random stream beside ``seed``
 VALIDATION_FRACTION = 0.15
 NUM_CLASSES = 10
 NUM_FEATURES = 64
@@ -82,6 +92,7 @@ def _region_indices(
     data = load_digits_dataset()
     rng = np.random.default_rng(seed)
     _, pool = _stratified_split(data.y, TEST_FRACTION, rng)
+    pool = np.setdiff1d(pool, _transfer_indices(seed), assume_unique=True)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     # Deal the pool's indices to regions class by class so every region sees every class.
     per_region: dict[str, list[np.ndarray]] = {r: [] for r in regions}
@@ -96,6 +107,19 @@ def _region_indices(
     return out
 
 
+@lru_cache(maxsize=8)
+def _transfer_indices(seed: int) -> np.ndarray:
+    data = load_digits_dataset()
+    _, pool = _stratified_split(data.y, TEST_FRACTION, np.random.default_rng(seed))
+    share = TRANSFER_FRACTION / (1.0 - TEST_FRACTION)
+    held, _ = _stratified_split(
+        data.y[pool], share, np.random.default_rng([seed, _TRANSFER_STREAM])
+    )
+    out = pool[held]
+    out.setflags(write=False)
+    return out
+
+
 def _check_region(region: str, regions: tuple[str, ...]) -> None:
     if region not in regions:
         raise ValueError(f"unknown region {region!r}; known regions: {', '.join(regions)}")
@@ -106,6 +130,12 @@ def common_test_split(seed: int = 0) -> Dataset:
     data = load_digits_dataset()
     held, _ = _stratified_split(data.y, TEST_FRACTION, np.random.default_rng(seed))
     return data.take(held)
+
+
+def transfer_split(seed: int = 0) -> Dataset:
+    """The public transfer split the coordinator distils on: disjoint from the common test
+    split and from every region's validation split and pool, whatever the regions."""
+    return load_digits_dataset().take(_transfer_indices(seed))
 
 
 def region_validation(region: str, regions: tuple[str, ...], seed: int = 0) -> Dataset:

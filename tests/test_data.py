@@ -17,6 +17,7 @@ from fedgate.models.data import (
     load_digits_dataset,
     region_pool,
     region_validation,
+    transfer_split,
 )
 
 REGIONS = ("eu", "us")
@@ -36,7 +37,7 @@ def test_digits_are_real_images_scaled_to_unit_range() -> None:
 
 def test_splits_are_disjoint_and_cover_the_data() -> None:
     test = common_test_split(0)
-    parts = [test] + [region_validation(r, REGIONS) for r in REGIONS]
+    parts = [test, transfer_split(0)] + [region_validation(r, REGIONS) for r in REGIONS]
     parts += [region_pool(r, REGIONS) for r in REGIONS]
     assert sum(len(p) for p in parts) == len(load_digits_dataset())
     for i, a in enumerate(parts):
@@ -45,6 +46,18 @@ def test_splits_are_disjoint_and_cover_the_data() -> None:
             assert len(shared) <= 2, "splits must not share examples"  # a few duplicate digits
     for r in REGIONS:
         assert set(np.unique(region_validation(r, REGIONS).y)) == set(range(NUM_CLASSES))
+
+
+def test_transfer_split_is_held_out_from_every_region_whatever_the_regions() -> None:
+    transfer = transfer_split(0)
+    assert len(transfer) == 359
+    assert set(np.unique(transfer.y)) == set(range(NUM_CLASSES))
+    for regions in (("eu",), REGIONS, ("apac", "eu", "us")):
+        for r in regions:
+            for part in (region_validation(r, regions), region_pool(r, regions)):
+                assert len(_indices(part) & _indices(transfer)) <= 2
+    assert len(_indices(common_test_split(0)) & _indices(transfer)) <= 2
+    assert not np.array_equal(transfer_split(1).x, transfer.x)
 
 
 def test_partition_is_deterministic_complete_and_disjoint() -> None:

@@ -18,6 +18,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.cycle import register as register_cycle
     from fedgate.server.cli.demo import register as register_demo
     from fedgate.server.cli.devices import register_client, register_region
+    from fedgate.server.cli.distill import register as register_distill
     from fedgate.server.cli.edge import register as register_edge
     from fedgate.server.cli.gate import register as register_gate
     from fedgate.server.cli.pki import register as register_pki
@@ -40,4 +41,5 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     register_cycle(app)
     register_release(app)
     register_edge(app)
+    register_distill(app)
     guard_every_verb(app)
