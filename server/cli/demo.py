@@ -34,7 +34,9 @@ from fedgate.server.launch.demo import (
     DEMO_ROUNDS,
     audit_line,
     demo_approver,
+    offline_root_dir,
     plot_accuracy,
+    ship_to_edge,
     verify_coordinator_audit,
     verify_region_audit,
 )
@@ -53,7 +55,9 @@ def run_demo(
 ) -> dict:
     """Bring the federation up under ``home``, run ``cycles`` cycles (every region trains, the
     gate approves what passes, the coordinator merges; the next cycle starts from the new
-    global version), write results, shut down."""
+    global version), shut down, distil the last global version into edge students, release
+    them and install them on an edge node per region, write results."""
+    from fedgate.server.coordinator.distill import render_table
     from fedgate.server.launch.cycle import run_cycle
     from fedgate.server.launch.topology import down, up
     from fedgate.server.region.live_view import RunBoard
@@ -62,6 +66,7 @@ def run_demo(
     if home.exists():
         down(home)  # a previous demo interrupted hard: never leave its processes behind
         shutil.rmtree(home)
+    shutil.rmtree(offline_root_dir(home), ignore_errors=True)  # the last demo's release root
     home.mkdir(parents=True)
     write_atomic(home / FEDERATION_FILE, DEFAULT_FEDERATION_TOML)
     console.rule("[bold]fedgate demo")
@@ -91,10 +96,15 @@ def run_demo(
     finally:
         stopped = down(home)
         console.print(f"stopped {len(stopped)} processes")
+    last = done[-1]
+    edge = None
+    if last.version is not None:
+        console.rule(f"[bold]edge: global v{last.version} distilled, released, installed")
+        edge = ship_to_edge(home, last.version, fed.region_names,
+                            lambda line: console.print(line, highlight=False))  # fmt: skip
     audits = {r.name: verify_region_audit(home, r.name, r.db or None) for r in fed.regions}
     coordinator_audit = verify_coordinator_audit(home)
     wall = time.monotonic() - t0
-    last = done[-1]
     summary = {
         "federation": fed.name,
         "wall_seconds": round(wall, 1),
@@ -109,6 +119,9 @@ def run_demo(
             for name, res in last.runs.items()
         },
         "coordinator_audit": coordinator_audit.to_dict(),
+        "students": [] if edge is None else [r.__dict__ for r in edge.reports],
+        "release": [] if edge is None else edge.published,
+        "edge_nodes": {} if edge is None else edge.nodes,
     }
     write_atomic(home / "summary.json", json.dumps(summary, indent=2))
     rounds = fed.regions[0].rounds
@@ -116,6 +129,12 @@ def run_demo(
               if c.global_test_acc is not None]  # fmt: skip
     plot_accuracy(histories, home / "accuracy.png", points)
     console.print(summary_table(last.runs, f"the regions' runs in cycle {last.number}"))
+    if edge is not None:
+        console.print(render_table(edge.reports))
+        for name, n in edge.nodes.items():
+            console.print(f"edge node {name}: {n['action']} global v{n['version']}; a test "
+                          f"digit {n['digit']} -> predicted {n['predicted']} "
+                          f"(p={n['probability']:.2f})", highlight=False)  # fmt: skip
     for name, report in audits.items():
         console.print(audit_line(name, report, home))
     console.print(audit_line("coordinator", coordinator_audit, home))

@@ -4,7 +4,9 @@ The verb that runs it (``fedgate demo``) is ``fedgate.server.cli.demo``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,59 @@ def audit_line(region: str, report, home: Path) -> str:
         f"(check it yourself: fedgate audit verify "
         f"{'--coordinator' if region == 'coordinator' else f'--region {region}'} --home {home})"
     )
+
+
+@dataclass(frozen=True)
+class EdgeOutcome:
+    """The demo's last stage: the students' table, the release, each edge node's install."""
+
+    reports: list[Any]  # StudentReport per profile
+    published: list[str]  # release targets
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> sync and prediction
+
+
+def offline_root_dir(home: Path) -> Path:
+    """Where the demo keeps the release root key: beside the home, never inside it (the
+    offline step a real deployment does on another machine)."""
+    return home.parent / f"{home.name}-offline-root"
+
+
+def ship_to_edge(
+    home: Path, version: int, regions: Sequence[str], echo: Callable[[str], None]
+) -> EdgeOutcome:
+    """Distil global ``version`` into a student per edge profile, publish them as a signed TUF
+    release for every region, serve it over HTTP on loopback, and let one edge node per region
+    (the phone profile in the first, the Pi profile in the others) sync, install and predict
+    one digit of the common test split."""
+    # heavy imports (torch, onnxruntime, tuf): `fedgate --help` imports this module
+    from fedgate.clients.edge.node import EdgeNode
+    from fedgate.models.data import common_test_split
+    from fedgate.server.coordinator.distill import distill_version
+    from fedgate.server.release.lifecycle import init_release
+    from fedgate.server.release.publish import publish_release
+    from fedgate.server.release.serve import serve_releases
+
+    reports = distill_version(home, version, progress=echo)
+    root_dir = offline_root_dir(home)
+    shutil.rmtree(root_dir, ignore_errors=True)
+    init = init_release(home, root_dir)
+    echo(f"release repository initialised (offline root key in {root_dir})")
+    publication = publish_release(home, version, regions)
+    published = [t.path for t in publication.targets]
+    echo(f"published global v{version}'s students: {', '.join(published)}")
+    test = common_test_split(0)
+    out = EdgeOutcome(reports, published)
+    profiles = [r.profile for r in reports]
+    with serve_releases(home) as server:
+        for i, region in enumerate(regions):
+            profile = "phone" if i == 0 and "phone" in profiles else profiles[-1]
+            name = f"{region}-{profile}"
+            node = EdgeNode.init(home / "edge" / name, init.root_json, server.url, region, profile)
+            synced = node.sync()
+            pred = node.predict(test.x[i : i + 1])[0]
+            out.nodes[name] = {
+                "action": synced.action,
+                "version": None if synced.current is None else synced.current.global_version,
+                "digit": int(test.y[i]), "predicted": pred.cls, "probability": pred.probability,
+            }  # fmt: skip
+    return out
