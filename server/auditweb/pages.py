@@ -42,6 +42,9 @@ class NotFound(PageError):
 
 def plain(obj: Any) -> Any:
     """JSON-ready copy of records, datetimes, tuples and mappings."""
+    if isinstance(obj, Paged):
+        return {"items": plain(obj.items), "page": obj.page, "per_page": obj.per_page,
+                "total": obj.total, "pages": obj.pages}  # fmt: skip
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, datetime):
@@ -363,7 +366,9 @@ def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any
     chosen = [c for c in candidates if not verdict or c.verdict == verdict]
     return {"title": "global versions", "has_coordinator": coord is not None,
             "table": paginate(versions, query),
-            "candidates": sorted(chosen, key=lambda c: c.seq, reverse=True)[:MAX_PER_PAGE],
+            "candidates": paginate(sorted(chosen, key=lambda c: c.seq, reverse=True),
+                                   {"page": query.get("cpage", ""),
+                                    "per_page": query.get("per_page", "")}),
             "filters": {"verdict": verdict}}  # fmt: skip
 
 
