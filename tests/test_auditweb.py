@@ -123,7 +123,11 @@ def test_lineage_from_the_global_version_back_to_the_devices(client, home: Built
         assert sorted(run["devices"]) == sorted(home.devices[region][:-1])  # not the revoked
     svg = client.get(f"/global/{home.version}").text  # type: ignore[attr-defined]
     assert svg.count('class="lineage-node"') == 1 + 2 + 2 + 8
-    assert data["candidates"][0]["verdict"] == "accepted"
+    assert [c["verdict"] for c in data["candidates"]] == ["accepted", "accepted"]
+    listed = client.get("/api/global", params={"verdict": "accepted", "per_page": 1}).json()
+    assert listed["candidates"]["total"] == 2 and len(listed["candidates"]["items"]) == 1
+    page = client.get("/global", params={"per_page": 1}).text
+    assert "cpage=2" in page  # the decisions table pages on its own
 
 
 def test_html_and_script_in_the_chain_are_escaped(client: TestClient, home: Built) -> None:

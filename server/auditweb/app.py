@@ -226,6 +226,4 @@ def _json_twin(data: dict[str, Any]) -> Any:
     out = pages.plain({k: v for k, v in data.items() if k not in ("charts", "legend")})
     if isinstance(out.get("lineage"), dict):
         out["lineage"].pop("svg", None)
-    if isinstance(out.get("table"), dict):
-        out["table"]["pages"] = max(1, -(-out["table"]["total"] // out["table"]["per_page"]))
     return out

@@ -42,6 +42,9 @@ class NotFound(PageError):
 
 def plain(obj: Any) -> Any:
     """JSON-ready copy of records, datetimes, tuples and mappings."""
+    if isinstance(obj, Paged):
+        return {"items": plain(obj.items), "page": obj.page, "per_page": obj.per_page,
+                "total": obj.total, "pages": obj.pages}  # fmt: skip
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, datetime):
@@ -89,9 +92,13 @@ def paginate(items: Sequence[T], query: Mapping[str, str]) -> Paged:
 
 
 def _choice(query: Mapping[str, str], name: str, allowed: Iterable[str]) -> str:
+    """The query's value for ``name`` ("" when absent), which must be one of ``allowed``
+    (iterated only when a value is given)."""
     value = query.get(name, "")
+    if not value:
+        return ""
     allowed = sorted(set(allowed))
-    if value and value not in allowed:
+    if value not in allowed:
         raise PageError(f"{name} must be one of {', '.join(allowed) or '(none here)'}; "
                         f"got {value!r}")  # fmt: skip
     return value
@@ -125,21 +132,26 @@ def overview(snaps: Snapshots) -> dict[str, Any]:
 
 
 def runs(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any]:
-    every = [r for snap in snaps.all() for r in snap.runs]
-    region = _choice(query, "region", (r.region for r in every))
-    status = _choice(query, "status", (r.status for r in every))
+    snapshots = snaps.all()
+    every = [r for snap in snapshots for r in snap.runs]  # each snapshot's: newest first
+    regions = sorted({name for snap in snapshots for name in snap.run_regions})
+    statuses = sorted({name for snap in snapshots for name in snap.run_statuses})
+    region = _choice(query, "region", regions)
+    status = _choice(query, "status", statuses)
     q = query.get("q", "").strip().lower()
-    chosen = [
-        r for r in every
-        if (not region or r.region == region) and (not status or r.status == status)
-        and _matches(q, r.run_id, r.launched_by, r.config_sha256)
-    ]  # fmt: skip
-    chosen.sort(key=lambda r: (r.started_at, r.run_id), reverse=True)
+    chosen = every
+    if region or status or q:
+        chosen = [
+            r for r in every
+            if (not region or r.region == region) and (not status or r.status == status)
+            and _matches(q, r.run_id, r.launched_by, r.config_sha256)
+        ]  # fmt: skip
+    if len(snapshots) > 1:
+        chosen = sorted(chosen, key=lambda r: (r.started_at, r.run_id), reverse=True)
     return {
         "title": "runs", "table": paginate(chosen, query),
         "filters": {"region": region, "status": status, "q": q},
-        "regions": sorted({r.region for r in every}),
-        "statuses": sorted({r.status for r in every}),
+        "regions": regions, "statuses": statuses,
     }  # fmt: skip
 
 
@@ -354,7 +366,9 @@ def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any
     chosen = [c for c in candidates if not verdict or c.verdict == verdict]
     return {"title": "global versions", "has_coordinator": coord is not None,
             "table": paginate(versions, query),
-            "candidates": sorted(chosen, key=lambda c: c.seq, reverse=True)[:MAX_PER_PAGE],
+            "candidates": paginate(sorted(chosen, key=lambda c: c.seq, reverse=True),
+                                   {"page": query.get("cpage", ""),
+                                    "per_page": query.get("per_page", "")}),
             "filters": {"verdict": verdict}}  # fmt: skip
 
 

@@ -179,6 +179,8 @@ class Snapshot:
     candidates: list[CandidateRecord] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
     mark: tuple[int, str] = (0, "")
+    run_regions: set[str] = field(default_factory=set)
+    run_statuses: set[str] = field(default_factory=set)
     # mirror-table comparisons already made against this snapshot (``pages._disagree``)
     compared: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
 
@@ -349,6 +351,8 @@ def build_snapshot(source: Source, engine: Engine) -> Snapshot:
 
     snap.view = build_view(events())
     snap.runs = _summary(source.name, snap.view)
+    snap.run_regions = {r.region for r in snap.runs}
+    snap.run_statuses = {r.status for r in snap.runs}
     for (run, rnd), updates in snap.view.updates.items():
         for u in updates:
             if u.device_id:
