@@ -1,9 +1,10 @@
 """The students a release ships: ``<home>/coordinator/students/v<N>/`` as distillation writes it.
 
-``students.json`` lists, per profile, the ONNX file (default ``<profile>.onnx``), its SHA-256,
-bytes, parameter count, input name and shape, accuracy and latency figures, and the global
-version with its statement (lineage) digest. Profiles may be given as a mapping keyed by
-profile (under ``profiles`` or ``students``) or as a list of entries with a ``profile`` field.
+``students.json`` (format ``fedgate.students/v1``, docs/distill.md) lists, per profile, the ONNX
+file (default ``<profile>.onnx``), its SHA-256, bytes, parameter count, input name and shape,
+accuracy and latency figures, and the global version with its statement digest
+(``statement_sha256``). Profiles may be given as a mapping keyed by profile (under ``students``
+or ``profiles``) or as a list of entries with a ``profile`` field.
 Every student is loaded in onnxruntime here: its input must be float32 with 64 features, and a
 probe (the first rows of the common test split) records the classes it gives, which each edge
 node checks after its own load.
@@ -26,7 +27,10 @@ from fedgate.release_targets import NUM_FEATURES, Probe, check_name
 
 PROBE_ROWS = 4
 _FILE_KEYS = ("file", "filename", "onnx", "path")
-_LINEAGE_KEYS = ("lineage_digest", "statement_sha256", "statement_digest", "lineage_sha256")
+# the global version's statement digest (distillation writes ``statement_sha256``; its
+# ``lineage_sha256``, a digest of the lineage list alone, is carried as a fact)
+_LINEAGE_KEYS = ("statement_sha256", "lineage_digest", "statement_digest")
+MANIFEST_FORMAT = "fedgate.students/v1"
 _INTERNAL = {*_FILE_KEYS, "sha256", "profile", "input", "input_name", "input_shape"}
 MAX_FACT_CHARS = 2048
 
@@ -163,6 +167,8 @@ def read_students(home: Path, version: int, root: Path | None = None) -> Student
         doc = json.loads(manifest.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StudentsError(f"{manifest}: not JSON ({exc})") from None
+    if isinstance(doc, Mapping) and doc.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise StudentsError(f"{manifest}: format {doc.get('format')!r}, not {MANIFEST_FORMAT}")
     entries = _entries(doc, manifest)
     lineage = _first(doc, _LINEAGE_KEYS)
     students = {}
