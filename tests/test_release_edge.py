@@ -32,7 +32,7 @@ from fedgate import cli
 from fedgate.clients.edge.channel import ReleaseRefused
 from fedgate.clients.edge.node import INSTALL_STEPS, EdgeNode, InstallFailed
 from fedgate.crash_points import PAUSE_AT, PAUSE_DIR
-from fedgate.crypto import generate_key
+from fedgate.crypto import generate_key, sha256_hex
 from fedgate.errors import EXIT_VERIFICATION, VerificationError
 from fedgate.models.data import common_test_split
 from fedgate.server.release.channels import channels, open_store
@@ -420,10 +420,22 @@ def test_publish_checks_the_students_and_their_global_version(world: World) -> N
         publish_with(lambda d: d["students"]["pi"].update(input_name="pixels"))
     with pytest.raises(PublishError, match="global version 7 is not recorded"):
         publish_release(world.home, 7, ["eu"])
-    # a list of entries, as well as a mapping, is read; nothing was published before
-    assert world.repo.targets().signed.targets == {}
-    publish_with(lambda d: d.update(students=list(d["students"].values())))
+    # distillation's record in the chain names the manifest it wrote: another one is refused
+    store = open_store(world.home)
+    store.audit.append_many(
+        [("distill.students", {"version": 1, "manifest": sha256_hex(good.encode())})], sign=True
+    )
+    with pytest.raises(VerificationError, match="not the manifest distillation recorded"):
+        publish_with(lambda d: d.update(students=list(d["students"].values())))
+    assert world.repo.targets().signed.targets == {}  # nothing was published
+    manifest.write_text(good)
+    publish_release(world.home, 1, ["eu"])
     assert set(world.repo.targets().signed.targets) == {"eu/phone.onnx", "eu/pi.onnx"}
+    # a list of entries is read as well as a mapping (version 2 has no distillation record)
+    manifest2 = manifest.parent.parent / "v2" / "students.json"
+    doc = json.loads(manifest2.read_text())
+    manifest2.write_text(json.dumps({**doc, "students": list(doc["students"].values())}))
+    assert {t.global_version for t in publish_release(world.home, 2, ["eu"]).targets} == {2}
 
 
 def test_the_root_key_is_kept_apart_from_the_home(tmp_path: Path) -> None:

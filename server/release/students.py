@@ -60,6 +60,7 @@ class StudentSet:
     version: int
     lineage_digest: str | None
     students: dict[str, Student]
+    manifest: bytes = b""  # students.json as read
 
 
 def students_dir(home: Path, version: int) -> Path:
@@ -163,8 +164,9 @@ def read_students(home: Path, version: int, root: Path | None = None) -> Student
     manifest = where / "students.json"
     if not manifest.is_file():
         raise StudentsError(f"no students.json in {where} (distill global version {version} first)")
+    raw = manifest.read_bytes()
     try:
-        doc = json.loads(manifest.read_text())
+        doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StudentsError(f"{manifest}: not JSON ({exc})") from None
     if isinstance(doc, Mapping) and doc.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
@@ -186,4 +188,4 @@ def read_students(home: Path, version: int, root: Path | None = None) -> Student
         students[profile] = load_student(profile, path, entry)
     if lineage is not None and not is_hex64(lineage):
         raise StudentsError(f"{manifest}: the lineage digest is not a SHA-256 hex digest")
-    return StudentSet(version, lineage, students)
+    return StudentSet(version, lineage, students, raw)
