@@ -132,13 +132,15 @@ def write_students(
         w, b = train_softmax(seed * 10 + version * 2 + i)
         data = mlp_model(hidden, seed * 10 + version * 2 + i) if hidden else onnx_model(w, b)
         (where / f"{profile}.onnx").write_bytes(data)
-        entries[profile] = {
-            "file": f"{profile}.onnx", "sha256": sha256_hex(data), "bytes": len(data),
-            "parameters": int(w.size + b.size), "input": {"name": "input", "shape": [1, 64]},
-            "accuracy": {"student": accuracy(w, b)}, "latency_ms": 0.05,
-            "global_version": version,
+        entries[profile] = {  # the fields distillation's manifest gives each student
+            "profile": profile, "file": f"{profile}.onnx", "sha256": sha256_hex(data),
+            "bytes": len(data), "parameters": int(w.size + b.size), "input_name": "input",
+            "input_shape": ["batch", 64],
+            "student_accuracy": None if hidden else accuracy(w, b),
+            "latency_ms": 0.05, "global_version": version, "statement_sha256": lineage,
         }  # fmt: skip
-    doc = {"global_version": version, "lineage_digest": lineage, "profiles": entries}
+    doc = {"format": "fedgate.students/v1", "global_version": version,
+           "statement_sha256": lineage, "students": entries}  # fmt: skip
     (where / "students.json").write_text(json.dumps(doc, indent=2))
     return where
 

@@ -32,8 +32,8 @@ from fedgate import cli
 from fedgate.clients.edge.channel import ReleaseRefused
 from fedgate.clients.edge.node import INSTALL_STEPS, EdgeNode, InstallFailed
 from fedgate.crash_points import PAUSE_AT, PAUSE_DIR
-from fedgate.crypto import generate_key
-from fedgate.errors import EXIT_VERIFICATION
+from fedgate.crypto import generate_key, sha256_hex
+from fedgate.errors import EXIT_VERIFICATION, VerificationError
 from fedgate.models.data import common_test_split
 from fedgate.server.release.channels import channels, open_store
 from fedgate.server.release.keys import RoleKey, load_online_keys
@@ -41,6 +41,7 @@ from fedgate.server.release.lifecycle import init_release, refresh_repository, r
 from fedgate.server.release.publish import PublishError, publish_release, set_channel
 from fedgate.server.release.repository import ReleaseRepository, lifetimes, now
 from fedgate.server.release.serve import serve_releases
+from fedgate.server.release.students import StudentDigestError, StudentsError
 
 ENTRY = "import sys; from fedgate.cli import main; sys.argv[0] = 'fedgate'; main()"
 TEST = common_test_split()
@@ -397,6 +398,44 @@ def test_release_serve_is_ready_when_it_says_so_and_stops_on_ctrl_c(world: World
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
+
+
+def test_publish_checks_the_students_and_their_global_version(world: World) -> None:
+    manifest = world.home / "coordinator" / "students" / "v1" / "students.json"
+    good = manifest.read_text()
+
+    def publish_with(edit) -> None:
+        doc = json.loads(good)
+        edit(doc)
+        manifest.write_text(json.dumps(doc))
+        publish_release(world.home, 1, ["eu"])
+
+    with pytest.raises(StudentDigestError, match="differs from students"):
+        publish_with(lambda d: d["students"]["phone"].update(sha256="0" * 64))
+    with pytest.raises(VerificationError, match="names lineage"):
+        publish_with(lambda d: d.update(statement_sha256="1" * 64))
+    with pytest.raises(StudentsError, match="format"):
+        publish_with(lambda d: d.update(format="other/v9"))
+    with pytest.raises(StudentsError, match="declares input"):
+        publish_with(lambda d: d["students"]["pi"].update(input_name="pixels"))
+    with pytest.raises(PublishError, match="global version 7 is not recorded"):
+        publish_release(world.home, 7, ["eu"])
+    # distillation's record in the chain names the manifest it wrote: another one is refused
+    store = open_store(world.home)
+    store.audit.append_many(
+        [("distill.students", {"version": 1, "manifest": sha256_hex(good.encode())})], sign=True
+    )
+    with pytest.raises(VerificationError, match="not the manifest distillation recorded"):
+        publish_with(lambda d: d.update(students=list(d["students"].values())))
+    assert world.repo.targets().signed.targets == {}  # nothing was published
+    manifest.write_text(good)
+    publish_release(world.home, 1, ["eu"])
+    assert set(world.repo.targets().signed.targets) == {"eu/phone.onnx", "eu/pi.onnx"}
+    # a list of entries is read as well as a mapping (version 2 has no distillation record)
+    manifest2 = manifest.parent.parent / "v2" / "students.json"
+    doc = json.loads(manifest2.read_text())
+    manifest2.write_text(json.dumps({**doc, "students": list(doc["students"].values())}))
+    assert {t.global_version for t in publish_release(world.home, 2, ["eu"]).targets} == {2}
 
 
 def test_the_root_key_is_kept_apart_from_the_home(tmp_path: Path) -> None:

@@ -106,11 +106,12 @@ def open_updater(home: EdgeHome, config: EdgeConfig) -> Updater:
     home.metadata.mkdir(parents=True, exist_ok=True)
     home.staging.mkdir(parents=True, exist_ok=True)
     base = config.url.rstrip("/")
-    return Updater(
-        str(home.metadata), f"{base}/metadata/", str(home.staging), f"{base}/targets/",
-        config=UpdaterConfig(app_user_agent="fedgate-edge"),
-        bootstrap=home.trust_root.read_bytes(),
-    )  # fmt: skip
+    with refusals(config.url):  # a damaged trust anchor or cache is refused, in one line
+        return Updater(
+            str(home.metadata), f"{base}/metadata/", str(home.staging), f"{base}/targets/",
+            config=UpdaterConfig(app_user_agent="fedgate-edge"),
+            bootstrap=home.trust_root.read_bytes(),
+        )  # fmt: skip
 
 
 def newest_release(updater: Updater, config: EdgeConfig) -> tuple[TargetFile, ReleaseTarget]:

@@ -163,7 +163,8 @@ class EdgeNode:
 
     def _sweep(self) -> None:
         """Remove what an interrupted install left: downloads and half-moved model dirs."""
-        shutil.rmtree(self.home.staging, ignore_errors=True)
+        if self.home.staging.is_dir() and any(self.home.staging.iterdir()):
+            shutil.rmtree(self.home.staging, ignore_errors=True)
         self.home.staging.mkdir(parents=True, exist_ok=True)
         if self.home.models.is_dir():
             for tmp in self.home.models.glob(".*.tmp"):

@@ -11,6 +11,7 @@ before the timestamp leaves the old state served; the chain never lacks a served
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from fedgate.crypto import read_public_key
+from fedgate.crypto import read_public_key, sha256_hex
 from fedgate.errors import UsageError, VerificationError
 from fedgate.release_targets import MalformedRelease, ReleaseTarget, check_name
 from fedgate.server.audit.keys import coordinator_pub_path
@@ -101,6 +102,25 @@ def lineage_digest(home: Path, store: CoordinatorStore, version: int) -> str:
     return info.statement_sha256
 
 
+DISTILL_EVENT = "distill.students"
+
+
+def check_distilled(store: CoordinatorStore, students: StudentSet, manifest: bytes) -> None:
+    """When the coordinator's chain records distillation of this version (``distill.students``,
+    with the manifest's SHA-256), the students.json read must be the one it recorded last."""
+    recorded = [
+        data.get("manifest")
+        for event in store.audit.events(kind=DISTILL_EVENT)
+        if isinstance(data := json.loads(event.payload), dict)
+        and data.get("version") == students.version
+    ]
+    if recorded and recorded[-1] != sha256_hex(manifest):
+        raise VerificationError(
+            f"students.json of global version {students.version} is not the manifest "
+            f"distillation recorded in the coordinator's chain ({str(recorded[-1])[:16]})"
+        )
+
+
 def _targets_for(
     repo: ReleaseRepository, region: str, students: StudentSet, lineage: str, channel: str,
     when: datetime,
@@ -153,6 +173,7 @@ def publish_release(
     store = open_store(home, db)
     lineage = lineage_digest(home, store, version)
     students = read_students(home, version, students_root)
+    check_distilled(store, students, students.manifest)
     if students.lineage_digest is not None and students.lineage_digest != lineage:
         raise VerificationError(
             f"students.json names lineage {students.lineage_digest[:16]}, but global version "

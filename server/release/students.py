@@ -1,9 +1,10 @@
 """The students a release ships: ``<home>/coordinator/students/v<N>/`` as distillation writes it.
 
-``students.json`` lists, per profile, the ONNX file (default ``<profile>.onnx``), its SHA-256,
-bytes, parameter count, input name and shape, accuracy and latency figures, and the global
-version with its statement (lineage) digest. Profiles may be given as a mapping keyed by
-profile (under ``profiles`` or ``students``) or as a list of entries with a ``profile`` field.
+``students.json`` (format ``fedgate.students/v1``, docs/distill.md) lists, per profile, the ONNX
+file (default ``<profile>.onnx``), its SHA-256, bytes, parameter count, input name and shape,
+accuracy and latency figures, and the global version with its statement digest
+(``statement_sha256``). Profiles may be given as a mapping keyed by profile (under ``students``
+or ``profiles``) or as a list of entries with a ``profile`` field.
 Every student is loaded in onnxruntime here: its input must be float32 with 64 features, and a
 probe (the first rows of the common test split) records the classes it gives, which each edge
 node checks after its own load.
@@ -26,7 +27,10 @@ from fedgate.release_targets import NUM_FEATURES, Probe, check_name
 
 PROBE_ROWS = 4
 _FILE_KEYS = ("file", "filename", "onnx", "path")
-_LINEAGE_KEYS = ("lineage_digest", "statement_sha256", "statement_digest", "lineage_sha256")
+# the global version's statement digest (distillation writes ``statement_sha256``; its
+# ``lineage_sha256``, a digest of the lineage list alone, is carried as a fact)
+_LINEAGE_KEYS = ("statement_sha256", "lineage_digest", "statement_digest")
+MANIFEST_FORMAT = "fedgate.students/v1"
 _INTERNAL = {*_FILE_KEYS, "sha256", "profile", "input", "input_name", "input_shape"}
 MAX_FACT_CHARS = 2048
 
@@ -56,6 +60,7 @@ class StudentSet:
     version: int
     lineage_digest: str | None
     students: dict[str, Student]
+    manifest: bytes = b""  # students.json as read
 
 
 def students_dir(home: Path, version: int) -> Path:
@@ -159,10 +164,13 @@ def read_students(home: Path, version: int, root: Path | None = None) -> Student
     manifest = where / "students.json"
     if not manifest.is_file():
         raise StudentsError(f"no students.json in {where} (distill global version {version} first)")
+    raw = manifest.read_bytes()
     try:
-        doc = json.loads(manifest.read_text())
+        doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StudentsError(f"{manifest}: not JSON ({exc})") from None
+    if isinstance(doc, Mapping) and doc.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise StudentsError(f"{manifest}: format {doc.get('format')!r}, not {MANIFEST_FORMAT}")
     entries = _entries(doc, manifest)
     lineage = _first(doc, _LINEAGE_KEYS)
     students = {}
@@ -180,4 +188,4 @@ def read_students(home: Path, version: int, root: Path | None = None) -> Student
         students[profile] = load_student(profile, path, entry)
     if lineage is not None and not is_hex64(lineage):
         raise StudentsError(f"{manifest}: the lineage digest is not a SHA-256 hex digest")
-    return StudentSet(version, lineage, students)
+    return StudentSet(version, lineage, students, raw)
