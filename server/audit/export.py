@@ -2,8 +2,8 @@
 
 Both formats hold, in order: one ``chain`` record (chain id and recorded head), the
 signed ``head`` records, the Merkle ``checkpoint`` records (size in ``seq``, root in ``hash``,
-the signed ``note``), then every ``event`` in seq order. In JSONL the payload is a JSON
-object; in CSV it is its canonical JSON text.
+the signed ``note``; not its local time, which nothing signs), then every ``event`` in seq
+order. In JSONL the payload is a JSON object; in CSV it is its canonical JSON text.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def export_chain(engine: Engine, out: TextIO, fmt: str = "jsonl", *, batch: int 
                     }
                 )
             for c in stored_checkpoints(conn):
+                # no signed_at: nothing signs it, so an export holds only what verification checks
                 emit({"record": "checkpoint", "seq": c.size, "hash": c.root, "key": c.key,
-                      "note": c.note, "signed_at": c.signed_at})  # fmt: skip
+                      "note": c.note})  # fmt: skip
             result = conn.execution_options(yield_per=batch).execute(
                 select(EVENTS).order_by(EVENTS.c.seq)
             )
@@ -190,9 +191,8 @@ def verify_export(
         if kind == "checkpoint":
             if checker is not None:
                 raise ExportError(f"line {line.number}: checkpoint record after the events")
-            checkpoints.append(StoredCheckpoint(_int(line, "seq"), _str(line, "hash"),
-                                                _str(line, "key"), _str(line, "note"),
-                                                _str(line, "signed_at")))  # fmt: skip
+            fields = (_int(line, "seq"), _str(line, "hash"), _str(line, "key"))
+            checkpoints.append(StoredCheckpoint(*fields, _str(line, "note"), signed_at=""))
         elif kind == "head":
             if checker is not None:
                 raise ExportError(f"line {line.number}: head record after the events")
