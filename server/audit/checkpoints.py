@@ -79,6 +79,7 @@ STORED_LEVEL = 4
 from the at most 16 events of their block when a proof or checkpoint needs them. So the table
 holds about one row per 8 events, and a checkpoint writes a round's few big subtrees only."""
 BLOCK = 1 << STORED_LEVEL
+FLUSH_NODES = 100_000  # subtrees held in memory while extending, at most (then written)
 _EVENT_COLUMNS = "seq, kind, ts, payload, prev"
 
 
@@ -172,16 +173,24 @@ def extend_tree(conn: Connection, chain_id: str, size: int) -> bytes | None:
         if seq != tree.size + 1:
             return None
         tree.append(leaf_hash(event_bytes(chain_id, seq, kind, ts, payload, prev)), completed)
+        if len(completed) >= FLUSH_NODES:  # a first checkpoint of a long legacy log
+            _store(conn, completed)
     if tree.size != size:
         return None
+    _store(conn, completed)
+    return tree.root()
+
+
+def _store(conn: Connection, completed: dict[Node, bytes]) -> None:
+    """Write the big subtrees among ``completed`` and forget them all."""
     big = {k: h for k, h in completed.items() if k[0] >= STORED_LEVEL}
+    completed.clear()
     if big:  # a tree whose checkpoints were deleted keeps its nodes: write only the new ones
         present = set(_present(conn, big))
         rows_out = [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in big.items()
                     if (lv, ix) not in present]  # fmt: skip
         if rows_out:
             conn.execute(insert(TREE), rows_out)
-    return tree.root()
 
 
 def _present(conn: Connection, keys: Iterable[Node]) -> Iterable[Node]:

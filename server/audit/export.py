@@ -1,8 +1,9 @@
 """Export the audit chain (JSONL or CSV) and verify an export offline with public keys.
 
 Both formats hold, in order: one ``chain`` record (chain id and recorded head), the
-signed ``head`` records, then every ``event`` in seq order. In JSONL the payload is a JSON
-object; in CSV it is its canonical JSON text.
+signed ``head`` records, the Merkle ``checkpoint`` records (size in ``seq``, root in ``hash``,
+the signed ``note``; not its local time, which nothing signs), then every ``event`` in seq
+order. In JSONL the payload is a JSON object; in CSV it is its canonical JSON text.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedgate.crypto import canonical_json
 from fedgate.errors import UsageError
 from fedgate.server.audit.anchors import Anchor
 from fedgate.server.audit.chain import HeadRecord
+from fedgate.server.audit.checkpoints import StoredCheckpoint, stored_checkpoints
 from fedgate.server.audit.log import CHAIN, EVENTS, HEADS, _head
 from fedgate.server.audit.verify import ChainVerifier, Keys, VerifyReport
 
@@ -37,6 +39,7 @@ CSV_FIELDS = (
     "signed_at",
     "chain",
     "format",
+    "note",
 )
 FORMATS = ("jsonl", "csv")
 
@@ -86,6 +89,10 @@ def export_chain(engine: Engine, out: TextIO, fmt: str = "jsonl", *, batch: int 
                         "signed_at": h.signed_at,
                     }
                 )
+            for c in stored_checkpoints(conn):
+                # no signed_at: nothing signs it, so an export holds only what verification checks
+                emit({"record": "checkpoint", "seq": c.size, "hash": c.root, "key": c.key,
+                      "note": c.note})  # fmt: skip
             result = conn.execution_options(yield_per=batch).execute(
                 select(EVENTS).order_by(EVENTS.c.seq)
             )
@@ -172,10 +179,21 @@ def verify_export(
         raise ExportError(f"{path}: unsupported export format {header.record.get('format')!r}")
     chain = _str(header, "chain")
     heads: list[HeadRecord] = []
+    checkpoints: list[StoredCheckpoint] = []
     checker: ChainVerifier | None = None
+
+    def start() -> ChainVerifier:
+        return ChainVerifier(chain, heads, keys, anchors=anchors, require_signed=require_signed,
+                             checkpoints=checkpoints)  # fmt: skip
+
     for line in lines:
         kind = line.record.get("record")
-        if kind == "head":
+        if kind == "checkpoint":
+            if checker is not None:
+                raise ExportError(f"line {line.number}: checkpoint record after the events")
+            fields = (_int(line, "seq"), _str(line, "hash"), _str(line, "key"))
+            checkpoints.append(StoredCheckpoint(*fields, _str(line, "note"), signed_at=""))
+        elif kind == "head":
             if checker is not None:
                 raise ExportError(f"line {line.number}: head record after the events")
             heads.append(
@@ -189,9 +207,7 @@ def verify_export(
             )
         elif kind == "event":
             if checker is None:
-                checker = ChainVerifier(
-                    chain, heads, keys, anchors=anchors, require_signed=require_signed
-                )
+                checker = start()
             payload = line.record.get("payload")
             text = payload if isinstance(payload, str) else _canonical(line, payload)
             checker.feed(
@@ -205,7 +221,7 @@ def verify_export(
         else:
             raise ExportError(f"line {line.number}: unknown record {kind!r}")
     if checker is None:
-        checker = ChainVerifier(chain, heads, keys, anchors=anchors, require_signed=require_signed)
+        checker = start()
     return checker.finish(_int(header, "seq"), _str(header, "hash"))
 
 
