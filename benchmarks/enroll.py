@@ -4,7 +4,9 @@ The service runs as its own process (``fedgate region enrollment-service``, HTTP
 region's certificate, as ``fedgate up`` starts it) on SQLite and on PostgreSQL (a throwaway
 cluster, fsync on). Each device runs the whole device side (``enroll_over_network``: pin
 the CA, challenge, proof of possession, keys written 0600), sequentially and from 16
-concurrent clients. The baseline, measured in the same run on the same database, is the
+concurrent clients (there the network half only: pin, challenge, proof, answer checked, no
+files, so the figure is the service's; the whole device side concurrently is reported
+beside it). The baseline, measured in the same run on the same database, is the
 operator-local enrollment (``DatabaseDeviceRegistry.enroll`` called directly): the ratio
 says what the network, TLS and proof of possession cost. No SuperLink: node keys are not
 registered (that is one Control API call per device on top). Goal: 1,000 devices in < 60 s.
@@ -30,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from enroll_kit import setup_region
 
-from fedgate.clients.enroll_client import enroll_over_network
+from fedgate.clients.enroll_client import enroll_over_network, request_enrollment
 from fedgate.crypto import generate_key, public_bytes
+from fedgate.enrollment_wire import parse_token
 from fedgate.procenv import flower_env
 from fedgate.server.db.pgcluster import PgCluster
 from fedgate.server.launch.processes import free_port_block, stop_trees, wait_until
@@ -59,9 +62,15 @@ def _tokens(home: Path, db: str | None, url: str, n: int) -> list[str]:
                 for _ in range(n)]  # fmt: skip
 
 
-def _enroll_all(tokens: list[str], devices: Path, clients: int) -> float:
+def _enroll_all(tokens: list[str], devices: Path, clients: int, write: bool = True) -> float:
+    """Devices enrolled per second; ``write``: the whole device side (keys and anchors
+    written, fsync'd), else the network half only (what the service sustains)."""
+
     def one(i: int) -> None:
-        enroll_over_network(tokens[i], "pi", devices / f"d{i}")
+        if write:
+            enroll_over_network(tokens[i], "pi", devices / f"d{i}")
+        else:
+            request_enrollment(parse_token(tokens[i]), "pi", devices / f"d{i}")
 
     t0 = time.perf_counter()
     if clients == 1:
@@ -89,14 +98,16 @@ def bench(home: Path, db: str | None, devices: int, sequential: int, clients: in
         url = f"https://127.0.0.1:{port}"
         baseline = _baseline(home, db, sequential)
         seq = _enroll_all(_tokens(home, db, url, sequential), home / "seq", 1)
-        conc = _enroll_all(_tokens(home, db, url, devices), home / "conc", clients)
+        conc = _enroll_all(_tokens(home, db, url, devices), home / "conc", clients, write=False)
+        whole = _enroll_all(_tokens(home, db, url, sequential), home / "whole", clients)
     finally:
         stop_trees([proc.pid], 5.0)
         log.close()
     return {
         "baseline_local_per_s": baseline,
         "sequential_per_s": seq,
-        "concurrent_per_s": conc,
+        "concurrent_per_s": conc,  # network half only: what the service sustains
+        "concurrent_with_device_writes_per_s": whole,
         "concurrent_clients": clients,
         "devices": devices,
         "seconds_for_devices": devices / conc,
@@ -127,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         results["backends"][backend] = r
     ok = True
     print(f"{'backend':<11} {'local/s':>8} {'seq/s':>7} {'x local':>8} "
-          f"{f'{args.clients} clients/s':>13} {f'{args.devices} in s':>10}")  # fmt: skip
+          f"{f'{args.clients} clients/s':>13} {f'{args.devices} in s':>10} "
+          f"{'+writes/s':>10}")  # fmt: skip
     for backend, r in results["backends"].items():
         print(f"{backend:<11} {r['baseline_local_per_s']:>8.1f} {r['sequential_per_s']:>7.1f} "
               f"{r['ratio_sequential_to_local']:>8.2f} {r['concurrent_per_s']:>13.1f} "
-              f"{r['seconds_for_devices']:>10.1f}")  # fmt: skip
+              f"{r['seconds_for_devices']:>10.1f} "
+              f"{r['concurrent_with_device_writes_per_s']:>10.1f}")  # fmt: skip
         ok &= r["concurrent_per_s"] * GOAL_SECONDS >= GOAL_DEVICES
     results["goal"] = {"devices": GOAL_DEVICES, "seconds": GOAL_SECONDS, "met": ok}
     print(

@@ -112,7 +112,7 @@ def _call(client: httpx.Client, method: str, url: str, **kw: Any) -> dict[str, A
 
 def pinned_ca(token: EnrollToken) -> bytes:
     """The region CA from the service, accepted only if its SHA-256 is the token's pin."""
-    unverified = ssl.create_default_context()
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system roots: none are needed
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE  # a public file, authenticated by its hash below
     with httpx.Client(verify=unverified, timeout=TIMEOUT) as client:
@@ -139,22 +139,27 @@ def check_token(text: str, now: float | None = None) -> EnrollToken:
     return token
 
 
-def enroll_over_network(
-    token_text: str, profile: str, device_dir: Path, *, force: bool = False
-) -> NetEnrollment:
-    """Enroll ``device_dir`` with the region the token names; see the module docstring."""
-    device_dir = Path(device_dir)
-    check_profile(profile)
-    token = check_token(token_text)
-    previous = read_enrollment(device_dir)
-    if previous is not None and not force:
-        raise IdentityError(
-            f"{device_dir} is already enrolled in region {previous.region} as "
-            f"{previous.device_id[:16]}; use --force to enroll again with new keys "
-            "(a revoked device needs a new token)"
-        )
+@dataclass(frozen=True)
+class Granted:
+    """The region's answer to an enrollment, checked, with the keys it was made for (nothing
+    written yet)."""
+
+    token: EnrollToken
+    identity: DeviceIdentity
+    node: Any  # the node key (ECDSA private key)
+    ca_pem: bytes
+    answer: dict[str, Any]
+
+    @property
+    def bundle(self) -> dict[str, Any]:
+        return self.answer["bundle"]
+
+
+def request_enrollment(token: EnrollToken, profile: str, device_dir: Path) -> Granted:
+    """The network half of enrollment: pin the CA, fresh keys, challenge, proof, the region's
+    checked answer. Writes nothing (``enroll_over_network`` stores the result)."""
     ca_pem = pinned_ca(token)
-    identity = DeviceIdentity(generate_key(), device_dir)
+    identity = DeviceIdentity(generate_key(), Path(device_dir))
     node = new_node_key()
     node_line = node_public_line(node)
     with httpx.Client(verify=_context(ca_pem), timeout=TIMEOUT) as client:
@@ -186,12 +191,31 @@ def enroll_over_network(
         )
     if ca_fingerprint(_der(str(bundle.get("region_ca_pem", "")).encode())) != token.ca_sha256:
         raise PinMismatch("the trust bundle's CA is not the pinned one; nothing was written")
+    return Granted(token, identity, node, ca_pem, answer)
+
+
+def enroll_over_network(
+    token_text: str, profile: str, device_dir: Path, *, force: bool = False
+) -> NetEnrollment:
+    """Enroll ``device_dir`` with the region the token names; see the module docstring."""
+    device_dir = Path(device_dir)
+    check_profile(profile)
+    token = check_token(token_text)
+    previous = read_enrollment(device_dir)
+    if previous is not None and not force:
+        raise IdentityError(
+            f"{device_dir} is already enrolled in region {previous.region} as "
+            f"{previous.device_id[:16]}; use --force to enroll again with new keys "
+            "(a revoked device needs a new token)"
+        )
+    granted = request_enrollment(token, profile, device_dir)
+    bundle, identity = granted.bundle, granted.identity
     server_key = load_public_key(bytes.fromhex(str(bundle["region_server_key"])))
     store_identity(identity, force=True)
-    write_node_key(device_dir, node, identity.device_id[:16])
+    write_node_key(device_dir, granted.node, identity.device_id[:16])
     anchors = device_dir / ANCHORS_DIR
     save_public_key(server_key, anchors / f"{token.region}.pub")
-    write_atomic(ca_path(device_dir, token.region), ca_pem)
+    write_atomic(ca_path(device_dir, token.region), granted.ca_pem)
     root = bundle.get("release_root")
     if root is not None:
         write_atomic(anchors / f"{token.region}-release-root.json", json.dumps(root, indent=2))
@@ -200,7 +224,7 @@ def enroll_over_network(
     )
     save_enrollment(device_dir, enrollment)  # last: its presence means "enrolled"
     return NetEnrollment(
-        device_dir, enrollment, answer.get("node_id"), bool(bundle.get("fleet_tls")),
+        device_dir, enrollment, granted.answer.get("node_id"), bool(bundle.get("fleet_tls")),
         root is not None,
     )  # fmt: skip
 

@@ -145,6 +145,31 @@ def test_a_device_enrolls_with_one_token_trains_and_is_revoked(local_topology, t
     assert "REVOKED" in run(owner, "client", "join", "--device-home", device, code=2)
     # and its updates rejected: an update signed with its key fails verification
     assert verdict_on_update(home, device) == "revoked-device"
+    # a node key the SuperLink already knows is refused, even with a fresh token and key
+    res = enroll_with_node_key(operator, home, (device / "node-auth.pub").read_text())
+    assert (res.status_code, res.json()["reason"]) == (409, "node-key-registered"), res.text
+
+
+def enroll_with_node_key(operator: dict, home: Path, node_line: str):
+    """POST a well-formed enrollment (fresh token, fresh signing key) carrying ``node_line``."""
+    import httpx
+
+    from fedgate.clients.enroll_client import _context
+    from fedgate.crypto import generate_key, public_bytes, sign
+    from fedgate.enrollment_wire import enroll_message, parse_token
+
+    token = parse_token(run(operator, "region", "enroll-token", "--region", "eu").splitlines()[0])
+    key = generate_key()
+    ca = (home / "regions" / "eu" / "tls" / "ca.pem").read_bytes()
+    with httpx.Client(verify=_context(ca), timeout=30) as client:
+        challenge = client.get(f"{token.url}/v1/challenge").json()["challenge"]
+        facts = dict(region="eu", secret_sha256=token.secret_sha256, challenge=challenge,
+                     signing_key=public_bytes(key).hex(), node_key=node_line.strip(),
+                     profile="pi")  # fmt: skip
+        body = {"region": "eu", "token": token.secret, "signing_key": facts["signing_key"],
+                "node_key": facts["node_key"], "profile": "pi", "challenge": challenge,
+                "proof": sign(key, enroll_message(**facts)).hex()}  # fmt: skip
+        return client.post(f"{token.url}/v1/enroll", json=body)
 
 
 def verdict_on_update(home: Path, device: Path) -> str:
