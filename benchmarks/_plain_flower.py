@@ -1,12 +1,13 @@
 """Plain Flower doing a fedgate region's work: the baseline of ``benchmarks/scale.py``.
 
 ``plain_client_app``: Flower's ClientApp doing exactly the local work of fedgate's device
-(``fedgate.clients.app.train``): the same data (``data-dir``), the same rating of the received
-model on the local test split, the same ``train_local`` with the device profile's budget; no
-instruction check, no envelope. ``plain_server_app``: Flower's ``FedAvg`` (every node sampled
-every round, no separate evaluate exchange: the devices rate the model inside training, as
-fedgate's do) with the same central evaluation after every round (``RegionModel.metrics``) and
-a timestamp per round in ``rounds.jsonl``, the events ``scale.py`` measures.
+(``fedgate.clients.app.local_round``: the same rating of the received model on the local
+test split, the same ``train_local`` with the device profile's budget) on the same data
+(``data-dir``); no instruction check, no envelope. ``plain_server_app``: Flower's ``FedAvg``
+(every node sampled every round, no separate evaluate exchange: the devices rate the model
+inside training, as fedgate's do) with the same central evaluation after every round
+(``RegionModel.metrics``) and a timestamp per round in ``rounds.jsonl``, the events
+``scale.py`` measures.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ ROUNDS_FILE = "rounds.jsonl"
 def plain_client_app(data_root: Path):
     """Flower's ClientApp with fedgate's device work minus verification and signing; virtual
     client ``i`` reads its data from ``data_root/<i>`` (as in ``scale.py``'s fedgate cases)."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    from fedgate.clients.app import local_data, resolve_setup
-    from fedgate.models.defaults import DEFAULT_LR
-    from fedgate.models.nets import build_model
-    from fedgate.models.train import evaluate, train_local
+    from fedgate.clients.app import local_data, local_round, resolve_setup
 
     client_app = ClientApp()
 
@@ -41,29 +39,11 @@ def plain_client_app(data_root: Path):
         node["data-dir"] = str(Path(data_root) / str(pid))
         setup = resolve_setup(node, cfg)
         train_data, test_data = local_data(setup)
-        model = build_model(str(cfg["model"]), seed=None)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        rated = evaluate(model, test_data)
-        stats = train_local(
-            model,
-            train_data,
-            epochs=setup.profile.epochs,
-            batch_size=setup.profile.batch_size,
-            lr=float(cfg.get("lr", DEFAULT_LR)),
-            max_examples=setup.profile.max_examples,
-            step_delay=setup.profile.step_delay,
-            seed=setup.seed + 1000 * int(cfg["server-round"]) + pid,
+        seed = setup.seed + 1000 * int(cfg["server-round"]) + pid
+        arrays, metrics = local_round(
+            msg.content["arrays"], cfg, setup, train_data, test_data, seed
         )
-        metrics = {
-            "train-loss": stats.loss,
-            "num-examples": stats.num_examples,
-            "eval-loss": rated.loss,
-            "eval-acc": rated.accuracy,
-            "eval-examples": rated.num_examples,
-        }
-        content = RecordDict(
-            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
-        )
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     return client_app

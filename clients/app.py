@@ -150,6 +150,39 @@ def sign_reply(
     )
 
 
+def local_round(
+    base: ArrayRecord,
+    cfg: dict,
+    setup: DeviceSetup,
+    train_data: Dataset,
+    test_data: Dataset,
+    seed: int,
+) -> tuple[ArrayRecord, dict[str, int | float]]:
+    """A device's local work in one round: rate the received global model ``base`` on the
+    local test split, then train it on the local data with the profile's budget; returns the
+    trained weights and the reply's metrics."""
+    model = _model_from(base, str(cfg["model"]))
+    rated = evaluate(model, test_data)  # the received global model, before local training
+    stats = train_local(
+        model,
+        train_data,
+        epochs=setup.profile.epochs,
+        batch_size=setup.profile.batch_size,
+        lr=float(cfg.get("lr", DEFAULT_LR)),
+        max_examples=setup.profile.max_examples,
+        step_delay=setup.profile.step_delay,
+        seed=seed,
+    )
+    metrics: dict[str, int | float] = {
+        "train-loss": stats.loss,
+        "num-examples": stats.num_examples,
+        "eval-loss": rated.loss,
+        "eval-acc": rated.accuracy,
+        "eval-examples": rated.num_examples,
+    }
+    return ArrayRecord(model.state_dict()), metrics
+
+
 def _misbehaviour(attack: str):
     """The simulated misbehaviour a node was given, or None for an honest device."""
     if not attack:
@@ -173,33 +206,14 @@ def train(msg: Message, context: Context) -> Message:
     if sim is not None:
         train_data = sim.train_data(train_data, seed)
     base = msg.content["arrays"]
-    model = _model_from(base, str(cfg["model"]))
-    rated = evaluate(model, test_data)  # the received global model, before local training
-    stats = train_local(
-        model,
-        train_data,
-        epochs=setup.profile.epochs,
-        batch_size=setup.profile.batch_size,
-        lr=float(cfg.get("lr", DEFAULT_LR)),
-        max_examples=setup.profile.max_examples,
-        step_delay=setup.profile.step_delay,
-        seed=seed,
-    )
+    arrays, metrics = local_round(base, cfg, setup, train_data, test_data, seed)
     emit(
         "round", run=instruction.run_id, round=instruction.server_round,
-        examples=stats.num_examples, available=len(train_data),
-        cap=setup.profile.max_examples, profile=setup.profile.name, loss=stats.loss,
+        examples=metrics["num-examples"], available=len(train_data),
+        cap=setup.profile.max_examples, profile=setup.profile.name, loss=metrics["train-loss"],
     )  # fmt: skip
-    arrays = ArrayRecord(model.state_dict())
     if sim is not None:
         arrays = sim.update(base, arrays, cfg, seed)
-    metrics = {
-        "train-loss": stats.loss,
-        "num-examples": stats.num_examples,
-        "eval-loss": rated.loss,
-        "eval-acc": rated.accuracy,
-        "eval-examples": rated.num_examples,
-    }
     reply = dict(base=base, arrays=arrays, metrics=metrics)
     envelope = (
         sign_reply(device, instruction, **reply)
