@@ -263,34 +263,43 @@ def _settings(rows: list[dict]) -> list[tuple[float, int]]:
     return sorted({(r["alpha"], r["f"]) for r in rows}, key=lambda s: (-s[0], s[1]))
 
 
-def worst_case_table(rows: list[dict]):
-    """Per (impl, rule): worst accuracy over attacks (and its attack) and clean accuracy."""
+def _setting_table(title: str, rows: list[dict], keys, cell):
+    """One row per (impl, rule) in ``keys`` (the region default first), one column per
+    setting; ``cell(impl, rule, alpha, f)`` is the text of a cell (``None``: n/a)."""
     from rich.table import Table
 
-    summary = summarize(rows)
     default = default_label()
-    keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], k[1] != default, k[1]))
-    seeds = sorted({r["seed"] for r in rows})
-    table = Table(
-        title="Final test accuracy: worst case over attacks and seeds, the worst attack, "
-        f"(clean accuracy, worst seed); seeds {seeds}"
-    )
+    table = Table(title=title)
     table.add_column("impl")
     table.add_column("rule")
     for alpha, f in _settings(rows):
         table.add_column(f"alpha={alpha} f={f}", justify="right")
-    for impl, rule in keys:
-        out = []
-        for alpha, f in _settings(rows):
-            hit = summary.get((impl, rule, alpha, f))
-            if hit is None:
-                out.append("n/a")
-                continue
-            worst, attack, clean = hit
-            out.append(f"{worst:.3f} {attack} ({'-' if clean is None else f'{clean:.3f}'})")
+    for impl, rule in sorted(keys, key=lambda k: (k[0], k[1] != default, k[1])):
+        out = [cell(impl, rule, alpha, f) or "n/a" for alpha, f in _settings(rows)]
         label = f"{rule} (region default)" if (impl, rule) == ("fedgate", default) else rule
         table.add_row(impl, label, *out)
     return table
+
+
+def worst_case_table(rows: list[dict]):
+    """Per (impl, rule): worst accuracy over attacks (and its attack) and clean accuracy."""
+    summary = summarize(rows)
+    seeds = sorted({r["seed"] for r in rows})
+
+    def cell(impl, rule, alpha, f):
+        hit = summary.get((impl, rule, alpha, f))
+        if hit is None:
+            return None
+        worst, attack, clean = hit
+        return f"{worst:.3f} {attack} ({'-' if clean is None else f'{clean:.3f}'})"
+
+    return _setting_table(
+        "Final test accuracy: worst case over attacks and seeds, the worst attack, "
+        f"(clean accuracy, worst seed); seeds {seeds}",
+        rows,
+        {(k[0], k[1]) for k in summary},
+        cell,
+    )
 
 
 def per_attack_table(rows: list[dict], alpha: float, f: int):
@@ -313,31 +322,22 @@ def per_attack_table(rows: list[dict], alpha: float, f: int):
 def backdoor_table(rows: list[dict]):
     """Per (impl, rule): highest backdoor success over the forms and seeds (and the form),
     beside the worst-case and clean accuracy: the frontier's two axes."""
-    from rich.table import Table
-
     bd, summary = backdoor_cells(rows), summarize(rows)
-    default = default_label()
-    keys = sorted({(k[0], k[1]) for k in bd}, key=lambda k: (k[0], k[1] != default, k[1]))
-    table = Table(
-        title="Backdoor success (triggered non-target test images classified as the target; "
-        "highest over forms and seeds) | worst-case accuracy | clean accuracy"
+
+    def cell(impl, rule, alpha, f):
+        hit, acc = bd.get((impl, rule, alpha, f)), summary.get((impl, rule, alpha, f))
+        if hit is None or acc is None:
+            return None
+        clean = "-" if acc[2] is None else f"{acc[2]:.3f}"
+        return f"{hit[0]:.3f} {hit[1]} | {acc[0]:.3f} | {clean}"
+
+    return _setting_table(
+        "Backdoor success (triggered non-target test images classified as the target; "
+        "highest over forms and seeds) | worst-case accuracy | clean accuracy",
+        rows,
+        {(k[0], k[1]) for k in bd},
+        cell,
     )
-    table.add_column("impl")
-    table.add_column("rule")
-    for alpha, f in _settings(rows):
-        table.add_column(f"alpha={alpha} f={f}", justify="right")
-    for impl, rule in keys:
-        out = []
-        for alpha, f in _settings(rows):
-            hit, acc = bd.get((impl, rule, alpha, f)), summary.get((impl, rule, alpha, f))
-            if hit is None or acc is None:
-                out.append("n/a")
-                continue
-            clean = "-" if acc[2] is None else f"{acc[2]:.3f}"
-            out.append(f"{hit[0]:.3f} {hit[1]} | {acc[0]:.3f} | {clean}")
-        label = f"{rule} (region default)" if (impl, rule) == ("fedgate", default) else rule
-        table.add_row(impl, label, *out)
-    return table
 
 
 def frontier(rows: list[dict]) -> list[dict]:
