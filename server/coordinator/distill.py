@@ -319,10 +319,10 @@ def render_table(reports: Sequence[StudentReport]):  # -> rich.table.Table
     """The students' table for a terminal or the demo summary."""
     from rich.table import Table
 
-    title = "students of global version " + (str(reports[0].global_version) if reports else "?")
-    table = Table(title=title)
-    for col in ("profile", "params", "bytes", "smaller", "teacher acc", "student acc",
-                "no-distill acc", "latency (us)"):  # fmt: skip
+    version = str(reports[0].global_version) if reports else "?"
+    table = Table(title=f"edge students of global version {version} (accuracy: common test split)")
+    columns = ("profile", "params", "bytes", "smaller", "teacher", "student", "no KD", "us/sample")
+    for col in columns:
         table.add_column(col, justify="left" if col == "profile" else "right")
     for r in reports:
         table.add_row(
