@@ -109,7 +109,7 @@ def test_table_renders_every_profile(reports) -> None:
     console = Console(record=True, width=140)
     console.print(render_table(reports[0]))
     text = console.export_text()
-    assert "phone" in text and "pi" in text and "no-distill acc" in text
+    assert "phone" in text and "pi" in text and "no KD" in text
 
 
 def test_cli_distills_one_profile_as_json(home: Path, tmp_path: Path) -> None:

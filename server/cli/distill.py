@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fedgate.server.cli.common import HomeOpt, JsonOpt, console, err, resolve_home
+from fedgate.server.cli.coordinator import CoordDbOpt
 
 
 def distill(
@@ -17,10 +18,7 @@ def distill(
         int, typer.Option("--global-version", "-g", help="The global version to distil.", min=1)
     ],
     home: HomeOpt = None,
-    db: Annotated[
-        str | None,
-        typer.Option("--db", help="Coordinator database URL (default: <home>/coordinator.db)."),
-    ] = None,
+    db: CoordDbOpt = None,
     profile: Annotated[
         list[str] | None,
         typer.Option("--profile", "-p", help="Edge profile (repeatable; default: pi and phone)."),

@@ -136,7 +136,7 @@ def _teacher(store: CoordinatorStore, blobs: BlobStore, version: int):
 
 
 def distill_version(
-    home: Path,
+    home: Path | str,
     version: int,
     *,
     profiles: Sequence[str] = DEFAULT_PROFILES,
@@ -146,14 +146,15 @@ def distill_version(
     config: DistillConfig | None = None,
 ) -> list[StudentReport]:
     """Distil, quantize, export, check and measure a student per profile of global version
-    ``version``; write the files and the manifest; record the audit event."""
+    ``version``; write the files and the manifest (it lists the profiles of this run); record
+    the audit event. ``progress`` gets one line per step worth telling."""
     from fedgate.models import onnx_export as ox
     from fedgate.models.data import NUM_FEATURES, common_test_split, transfer_split
     from fedgate.models.distill import teacher_logits, train_student
     from fedgate.models.students import build_student, parameter_count
     from fedgate.models.train import evaluate
 
-    say = progress or (lambda _msg: None)
+    home, say = Path(home), progress or (lambda _msg: None)
     if not profiles:
         raise DistillError("no edge profile to distil")
     specs = [_spec(p) for p in dict.fromkeys(profiles)]
@@ -319,10 +320,10 @@ def render_table(reports: Sequence[StudentReport]):  # -> rich.table.Table
     """The students' table for a terminal or the demo summary."""
     from rich.table import Table
 
-    title = "students of global version " + (str(reports[0].global_version) if reports else "?")
-    table = Table(title=title)
-    for col in ("profile", "params", "bytes", "smaller", "teacher acc", "student acc",
-                "no-distill acc", "latency (us)"):  # fmt: skip
+    version = str(reports[0].global_version) if reports else "?"
+    table = Table(title=f"edge students of global version {version} (accuracy: common test split)")
+    columns = ("profile", "params", "bytes", "smaller", "teacher", "student", "no KD", "us/sample")
+    for col in columns:
         table.add_column(col, justify="left" if col == "profile" else "right")
     for r in reports:
         table.add_row(
