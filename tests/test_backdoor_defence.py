@@ -178,3 +178,17 @@ def test_adaptive_attacks_pick_the_scale_that_hurts_the_defence_most(name):
     # A defence that passes everything: the largest candidate scale.
     chosen = attack.craft(own, honest, 4, rng, n=20, defence=lambda mal: mal[0])
     assert np.allclose(chosen[0] - mu, max(attack.factors) * base, rtol=1e-4, atol=1e-7)
+
+
+def test_filter_stands_aside_below_ten_updates():
+    """A round of a few non-IID devices is not clustered: the inner rule alone decides."""
+    from fedgate.strategies.aggregators.flame import MIN_CLUSTERED
+
+    x, _ = round_updates(2, honest=MIN_CLUSTERED - 3, bad=2)
+    res = make_aggregator("mean", 2, pre="flame")(x)
+    assert res.note == f"flame: off ({len(x)} updates; clusters from {MIN_CLUSTERED})"
+    assert all(d.fate != "dropped" for d in res.diagnostics)
+    assert np.allclose(res.vector, x.mean(0), atol=1e-9)
+    big, bad = round_updates(2, honest=MIN_CLUSTERED - 2, bad=2)
+    assert make_aggregator("mean", 2, pre="flame")(big).note.startswith("flame: kept")
+    assert len(big) == MIN_CLUSTERED and bad.size == 2
