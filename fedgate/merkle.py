@@ -16,7 +16,7 @@ Verification follows RFC 9162 2.1.3.2 and 2.1.4.2 step by step.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from fedgate.errors import VerificationError
@@ -263,8 +263,8 @@ class CompactRange:
         if len(frontier) != len(keys):
             raise MerkleError(f"a tree of size {size} has {len(keys)} frontier hashes")
         self.size = size
-        hashes = [_hash(h, "frontier hash") for h in frontier]
-        self._stack = [(level, h) for (level, _), h in zip(keys, hashes, strict=True)]
+        # one hash per set bit of ``size``, largest subtree first
+        self._stack = [_hash(h, "frontier hash") for h in frontier]
 
     def append(self, leaf: bytes, completed: dict[Node, bytes] | None = None) -> None:
         """Add one leaf hash; each perfect subtree it completes goes into ``completed``."""
@@ -274,18 +274,34 @@ class CompactRange:
             completed[(0, old)] = leaf
         level, digest = 0, leaf
         while old & 1:  # the old size's trailing ones are the subtrees this leaf completes
-            digest = _sha256(b"\x01" + stack.pop()[1] + digest).digest()
+            digest = _sha256(b"\x01" + stack.pop() + digest).digest()
             level += 1
             old >>= 1
             if completed is not None:
                 completed[(level, (new >> level) - 1)] = digest
-        stack.append((level, digest))
+        stack.append(digest)
+
+    def extend(self, leaves: Iterable[bytes], stops: Container[int] = ()) -> dict[int, bytes]:
+        """Add leaf hashes (the verifier's hot loop); the root at each size in ``stops``."""
+        stack, size, sha, roots = self._stack, self.size, _sha256, {}
+        for leaf in leaves:
+            n, digest = size, leaf
+            while n & 1:
+                digest = sha(b"\x01" + stack.pop() + digest).digest()
+                n >>= 1
+            stack.append(digest)
+            size += 1
+            if size in stops:
+                self.size = size
+                roots[size] = self.root()
+        self.size = size
+        return roots
 
     def root(self) -> bytes:
         if not self._stack:
             return EMPTY_ROOT
-        digest = self._stack[-1][1]
-        for _, left in reversed(self._stack[:-1]):
+        digest = self._stack[-1]
+        for left in reversed(self._stack[:-1]):
             digest = node_hash(left, digest)
         return digest
 

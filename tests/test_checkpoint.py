@@ -198,7 +198,7 @@ def test_an_inclusion_proof_binds_the_event_to_its_seq() -> None:
 
 
 @pytest.mark.parametrize("which", ["inclusion", "consistency"])
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_change_to_a_proof_file_is_refused(which: str, data: st.DataObject) -> None:
     original = _inclusion(4, 9) if which == "inclusion" else _consistency(3, 10)

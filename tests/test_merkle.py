@@ -173,6 +173,9 @@ def test_compact_range_resumes_from_its_frontier() -> None:
                          (2, 1): N(i, N(j, L[7])), (3, 0): ROOTS[8]}  # fmt: skip
     with pytest.raises(MerkleError, match="frontier"):
         CompactRange(5, [a])
+    streamed = CompactRange(2, [N(a, b)])
+    assert streamed.extend(L[2:], {3, 6, 8, 9}) == {3: ROOTS[3], 6: ROOTS[6], 8: ROOTS[8]}
+    assert streamed.size == 8 and streamed.root() == ROOTS[8]
 
 
 # -- properties ----------------------------------------------------------------------------------

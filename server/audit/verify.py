@@ -261,12 +261,8 @@ class ChainVerifier:
     def feed_many(self, rows: Iterable[tuple[int, str, str, str, str, str]]) -> None:
         """Check events in seq order; rows are ``(seq, kind, ts, payload, prev, hash)``."""
         rep, kinds, pending, prefix = self.report, self._kinds, self._pending, self._prefix
-        anchors, cov, tree, checkpoints = (
-            self._anchors,
-            self._coverage,
-            self._tree,
-            self._checkpoints,
-        )
+        anchors, cov, tree = self._anchors, self._coverage, self._tree
+        leaves: list[bytes] = []
         expect, last, count, ts_ok = self._expect, self._prev, 0, TS_RE.match
         # ``last`` is safe to splice unquoted once it matched a recomputed hash (hex only).
         safe = self._prev_safe
@@ -296,9 +292,7 @@ class ChainVerifier:
                 if not ok:
                     self._problem(seq, "content does not match its hash (edited)")
             if tree is not None:  # leaf: the same bytes, RFC 9162 (``checkpoints.py``)
-                tree.append(sha256(b"\x00" + raw).digest())
-                if tree.size in checkpoints:
-                    self._check_roots(tree.size, tree.root())
+                leaves.append(sha256(b"\x00" + raw).digest())
             if seq in pending:
                 self._check_heads(seq, digest, pending.pop(seq))
             if seq in anchors:
@@ -313,6 +307,9 @@ class ChainVerifier:
             if seq >= expect:
                 expect = seq + 1
         self._expect, self._prev, self._prev_safe = expect, last, safe
+        if tree is not None:
+            for size, root in tree.extend(leaves, self._checkpoints).items():
+                self._check_roots(size, root)
         rep.events += count
         if count:
             rep.last_seq, rep.head = expect - 1, last
