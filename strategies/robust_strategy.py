@@ -118,7 +118,10 @@ class NotEnoughNodesError(UnavailableError, RuntimeError):
 
 Scorer = Callable[[ArrayRecord], "float | np.ndarray"]
 """The server's loss of a candidate global model on its own held-out data (lower is better):
-one number, or one loss per held-out example (the ensemble then tests its choice's margin)."""
+one number, or one loss per held-out example (the ensemble then tests its choice's margin).
+A scorer with an ``of_vector`` attribute (the same loss of the model given as one flat float32
+vector, in the ArrayRecord's array order) is called that way: the ensemble scores every
+update, and an ArrayRecord per candidate costs more than the forward pass."""
 
 
 @stateless
@@ -406,6 +409,10 @@ class RobustStrategy(Strategy):
         if self.scorer is None or not hasattr(self.aggregator, "set_scorer"):
             return
         scorer = self.scorer
+        flat = getattr(scorer, "of_vector", None)  # skips building an ArrayRecord per candidate
+        if flat is not None:
+            self.aggregator.set_scorer(lambda delta: flat(base + delta))
+            return
         self.aggregator.set_scorer(lambda delta: scorer(unflatten_record(base + delta, like)))
 
     def _finish(self, record: RoundRecord) -> None:

@@ -195,6 +195,33 @@ class RegionModel:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             return example_losses(self.model, self.validation)
 
+    def losses_of_vector(self, vector: np.ndarray) -> np.ndarray:
+        """``losses`` of the model given as one flat float32 vector, in the order of the
+        model's state dict (the order of the ArrayRecords the strategy flattens)."""
+        shapes = {name: tensor.shape for name, tensor in self.model.state_dict().items()}
+        total = sum(int(np.prod(shape)) for shape in shapes.values())
+        if total != len(vector):
+            raise ValueError(f"a vector of {len(vector)} values for a model of {total}")
+        state, pos = {}, 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            part = np.ascontiguousarray(vector[pos : pos + size], dtype=np.float32)
+            state[name] = torch.from_numpy(part).reshape(shape)
+            pos += size
+        with one_torch_thread():
+            self.model.load_state_dict(state)
+            return example_losses(self.model, self.validation)
+
+    def scorer(self) -> Scorer:
+        """The strategy's scorer: ``losses``, with ``losses_of_vector`` as its flat form."""
+        fn = self.losses
+
+        def scorer(arrays: ArrayRecord) -> np.ndarray:
+            return fn(arrays)
+
+        scorer.of_vector = self.losses_of_vector  # type: ignore[attr-defined]
+        return scorer
+
     def metrics(self, arrays: ArrayRecord) -> dict[str, float]:
         """A round's model evaluated on the validation and the common test split."""
         with one_torch_thread():
@@ -348,7 +375,7 @@ def _train(
     """Run the rounds (Flower's grid), record every evaluation, save the final model."""
     blobs = BlobStore(home / "blobs")
     judged = RegionModel.for_spec(spec, blobs)
-    strategy = build_strategy(spec, run_id, store, registry, judged.losses, progress)
+    strategy = build_strategy(spec, run_id, store, registry, judged.scorer(), progress)
     log = RoundLog(run_id, store, blobs, progress, spec.first_round)
     # the gate compares the result with the global model the run started from
     base_val_acc = (
