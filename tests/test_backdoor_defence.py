@@ -178,3 +178,33 @@ def test_adaptive_attacks_pick_the_scale_that_hurts_the_defence_most(name):
     # A defence that passes everything: the largest candidate scale.
     chosen = attack.craft(own, honest, 4, rng, n=20, defence=lambda mal: mal[0])
     assert np.allclose(chosen[0] - mu, max(attack.factors) * base, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_reports_backdoor_success_and_previews_leave_the_rule_alone():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _fl_sim import DIM, FLOWER_RULES, RuleSpec, Server, Setting, fedgate_step, run_group
+
+    setting = Setting(alpha=0.5, f=2, n=8, rounds=1, seed=1)
+    step = fedgate_step("cc")(setting)  # stateful: its centre follows the aggregate
+    x = RNG(0).standard_normal((8, DIM)).astype(np.float32) * 0.01
+    glob, counts = np.zeros(DIM, np.float32), np.ones(8)
+    server = Server(digits_like(), np.zeros(DIM, np.float32))
+    first = step.preview(x, glob, counts, server)
+    assert np.array_equal(first, step.preview(x, glob, counts, server))
+    assert np.array_equal(first, step(x, glob, counts, server))  # the preview was the step
+
+    ensemble = RuleSpec("ensemble", "fedgate", fedgate_step("ensemble"))
+    for attack, spec in (("backdoor-edge", FLOWER_RULES["fedavg"]), ("min-sum-adaptive", ensemble)):
+        res = run_group(setting, attack, [spec])
+        assert not any(r.error for r in res), [r.error for r in res]
+        for r in res:
+            if attack == "backdoor-edge":
+                assert r.backdoor_asr is not None and 0.0 <= r.backdoor_asr <= 1.0
+            else:
+                assert r.backdoor_asr is None
