@@ -462,7 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-momentum", type=float, default=0.0)
     parser.add_argument("--agnostic", action="store_true", help="non-colluding attackers")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--plot", type=Path, help="save the backdoor/accuracy frontier plot")
+    parser.add_argument(
+        "--plot", type=Path, help="save the backdoor/accuracy frontier plot (+ its points, .json)"
+    )
+    parser.add_argument(
+        "--load",
+        help="comma-separated result files (--json) to report on instead of running",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -486,19 +492,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--client-momentum must be in [0, 1)")
 
     t0 = time.perf_counter()
-    rows = run_grid(
-        alphas,
-        fs,
-        attacks,
-        seeds,
-        args.rounds,
-        rules,
-        flower,
-        client_momentum=args.client_momentum,
-        colluding=not args.agnostic,
-        workers=args.workers,
-        nnm=args.nnm,
-    )
+    if args.load:
+        rows = []
+        for name in args.load.split(","):
+            try:
+                rows += json.loads(Path(name).read_text())
+            except (OSError, ValueError) as exc:
+                parser.error(f"--load {name}: {exc}")
+    else:
+        rows = run_grid(
+            alphas,
+            fs,
+            attacks,
+            seeds,
+            args.rounds,
+            rules,
+            flower,
+            client_momentum=args.client_momentum,
+            colluding=not args.agnostic,
+            workers=args.workers,
+            nnm=args.nnm,
+        )
     elapsed = time.perf_counter() - t0
 
     from rich.console import Console
@@ -510,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.get("backdoor_asr") is not None for r in rows):
         console.print(backdoor_table(rows))
         if args.plot:
-            plot_frontier(frontier(rows), args.plot)
+            points = frontier(rows)
+            plot_frontier(points, args.plot)
+            args.plot.with_suffix(".json").write_text(json.dumps(points, indent=1))
             console.print(f"frontier plot: {args.plot}", highlight=False)
     for line in verdict_lines(rows):
         console.print(line, highlight=False, markup=False)

@@ -192,3 +192,33 @@ def test_filter_stands_aside_below_ten_updates():
     big, bad = round_updates(2, honest=MIN_CLUSTERED - 2, bad=2)
     assert make_aggregator("mean", 2, pre="flame")(big).note.startswith("flame: kept")
     assert len(big) == MIN_CLUSTERED and bad.size == 2
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_reports_backdoor_success_and_previews_leave_the_rule_alone():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _fl_sim import DIM, FLOWER_RULES, RuleSpec, Server, Setting, fedgate_step, run_group
+
+    setting = Setting(alpha=0.5, f=2, n=8, rounds=1, seed=1)
+    step = fedgate_step("cc")(setting)  # stateful: its centre follows the aggregate
+    x = RNG(0).standard_normal((8, DIM)).astype(np.float32) * 0.01
+    glob, counts = np.zeros(DIM, np.float32), np.ones(8)
+    server = Server(digits_like(), np.zeros(DIM, np.float32))
+    first = step.preview(x, glob, counts, server)
+    assert np.array_equal(first, step.preview(x, glob, counts, server))
+    assert np.array_equal(first, step(x, glob, counts, server))  # the preview was the step
+
+    ensemble = RuleSpec("ensemble", "fedgate", fedgate_step("ensemble"))
+    for attack, spec in (("backdoor-edge", FLOWER_RULES["fedavg"]), ("min-sum-adaptive", ensemble)):
+        res = run_group(setting, attack, [spec])
+        assert not any(r.error for r in res), [r.error for r in res]
+        for r in res:
+            if attack == "backdoor-edge":
+                assert r.backdoor_asr is not None and 0.0 <= r.backdoor_asr <= 1.0
+            else:
+                assert r.backdoor_asr is None

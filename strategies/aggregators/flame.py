@@ -120,6 +120,9 @@ def smallest_n(rule: Aggregator, n: int) -> int:
     return n
 
 
+_OWN = frozenset({"inner", "noise", "seed", "_rng", "last_note"})
+
+
 @dataclass
 class Flame:
     """``inner`` on the FLAME-filtered, clipped updates, plus optional noise; ``flame+<inner>``.
@@ -149,13 +152,13 @@ class Flame:
 
     def __getattr__(self, item: str):
         """Delegate the inner rule's extras (``set_scorer``, ``center``...)."""
-        if item in ("inner", "noise", "seed", "_rng", "last_note"):
+        if item in _OWN:
             raise AttributeError(item)
         return getattr(self.inner, item)
 
     def __setattr__(self, item: str, value) -> None:
         """Own fields are set here; anything else is the inner rule's (a CC ``center``)."""
-        if item in ("inner", "noise", "seed", "_rng", "last_note"):
+        if item in _OWN:
             object.__setattr__(self, item, value)
         else:
             setattr(self.inner, item, value)
