@@ -12,7 +12,7 @@ from typing import Any
 
 DEMO_HOME = Path(".fedgate-demo")
 DEMO_CYCLES = 2  # regional runs -> gate -> merge, twice: the second starts from global v1
-DEMO_ROUNDS = 3  # rounds per region per cycle
+DEMO_ROUNDS = 5  # rounds per region per cycle
 
 
 def demo_approver(home: Path, regions: list[tuple[str, str | None]]):
