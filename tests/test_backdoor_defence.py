@@ -180,7 +180,7 @@ def test_adaptive_attacks_pick_the_scale_that_hurts_the_defence_most(name):
     assert np.allclose(chosen[0] - mu, max(attack.factors) * base, rtol=1e-4, atol=1e-7)
 
 
-def test_filter_stands_aside_below_ten_updates():
+def test_filter_stands_aside_below_eight_updates():
     """A round of a few non-IID devices is not clustered: the inner rule alone decides."""
     from fedgate.strategies.aggregators.flame import MIN_CLUSTERED
 

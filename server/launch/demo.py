@@ -126,8 +126,8 @@ def ship_to_edge(
 ) -> EdgeOutcome:
     """Distil global ``version`` into a student per edge profile, publish them as a signed TUF
     release for every region, serve it over HTTP on loopback, and let one edge node per region
-    (the phone profile in the first, the Pi profile in the others) sync, install and predict
-    one digit of the common test split."""
+    (profiles taken in turn: the first region a phone, the next a Pi) sync, install and
+    predict one digit of the common test split."""
     # heavy imports (torch, onnxruntime, tuf): `fedgate --help` imports this module
     from fedgate.clients.edge.node import EdgeNode
     from fedgate.models.data import common_test_split
@@ -149,7 +149,7 @@ def ship_to_edge(
     profiles = [r.profile for r in reports]
     with serve_releases(home) as server:
         for i, region in enumerate(regions):
-            profile = "phone" if i == 0 and "phone" in profiles else profiles[-1]
+            profile = profiles[(i + 1) % len(profiles)]  # ("pi", "phone"): eu phone, us Pi
             name = f"{region}-{profile}"
             node = EdgeNode.init(home / "edge" / name, init.root_json, server.url, region, profile)
             synced = node.sync()
