@@ -37,7 +37,8 @@ update looks as typical as an honest one to every distance-based rule. Without t
 scorer the ensemble runs NNM + centered clipping. ``f = 1`` suits the demo's 4-6 clients per
 round (every member needs ``n >= 2f + 1``). The server loss only sees clean data, so a
 backdoor's trigger is invisible to it: a FLAME-style filter (cosine HDBSCAN clustering,
-median-norm clipping; ``RULE_DEFAULTS["ensemble"]["filter"]``) runs before the members. It
+median-norm clipping; ``RULE_DEFAULTS["ensemble"]["filter"]``) runs before the members, from
+eight updates a round (``flame.MIN_CLUSTERED``: fewer non-IID shards do not cluster). It
 stops the boosted and the norm-bounded backdoor at alpha 0.5, f 4 and not in the other three
 settings (``docs/backdoor.md``: measured, targets missed, and why).
 """
