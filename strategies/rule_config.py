@@ -36,9 +36,10 @@ fleet of tiny skewed shards (``tests/test_integration_defences.py``), where a si
 update looks as typical as an honest one to every distance-based rule. Without the server's
 scorer the ensemble runs NNM + centered clipping. ``f = 1`` suits the demo's 4-6 clients per
 round (every member needs ``n >= 2f + 1``). The server loss only sees clean data, so a
-backdoor's trigger is invisible to it: a FLAME-style filter (cosine HDBSCAN clustering,
-median-norm clipping; ``RULE_DEFAULTS["ensemble"]["filter"]``) runs before the members, from
-eight updates a round (``flame.MIN_CLUSTERED``: fewer non-IID shards do not cluster). It
-stops the boosted and the norm-bounded backdoor at alpha 0.5, f 4 and not in the other three
-settings (``docs/backdoor.md``: measured, targets missed, and why).
+backdoor's trigger is invisible to it. A FLAME-style filter (cosine HDBSCAN clustering,
+median-norm clipping) can run before the members (``filter = "flame"``, from eight updates a
+round); it is not the default: it stops the boosted and the norm-bounded backdoor at alpha 0.5,
+f 4 only, costs the worst case at alpha 0.1, f 6 (0.794 against 0.855), drops honest shards in
+small non-IID fleets, and let a boosted backdoor reach 0.40 in the live test
+(``docs/backdoor.md``: measured, targets missed, and why).
 """

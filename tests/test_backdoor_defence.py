@@ -75,10 +75,11 @@ def test_flame_rule_explains_every_client():
     assert np.allclose(res.vector, scaled.mean(0), atol=1e-9)
 
 
-def test_region_default_filters_then_chooses():
+def test_ensemble_with_the_filter_filters_then_chooses():
     x, bad = round_updates(2)
     x[bad] *= 10.0
-    rule = build_rule("ensemble", 4)
+    assert "flame" not in build_rule("ensemble", 4)(x).note  # opt-in: not the region default
+    rule = make_aggregator("ensemble", 4, filter="flame")
     losses = lambda delta: (delta - x[:16].mean(0)) ** 2  # noqa: E731  server prefers honest
     rule.set_scorer(losses)
     res = rule(x)
