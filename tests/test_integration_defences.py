@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 HONEST = [0, 1, 2, 3, 4, 5]
 ATTACKERS = {6: "ipm-100", 7: "sign-flip"}
 REVOKED, WRONG_KEY = 8, 9
-ROUNDS = 10
+ROUNDS = 6
 
 
 @pytest.fixture(scope="module")
