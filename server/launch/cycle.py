@@ -29,7 +29,6 @@ from fedgate.server.audit.keys import coordinator_pub_path
 from fedgate.server.coordinator.federation import federation_path, render_federation
 from fedgate.server.coordinator.service import Coordinator, coordinator_dir, load_global
 from fedgate.server.coordinator.store import CoordinatorStore
-from fedgate.server.db.blobs import BlobStore
 from fedgate.server.db.engine import coordinator_url
 from fedgate.server.db.migrate import open_readonly
 from fedgate.server.gate.approvers import list_approvers
@@ -39,7 +38,7 @@ from fedgate.server.gate.policy import base_accuracy, evaluate, load_policy
 from fedgate.server.launch.config import FederationConfig, RegionConfig
 from fedgate.server.launch.run_records import StartPoint, global_point
 from fedgate.server.launch.runner import Submission, follow, submit
-from fedgate.server.region.artifact import verify_artifact
+from fedgate.server.region.artifact import Artifact, verify_artifact
 from fedgate.server.trust.enrollment import region_registry
 
 APPROVED, REJECTED, PENDING = "approved", "rejected", "pending"
@@ -119,7 +118,7 @@ def ensure_federation(home: Path, fed: FederationConfig) -> Path:
 
 
 def _gate(home: Path, reg: RegionConfig, finished: dict[str, Any],
-          approver: Ed25519PrivateKey | None) -> RegionResult:  # fmt: skip
+          approver: Ed25519PrivateKey | None) -> tuple[RegionResult, Artifact]:  # fmt: skip
     """Evaluate the run's artifact against the region's policy; with an ``approver`` key,
     approve it when every check passes and record a refusal naming the failures otherwise."""
     artifact = verify_artifact(home, str(finished["model_sha256"]))
@@ -139,20 +138,22 @@ def _gate(home: Path, reg: RegionConfig, finished: dict[str, Any],
             else:
                 approve(home, registry.store, artifact, policy, approver)
                 verdict = APPROVED
-    return RegionResult(reg.name, manifest.run_id, artifact.sha256, manifest.val_acc,
-                        manifest.test_acc, verdict, failed)  # fmt: skip
+    result = RegionResult(reg.name, manifest.run_id, artifact.sha256, manifest.val_acc,
+                          manifest.test_acc, verdict, failed)  # fmt: skip
+    return result, artifact
 
 
 def global_accuracy(home: Path, version: int, seed: int) -> float:
     """Global version ``version``'s accuracy on the common test split."""
     import torch  # heavy: only when a cycle evaluates
+    from safetensors.numpy import load
 
     from fedgate.models.data import common_test_split
     from fedgate.models.nets import build_model
     from fedgate.models.train import evaluate as evaluate_model
 
-    info, _ = load_global(home, version)
-    tensors = BlobStore(coordinator_dir(home) / "blobs").get_tensors(info.weights_sha256)
+    info, weights = load_global(home, version)  # the verified bytes, read once
+    tensors = load(weights)
     model = build_model(info.architecture, seed=None)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
     return evaluate_model(model, common_test_split(seed)).accuracy
@@ -184,14 +185,14 @@ def run_cycle(
         finished = follow(subs, on_event, timeout)
     finally:
         after_runs(subs)
-    results = [_gate(home, reg, finished[reg.name], approver) for reg in fed.regions]
+    gated = [_gate(home, reg, finished[reg.name], approver) for reg in fed.regions]
+    results = [result for result, _ in gated]
     cycle = CycleResult(number, base, results, runs=finished)
     if approver is None:
         return cycle
     ensure_federation(home, fed)
     inbox = coordinator_dir(home) / "cycles" / str(number) / "inbox"
-    for res in results:
-        artifact = verify_artifact(home, res.artifact)
+    for res, artifact in gated:  # verified once, in _gate
         export_bundle(home, artifact, inbox, unapproved=res.gate != APPROVED)
     outcome = Coordinator(home).merge_once(inbox)
     cycle.refusals = [str(r) for r in outcome.refusals]
