@@ -9,8 +9,9 @@ weights and statements by SHA-256).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def coordinator_dir(home: Path) -> Path:
 
 def default_inbox(home: Path) -> Path:
     return coordinator_dir(home) / "inbox"
+
+
+@contextlib.contextmanager
+def published_store(home: Path) -> Iterator[CoordinatorStore | None]:
+    """The home's coordinator store, read-only; ``None`` when no coordinator has published
+    (no key or no database yet)."""
+    if not coordinator_pub_path(home).is_file() or not (home / "coordinator.db").is_file():
+        yield None
+        return
+    engine = open_readonly(coordinator_url(home))
+    try:
+        yield CoordinatorStore(engine)
+    finally:
+        engine.dispose()
 
 
 def load_global(home: Path, version: int, db: str | None = None) -> tuple[VersionInfo, bytes]:

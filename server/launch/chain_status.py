@@ -14,12 +14,10 @@ from sqlalchemy import select
 from fedgate.crypto import read_public_key
 from fedgate.errors import VerificationError
 from fedgate.server.audit.keys import coordinator_pub_path
-from fedgate.server.coordinator.service import coordinator_dir
-from fedgate.server.coordinator.store import CoordinatorStore
+from fedgate.server.coordinator.service import coordinator_dir, published_store
 from fedgate.server.coordinator.versions import check_version
 from fedgate.server.db import open_readonly, resolve_url
 from fedgate.server.db.blobs import BlobStore
-from fedgate.server.db.engine import coordinator_url
 from fedgate.server.db.models import Approval, Artifact
 from fedgate.server.launch.config import FederationConfig
 
@@ -80,15 +78,12 @@ def region_gate(home: Path, region: str, db: str | None = None) -> RegionGate:
 
 def global_versions(home: Path) -> list[GlobalStatus]:
     """Every global version the home's coordinator published, newest first, with lineage."""
-    pub = coordinator_pub_path(home)
-    if not pub.is_file() or not (home / "coordinator.db").is_file():
-        return []
-    engine = open_readonly(coordinator_url(home))
-    try:
-        versions = CoordinatorStore(engine).versions()
-    finally:
-        engine.dispose()
-    key, blobs = read_public_key(pub), BlobStore(coordinator_dir(home) / "blobs")
+    with published_store(home) as store:
+        if store is None:
+            return []
+        versions = store.versions()
+    key = read_public_key(coordinator_pub_path(home))
+    blobs = BlobStore(coordinator_dir(home) / "blobs")
     out = []
     for info in sorted(versions, key=lambda v: -v.version):
         try:

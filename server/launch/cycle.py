@@ -25,12 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedgate.atomic_file import write_atomic
 from fedgate.crypto import public_bytes
 from fedgate.errors import UsageError
-from fedgate.server.audit.keys import coordinator_pub_path
 from fedgate.server.coordinator.federation import federation_path, render_federation
-from fedgate.server.coordinator.service import Coordinator, coordinator_dir, load_global
-from fedgate.server.coordinator.store import CoordinatorStore
-from fedgate.server.db.engine import coordinator_url
-from fedgate.server.db.migrate import open_readonly
+from fedgate.server.coordinator.service import (
+    Coordinator,
+    coordinator_dir,
+    load_global,
+    published_store,
+)
 from fedgate.server.gate.approvers import list_approvers
 from fedgate.server.gate.decisions import approve, failures, reject
 from fedgate.server.gate.export import export_bundle
@@ -84,13 +85,8 @@ class CycleResult:
 
 def current_global(home: Path) -> int:
     """The coordinator's current global version under ``home`` (0: none yet)."""
-    if not coordinator_pub_path(home).is_file() or not (home / "coordinator.db").is_file():
-        return 0
-    engine = open_readonly(coordinator_url(home))
-    try:
-        return CoordinatorStore(engine).current_version()
-    finally:
-        engine.dispose()
+    with published_store(home) as store:
+        return 0 if store is None else store.current_version()
 
 
 def ensure_federation(home: Path, fed: FederationConfig) -> Path:

@@ -248,16 +248,43 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|Errno|already in use|\w(Error|Exception):")
+
+
+def exit_reason(log: str | Path | None) -> str:
+    """The last line of a log that names an error (e.g. the SuperLink's "address already in
+    use"), without its timestamp; "" when the log has none."""
+    if not log:
+        return ""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line):
+            return re.sub(r"^\S*\d{2}:\d{2}:\d{2}\S*\s+", "", line.strip())[:300]
+    return ""
+
+
+def died(what: str, log: str | None) -> TopologyError:
+    """The error for a process that exited during start-up, naming why when its log says."""
+    reason = exit_reason(log)
+    return TopologyError(
+        f"{what} exited during start-up{f': {reason}' if reason else ''}; read its log: {log}"
+    )
+
+
 def wait_until(
     check, timeout: float, what: str, log: str | None = None, pid: int | None = None
 ) -> None:
-    """Poll ``check()`` until true; fail with the log path if the process died or time ran out."""
+    """Poll ``check()`` until true; fail with the log path (and the error it names) if the
+    process died, or when time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         if pid is not None and not alive(pid):
-            raise TopologyError(f"{what} exited during start-up; read its log: {log}")
+            raise died(what, log)
         time.sleep(0.1)
     hint = f"; read its log: {log}" if log else ""
     raise TopologyError(f"{what} did not come up within {timeout:.0f} s{hint}")

@@ -29,6 +29,7 @@ from fedgate.server.launch.processes import (
     ProcessTable,
     TopologyError,
     alive,
+    died,
     port_free,
     wait_until,
 )
@@ -304,7 +305,12 @@ def bring_up_region(
         say(r.name, f"stopped {len(stale)} run(s) an earlier session left pending: {stale}")
     executor = start_executor(table, r, transport, link)
     spec, proxy = start_proxy(table, r, transport)
-    keys = register_node_keys(table.home, r, transport, device_ids)
+    try:
+        keys = register_node_keys(table.home, r, transport, device_ids)
+    except NodeAuthError:
+        if not alive(link.pid):  # e.g. another process took its port after the port check
+            raise died(f"SuperLink {r.name}", link.log) from None
+        raise
     say(r.name, f"{len([k for k in keys if k])} node keys registered")
     stale = stale_sessions(r, transport, device_ids)
     if stale:  # an unclean stop: the SuperLink refuses to activate a node it thinks online
