@@ -268,17 +268,10 @@ def test_compose_follows_the_host_layout_fedgate_up_and_the_netns_test_use():
     """compose.yaml is the compose rendering of ``fedgate.server.launch.hosts``'s layout:
     the same hosts and names (devices reach ``fleet-<region>``), and each service on the
     networks the layout gives it (devices on their region's edge network only)."""
-    import tomllib
-
-    from fedgate.server.launch.config import parse_federation
+    from fedgate.server.launch.compose import COMPOSE_FEDERATION
     from fedgate.server.launch.hosts import compose_layout, compose_networks, fleet_name
 
-    text = "[federation]\nname = 'compose'\n" + "".join(
-        f"[regions.{r}]\nport = {port}\nnodes = ['phone', 'pi']\n"
-        "clients-per-round = 2\nmin-clients = 2\naggregator = 'mean'\nf = 0\n"
-        for r, port in (("eu", 30000), ("us", 30100))
-    )
-    layout = compose_layout(parse_federation(tomllib.loads(text), "compose"))
+    layout = compose_layout(COMPOSE_FEDERATION)
     svc = services()
     for name, networks in compose_networks(layout).items():
         assert set(_names(svc[name].get("networks", []))) == networks, name

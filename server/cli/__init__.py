@@ -17,6 +17,7 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     from fedgate.server.cli.coordinator import register as register_coordinator
     from fedgate.server.cli.cycle import register as register_cycle
     from fedgate.server.cli.demo import register as register_demo
+    from fedgate.server.cli.deploy import register as register_deploy
     from fedgate.server.cli.devices import register_client, register_region
     from fedgate.server.cli.distill import register as register_distill
     from fedgate.server.cli.edge import register as register_edge
@@ -42,4 +43,5 @@ def register(app: typer.Typer, region_app: typer.Typer, client_app: typer.Typer)
     register_release(app)
     register_edge(app)
     register_distill(app)
+    register_deploy(app)
     guard_every_verb(app)

@@ -149,15 +149,19 @@ def compose_layout(fed: FederationConfig) -> Layout:
     """The compose rendering's hosts: addresses are compose service names. A region's
     server host is its SuperLink (reached by the operator) and its fleet proxy (the one name
     its devices reach, ``fleet-<region>``); each device host is a SuperNode service named for
-    its profile (``supernode-<region>-<profile>``, its ClientApp in its network namespace)."""
+    its profile (``supernode-<region>-<profile>``, ``-2``, ``-3`` for a profile's further
+    devices; its ClientApp in its network namespace)."""
     regions = {}
     for r in fed.regions:
         server = Host(f"{r.name}-server", f"superlink-{r.name}", None,
                       (fleet_name(r.name), f"superlink-{r.name}"))  # fmt: skip
-        devices = tuple(
-            Host(f"{r.name}-device-{i}", f"supernode-{r.name}-{p}") for i, p in enumerate(r.nodes)
-        )
-        regions[r.name] = RegionHosts(r.name, server, devices)
+        seen: dict[str, int] = {}
+        devices = []
+        for i, p in enumerate(r.nodes):
+            seen[p] = seen.get(p, 0) + 1
+            name = p if seen[p] == 1 else f"{p}-{seen[p]}"  # phone, pi, phone-2, ...
+            devices.append(Host(f"{r.name}-device-{i}", f"supernode-{r.name}-{name}"))
+        regions[r.name] = RegionHosts(r.name, server, tuple(devices))
     return Layout("compose", Host("operator"), regions)
 
 
