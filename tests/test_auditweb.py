@@ -272,6 +272,10 @@ def test_report_html_is_self_contained_and_pdf_renders(home: Built, tmp_path: Pa
     assert html.count('class="fates"') == home.rounds == data["rounds"]
     assert data["chain"].status == "verified" and data["chain"].signed_seq > 0
     assert data["summary"].config_sha256 in html and "verified against" in html
+    chain = data["chain"]
+    assert chain.checkpoint_size == chain.last_seq and chain.checkpoint_root in html
+    assert f"\n{chain.checkpoint_size}\n" in chain.checkpoint_note  # origin, size, root, sig
+    assert chain.checkpoint_note.splitlines()[2] in html
     pdf = tmp_path / "r.pdf"
     text = fedgate_cli("audit", "report", "--home", home.home, "--run", run, "--format", "pdf",
                        "--out", pdf)  # fmt: skip

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fedgate.errors import FedgateError
 from fedgate.server.audit.actors import config_digest
+from fedgate.server.audit.checkpoints import checkpoint_at
 from fedgate.server.audit.keys import load_pubkeys
 from fedgate.server.audit.store import UpdateInfo
 from fedgate.server.audit.verify import VerifyReport, check_models, verify_database
@@ -70,6 +71,12 @@ class ChainStatus:
     signed_head: str = ""
     signed_at: str = ""
     signed_by: str = ""  # the signing key's fingerprint
+    # the largest Merkle checkpoint that matched the tree recomputed from the events: what an
+    # outsider keeps to check inclusion and consistency proofs against (C2SP signed note)
+    checkpoints_checked: int = 0
+    checkpoint_size: int = 0
+    checkpoint_root: str = ""
+    checkpoint_note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -418,6 +425,12 @@ def build_snapshot(source: Source, engine: Engine) -> Snapshot:
     report = verify_source(source, engine)
     status = _status(source, report, report.models_checked, _kind_at(engine, report.first
                      and report.first.seq))  # fmt: skip
+    if report.last_checkpoint:
+        with engine.connect() as conn:
+            kept = checkpoint_at(conn, report.last_checkpoint)
+        status = replace(status, checkpoints_checked=report.checkpoints_checked,
+                         checkpoint_size=kept.size, checkpoint_root=kept.root,
+                         checkpoint_note=kept.note)  # fmt: skip
     snap = Snapshot(source, status, ChainView(), mark=mark)
     fold = _Fold(snap)
 
