@@ -100,6 +100,11 @@ def test_tables_paginate_and_filter(client: TestClient, home: Built) -> None:
     assert {c["reason"] for c in rejected} == {"revoked-device", "bad-signature"}
     assert client.get(base, params={"reason": "bad-signature"}).json()["table"]["total"] == 1
     assert client.get("/api/runs", params={"region": "us"}).json()["table"]["total"] == 1
+    rounds = client.get(f"/api/runs/eu/{run}", params={"rejections": "none"}).json()["table"]
+    assert rounds["total"] == 0  # every round refused the revoked device
+    assert client.get(f"/api/runs/eu/{run}", params={"aggregated": "yes"}).json()["table"][
+        "total"] == home.rounds  # fmt: skip
+    assert client.get("/api/global", params={"region": "us"}).json()["table"]["total"] == 1
     assert client.get("/api/devices", params={"state": "revoked"}).json()["table"]["total"] == 2
     device = client.get(f"/api/devices/eu/{home.devices['eu'][0]}",
                         params={"verdict": "accepted"}).json()  # fmt: skip

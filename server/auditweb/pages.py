@@ -186,9 +186,17 @@ def run_page(snaps: Snapshots, source: str, run: str, query: Mapping[str, str]) 
                                 [r.accepted for r in rounds], [r.rejected for r in rounds]),
     }  # fmt: skip
     artifacts = [a for a in snap.artifacts if a.run_id == run or run in a.reproduced_by]
+    aggregated = _choice(query, "aggregated", ("yes", "no"))
+    rejections = _choice(query, "rejections", ("some", "none"))
+    shown = [
+        row for row in rows
+        if (not aggregated or row["round"].aggregated == (aggregated == "yes"))
+        and (not rejections or bool(row["round"].rejected) == (rejections == "some"))
+    ]  # fmt: skip
     return {
         "title": f"run {run}", "source": source, "run": info, "summary": summary,
-        "config": info.config, "table": paginate(rows, query), "rounds": len(rounds),
+        "config": info.config, "table": paginate(shown, query), "rounds": len(rounds),
+        "filters": {"aggregated": aggregated, "rejections": rejections},
         "rejected_by_reason": dict(reasons.most_common()), "charts": charts,
         "artifacts": artifacts, "disagreements": _disagree(snaps, snap, rounds_disagreements,
                                                            run),
@@ -361,6 +369,10 @@ def coordinator(snaps: Snapshots) -> Snapshot | None:
 def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any]:
     coord = coordinator(snaps)
     versions = sorted(coord.versions if coord else [], key=lambda v: v.version, reverse=True)
+    regions = sorted({str(e.get("region", "")) for v in versions for e in v.lineage})
+    region = _choice(query, "region", regions)
+    if region:
+        versions = [v for v in versions if any(e.get("region") == region for e in v.lineage)]
     candidates = coord.candidates if coord else []
     verdict = _choice(query, "verdict", ("accepted", "refused"))
     chosen = [c for c in candidates if not verdict or c.verdict == verdict]
@@ -369,7 +381,7 @@ def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any
             "candidates": paginate(sorted(chosen, key=lambda c: c.seq, reverse=True),
                                    {"page": query.get("cpage", ""),
                                     "per_page": query.get("per_page", "")}),
-            "filters": {"verdict": verdict}}  # fmt: skip
+            "filters": {"verdict": verdict, "region": region}, "regions": regions}  # fmt: skip
 
 
 def version_page(snaps: Snapshots, number: int) -> dict[str, Any]:
