@@ -248,6 +248,10 @@ def test_the_token_is_required_when_set(home: Built) -> None:
     check_bind("::1", 31001, None)
     with pytest.raises(UsageError, match="REGION=URL"):
         parse_db_options(["postgresql://x"])
+    elsewhere = "postgresql://auditor@db/coordinator"
+    moved = {s.name: s for s in discover(home.home, parse_db_options([f"coordinator={elsewhere}"]))}
+    assert moved["coordinator"].kind == "coordinator" and moved["coordinator"].url == elsewhere
+    assert sorted(moved) == ["coordinator", "eu", "us"]
 
 
 def test_a_chain_edited_by_sql_is_broken_at_that_event(home: Built, tmp_path: Path) -> None:
