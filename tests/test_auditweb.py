@@ -269,6 +269,16 @@ def test_a_chain_edited_by_sql_is_broken_at_that_event(home: Built, tmp_path: Pa
     found = (eu["status"], eu["first_bad_seq"], eu["first_bad_kind"])
     assert found == ("broken", seq, "round.closed")
     assert chains[1]["status"]["status"] == "verified"
+    published = home.releases[0]  # type: ignore[attr-defined]
+    with sqlite3.connect(copy / "region-us.db") as db:  # payloads that are not JSON objects
+        db.execute("UPDATE events SET payload = 'not json' WHERE seq = 3")
+    with sqlite3.connect(copy / "coordinator.db") as db:
+        db.execute("UPDATE events SET payload = '[1]' WHERE seq = ?", (published,))
+    client = TestClient(create_app(discover(copy)))
+    broken = {c["status"]["source"]: c["status"]["first_bad_seq"]
+              for c in client.get("/api/").json()["chains"]}  # fmt: skip
+    assert broken == {"eu": seq, "us": 3, "coordinator": published}
+    assert client.get("/runs").status_code == 200 and client.get("/releases").status_code == 200
 
 
 def test_report_html_is_self_contained_and_pdf_renders(home: Built, tmp_path: Path) -> None:
