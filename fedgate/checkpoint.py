@@ -109,8 +109,11 @@ class SignedNote:
         return f"{self.text}\n{lines}"
 
 
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")  # below " ", except the newline
+
+
 def _check_text(text: str, what: str) -> None:
-    if any(ch < " " and ch != "\n" for ch in text):
+    if _CONTROL.search(text):
         raise CheckpointError(f"{what} contains a control character")
 
 

@@ -4,6 +4,7 @@ Store with signed heads, model blobs, a regional artifact approved at the gate; 
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,12 @@ class Built:
 
 
 def build_region(home: Path, region: str, *, runs: int = 1, rounds: int = 4, clients: int = 5,
-                 hostile: bool = False, artifact: bool = False, built: Built) -> None:  # fmt: skip
+                 hostile: bool = False, artifact: bool = False, built: Built,
+                 db: str | None = None) -> None:  # fmt: skip
     """One region with ``clients`` devices (the last revoked), ``runs`` runs of ``rounds``
-    rounds; ``hostile`` adds an update whose claimed device id and reason hold HTML/JS."""
-    registry = region_registry(home, region)
+    rounds; ``hostile`` adds an update whose claimed device id and reason hold HTML/JS; ``db``:
+    its database (default ``<home>/region-<region>.db``)."""
+    registry = region_registry(home, region, db)
     store: Store = registry.store
     key = store.audit.signer
     assert key is not None
@@ -137,3 +140,27 @@ def add_global_version(built: Built) -> int:
     coordinator.store.engine.dispose()
     assert outcome.published is not None, outcome.refusals
     return outcome.published.info.version
+
+
+def add_release(built: Built, version: int) -> list[int]:
+    """Release global ``version`` to the edge as fedgate does: students written where
+    distillation writes them (real ONNX models), the release repository initialised (its root
+    key outside the home), ``publish_release`` to every region, then region us held; returns
+    the two release events' seqs in the coordinator's chain."""
+    from fedgate.server.coordinator.store import CoordinatorStore
+    from fedgate.server.db.engine import coordinator_url
+    from fedgate.server.release.lifecycle import init_release
+    from fedgate.server.release.publish import lineage_digest, publish_release, set_channel
+    from tests.release_kit import write_students
+
+    home = built.home
+    store = CoordinatorStore.open(coordinator_url(home), None)
+    write_students(home, version, lineage_digest(home, store, version))
+    store.engine.dispose()
+    init_release(home, home.parent / "release-root")
+    publish_release(home, version, sorted(built.bundles))
+    set_channel(home, "us", "held")
+    with sqlite3.connect(home / "coordinator.db") as db:
+        rows = db.execute("SELECT seq FROM events WHERE kind IN ('release.published', "
+                          "'release.channel') ORDER BY seq").fetchall()  # fmt: skip
+    return [int(r[0]) for r in rows]

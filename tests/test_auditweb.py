@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from fedgate.server.auditweb.app import create_app, path_refused
 from fedgate.server.auditweb.report import write_report
 from fedgate.server.auditweb.serve import check_bind
 from fedgate.server.auditweb.sources import discover, parse_db_options
-from tests.audit_home_kit import HOSTILE, Built, add_global_version, build_home
+from tests.audit_home_kit import HOSTILE, Built, add_global_version, add_release, build_home
 from tests.conftest import fedgate_cli
 
 TOKEN = "s3cret-token-for-tests"
@@ -29,6 +30,7 @@ TOKEN = "s3cret-token-for-tests"
 def home(tmp_path_factory: pytest.TempPathFactory) -> Built:
     built = build_home(tmp_path_factory.mktemp("auditweb") / "home", hostile=True, artifact=True)
     built.version = add_global_version(built)  # type: ignore[attr-defined]
+    built.releases = add_release(built, built.version)  # type: ignore[attr-defined]
     return built
 
 
@@ -49,7 +51,8 @@ def test_every_page_and_its_json_twin(client: TestClient, home: Built) -> None:
     art = first["artifact"]["sha256"]
     paths = ["/", "/runs", f"/runs/eu/{run}", f"/runs/eu/{run}/rounds/3", "/devices",
              f"/devices/eu/{dev}", "/artifacts", f"/artifacts/eu/{art}", "/gate", "/global",
-             f"/global/{home.version}"]  # type: ignore[attr-defined]  # fmt: skip
+             f"/global/{home.version}", "/releases",  # type: ignore[attr-defined]
+             f"/releases/{home.releases[0]}"]  # type: ignore[attr-defined]  # fmt: skip
     for path in paths:
         page = client.get(path)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -97,6 +100,11 @@ def test_tables_paginate_and_filter(client: TestClient, home: Built) -> None:
     assert {c["reason"] for c in rejected} == {"revoked-device", "bad-signature"}
     assert client.get(base, params={"reason": "bad-signature"}).json()["table"]["total"] == 1
     assert client.get("/api/runs", params={"region": "us"}).json()["table"]["total"] == 1
+    rounds = client.get(f"/api/runs/eu/{run}", params={"rejections": "none"}).json()["table"]
+    assert rounds["total"] == 0  # every round refused the revoked device
+    assert client.get(f"/api/runs/eu/{run}", params={"aggregated": "yes"}).json()["table"][
+        "total"] == home.rounds  # fmt: skip
+    assert client.get("/api/global", params={"region": "us"}).json()["table"]["total"] == 1
     assert client.get("/api/devices", params={"state": "revoked"}).json()["table"]["total"] == 2
     device = client.get(f"/api/devices/eu/{home.devices['eu'][0]}",
                         params={"verdict": "accepted"}).json()  # fmt: skip
@@ -128,6 +136,49 @@ def test_lineage_from_the_global_version_back_to_the_devices(client, home: Built
     assert listed["candidates"]["total"] == 2 and len(listed["candidates"]["items"]) == 1
     page = client.get("/global", params={"per_page": 1}).text
     assert "cpage=2" in page  # the decisions table pages on its own
+
+
+def test_releases_checked_and_drawn_back_to_the_devices(client, home: Built,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    published, held = home.releases  # type: ignore[attr-defined]
+    listed = client.get("/api/releases").json()
+    assert listed["table"]["total"] == 6
+    assert listed["channels"] == {"eu": "live", "us": "held at v1"}
+    current = client.get("/api/releases", params={"state": "current"}).json()["table"]["items"]
+    assert sorted((r["seq"], r["target"]["region"]) for r in current) == [
+        (published, "eu"), (published, "eu"), (held, "us"), (held, "us")]  # fmt: skip
+    assert client.get("/api/releases", params={"action": "held"}).json()["table"]["total"] == 2
+    bad = client.get("/api/releases", params={"region": "mars"})
+    assert bad.status_code == 400 and "region must be one of eu, us" in bad.json()["error"]
+    data = client.get(f"/api/releases/{published}").json()
+    assert data["ok"] and data["global_version"] == home.version  # type: ignore[attr-defined]
+    states = {c["name"]: c["state"] for c in data["checks"]}
+    assert states["lineage digest"] == "ok" and states["eu/phone: students.json"] == "ok"
+    assert states["us/pi: distilled"] == "warn"  # no distillation event in this home
+    roots = {r["region"]: r for r in data["lineage"]["roots"]}
+    for region in ("eu", "us"):
+        [run] = roots[region]["runs"]
+        assert run["run"] == home.runs[region][0]
+        assert sorted(run["devices"]) == sorted(home.devices[region][:-1])
+    page = client.get(f"/releases/{published}").text
+    assert page.count('class="lineage-node"') == 4 + 1 + 2 + 2 + 8  # students .. devices
+    assert client.get("/api/releases/1").status_code == 404
+    run = client.get(f"/api/runs/eu/{home.runs['eu'][0]}").json()
+    [where] = run["shipped"]
+    assert where["version"] == home.version  # type: ignore[attr-defined]
+    assert [r["seq"] for r in where["releases"]] == [published, held]
+    report = tmp_path / "r.html"
+    write_report(discover(home.home), home.runs["eu"][0], "html", report)
+    assert f"release event {published} published" in report.read_text()
+    edited = tmp_path / "edited"
+    shutil.copytree(home.home, edited)
+    manifest = edited / "coordinator" / "students" / f"v{home.version}" / "students.json"  # type: ignore[attr-defined]
+    doc = json.loads(manifest.read_text())
+    doc["students"]["pi"]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(doc))
+    other = TestClient(create_app(discover(edited))).get(f"/api/releases/{published}").json()
+    failed = sorted(c["name"] for c in other["checks"] if c["state"] == "bad")
+    assert not other["ok"] and failed == ["eu/pi: students.json", "us/pi: students.json"]
 
 
 def test_html_and_script_in_the_chain_are_escaped(client: TestClient, home: Built) -> None:
@@ -197,6 +248,10 @@ def test_the_token_is_required_when_set(home: Built) -> None:
     check_bind("::1", 31001, None)
     with pytest.raises(UsageError, match="REGION=URL"):
         parse_db_options(["postgresql://x"])
+    elsewhere = "postgresql://auditor@db/coordinator"
+    moved = {s.name: s for s in discover(home.home, parse_db_options([f"coordinator={elsewhere}"]))}
+    assert moved["coordinator"].kind == "coordinator" and moved["coordinator"].url == elsewhere
+    assert sorted(moved) == ["coordinator", "eu", "us"]
 
 
 def test_a_chain_edited_by_sql_is_broken_at_that_event(home: Built, tmp_path: Path) -> None:
@@ -214,6 +269,16 @@ def test_a_chain_edited_by_sql_is_broken_at_that_event(home: Built, tmp_path: Pa
     found = (eu["status"], eu["first_bad_seq"], eu["first_bad_kind"])
     assert found == ("broken", seq, "round.closed")
     assert chains[1]["status"]["status"] == "verified"
+    published = home.releases[0]  # type: ignore[attr-defined]
+    with sqlite3.connect(copy / "region-us.db") as db:  # payloads that are not JSON objects
+        db.execute("UPDATE events SET payload = 'not json' WHERE seq = 3")
+    with sqlite3.connect(copy / "coordinator.db") as db:
+        db.execute("UPDATE events SET payload = '[1]' WHERE seq = ?", (published,))
+    client = TestClient(create_app(discover(copy)))
+    broken = {c["status"]["source"]: c["status"]["first_bad_seq"]
+              for c in client.get("/api/").json()["chains"]}  # fmt: skip
+    assert broken == {"eu": seq, "us": 3, "coordinator": published}
+    assert client.get("/runs").status_code == 200 and client.get("/releases").status_code == 200
 
 
 def test_report_html_is_self_contained_and_pdf_renders(home: Built, tmp_path: Path) -> None:
@@ -226,6 +291,10 @@ def test_report_html_is_self_contained_and_pdf_renders(home: Built, tmp_path: Pa
     assert html.count('class="fates"') == home.rounds == data["rounds"]
     assert data["chain"].status == "verified" and data["chain"].signed_seq > 0
     assert data["summary"].config_sha256 in html and "verified against" in html
+    chain = data["chain"]
+    assert chain.checkpoint_size == chain.last_seq and chain.checkpoint_root in html
+    assert f"\n{chain.checkpoint_size}\n" in chain.checkpoint_note  # origin, size, root, sig
+    assert chain.checkpoint_note.splitlines()[2] in html
     pdf = tmp_path / "r.pdf"
     text = fedgate_cli("audit", "report", "--home", home.home, "--run", run, "--format", "pdf",
                        "--out", pdf)  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 from fedgate.server.auditweb.app import create_app
 from fedgate.server.auditweb.sources import discover
 from fedgate.server.launch.processes import free_port_block
-from tests.audit_home_kit import HOSTILE, Built, add_global_version, build_home
+from tests.audit_home_kit import HOSTILE, Built, add_global_version, add_release, build_home
 
 
 def _browser_binaries() -> tuple[str, str] | None:
@@ -87,7 +87,7 @@ def browser() -> Iterator[object]:
 def home(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("audit-home")
     built = build_home(root / "home", hostile=True, artifact=True)
-    add_global_version(built)
+    built.releases = add_release(built, add_global_version(built))  # type: ignore[attr-defined]
     return built
 
 
@@ -160,6 +160,29 @@ def test_every_other_page_renders(browser, server, home, shots) -> None:
     graph = browser.find_element("css selector", "#lineage svg.lineage")
     nodes = graph.find_elements("css selector", "g.lineage-node")
     assert len(nodes) == 1 + 2 + 2 + 2 * (len(eu) - 1)  # version, artifacts, runs, devices
+
+
+def test_a_release_page_draws_its_lineage_back_to_the_devices(browser, server, home,
+                                                              shots) -> None:  # fmt: skip
+    published, held = home.releases
+    _open(browser, server, "/releases", shots, "releases")
+    rows = browser.find_elements("css selector", "#releases tr.release")
+    assert sorted(int(r.get_attribute("data-seq")) for r in rows) == [published] * 4 + [held] * 2
+    _open(browser, server, f"/releases/{published}", shots, "release-lineage")
+    assert "Every check of this release holds" in browser.find_element("id", "release-status").text
+    graph = browser.find_element("css selector", "#lineage svg.lineage")
+    assert graph.is_displayed()
+    nodes = graph.find_elements("css selector", "g.lineage-node")
+    keys = [g.get_attribute("data-key") for g in nodes]
+    columns = {p: sum(k.startswith(p) for k in keys) for p in ("t:", "v", "a:", "r:", "d:")}
+    assert columns == {"t:": 4, "v": 1, "a:": 2, "r:": 2, "d:": 8}
+    lines = graph.find_elements("css selector", "line")
+    assert len(lines) == 4 + 2 + 2 + 8  # students->version->artifacts->runs->devices
+    device = home.devices["us"][0]
+    graph.find_element("css selector", f"g.lineage-node[data-key='d:us:{device}'] a").click()
+    assert browser.current_url.endswith(f"/devices/us/{device}")
+    assert browser.find_element("id", "title").text.startswith(f"device {device[:16]}")
+    browser.save_screenshot(str(shots / "release-lineage-device.png"))
 
 
 def test_html_in_a_device_id_or_reason_is_shown_as_text(browser, server, home, shots) -> None:

@@ -5,6 +5,7 @@ input raises ``MerkleError`` only."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -185,6 +186,21 @@ sizes = st.integers(min_value=1, max_value=300)
 
 def _tree(n: int) -> MerkleTree:
     return MerkleTree(leaf_hash(n.to_bytes(4, "big") + x.to_bytes(4, "big")) for x in range(n))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=0, max_value=70), st.data())
+def test_extend_in_any_batches_gives_every_stop_root(n: int, data: st.DataObject) -> None:
+    tree = _tree(n)
+    leaves = tree.nodes((0, k) for k in range(n))
+    cuts = sorted(data.draw(st.sets(st.integers(0, n), max_size=6)) | {0, n})
+    stops = data.draw(st.sets(st.integers(1, n + 2), max_size=10)) if n else set()
+    streamed, roots = CompactRange(), {}
+    for start, end in itertools.pairwise(cuts):
+        roots.update(streamed.extend([leaves[(0, k)] for k in range(start, end)], stops))
+        assert streamed.size == end
+    assert roots == {k: tree.root(k) for k in stops if k <= n}
+    assert streamed.root() == tree.root()
 
 
 @settings(max_examples=60, deadline=None)

@@ -65,10 +65,16 @@ def _set(info: Any, **changes: Any) -> Any:
 
 
 def build_view(events: Any) -> ChainView:
-    """Fold ``(kind, ts, payload)`` events, in seq order, into the views."""
+    """Fold ``(kind, ts, payload)`` events, in seq order, into the views; an event whose
+    payload is not a JSON object (edited: the verifier names it) is skipped."""
     view = ChainView()
     for kind, ts, payload in events:
-        data = json.loads(payload)
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
         run = str(data.get("run", ""))
         if kind == "run.launched":
             view.runs[run] = RunInfo(

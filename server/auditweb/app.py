@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from fedgate.server.auditweb import pages
+from fedgate.server.auditweb import pages, releases
 from fedgate.server.auditweb.snapshot import Snapshots
 from fedgate.server.auditweb.sources import Source
 from fedgate.server.auditweb.templating import HERE, environment
@@ -182,7 +182,9 @@ def create_app(sources: list[Source], *, token: str | None = None, ttl: float = 
 
     @app.get("/runs/{source}/{run}")
     def run(request: Request, source: str, run: str) -> Response:
-        return render(request, "run.html", pages.run_page(snaps, source, run, query_of(request)))
+        data = pages.run_page(snaps, source, run, query_of(request))
+        data["shipped"] = releases.shipped(snaps, source, run)
+        return render(request, "run.html", data)
 
     @app.get("/runs/{source}/{run}/rounds/{number}")
     def round_(request: Request, source: str, run: str, number: int) -> Response:
@@ -217,6 +219,14 @@ def create_app(sources: list[Source], *, token: str | None = None, ttl: float = 
     @app.get("/global/{number}")
     def version(request: Request, number: int) -> Response:
         return render(request, "version.html", pages.version_page(snaps, number))
+
+    @app.get("/releases")
+    def release_list(request: Request) -> Response:
+        return render(request, "releases.html", releases.releases(snaps, query_of(request)))
+
+    @app.get("/releases/{seq}")
+    def release(request: Request, seq: int) -> Response:
+        return render(request, "release.html", releases.release_page(snaps, seq))
 
     return Guard(app, token)
 

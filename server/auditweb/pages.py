@@ -186,9 +186,17 @@ def run_page(snaps: Snapshots, source: str, run: str, query: Mapping[str, str]) 
                                 [r.accepted for r in rounds], [r.rejected for r in rounds]),
     }  # fmt: skip
     artifacts = [a for a in snap.artifacts if a.run_id == run or run in a.reproduced_by]
+    aggregated = _choice(query, "aggregated", ("yes", "no"))
+    rejections = _choice(query, "rejections", ("some", "none"))
+    shown = [
+        row for row in rows
+        if (not aggregated or row["round"].aggregated == (aggregated == "yes"))
+        and (not rejections or bool(row["round"].rejected) == (rejections == "some"))
+    ]  # fmt: skip
     return {
         "title": f"run {run}", "source": source, "run": info, "summary": summary,
-        "config": info.config, "table": paginate(rows, query), "rounds": len(rounds),
+        "config": info.config, "table": paginate(shown, query), "rounds": len(rounds),
+        "filters": {"aggregated": aggregated, "rejections": rejections},
         "rejected_by_reason": dict(reasons.most_common()), "charts": charts,
         "artifacts": artifacts, "disagreements": _disagree(snaps, snap, rounds_disagreements,
                                                            run),
@@ -334,7 +342,7 @@ def artifact_page(snaps: Snapshots, source: str, sha: str) -> dict[str, Any]:
     if art is None:
         raise NotFound(f"no artifact {sha!r} in {snap.source.label}")
     decisions = [g for g in snap.gate if g.artifact == sha]
-    graph = _lineage(snaps, [(source, sha)], None)
+    graph = lineage(snaps, [(source, sha)], None)
     return {"title": f"artifact {sha[:16]}", "source": source, "artifact": art,
             "decisions": decisions, "lineage": graph}  # fmt: skip
 
@@ -351,7 +359,7 @@ def gate(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any]:
             "regions": sorted({r["source"] for r in rows})}  # fmt: skip
 
 
-def _coordinator(snaps: Snapshots) -> Snapshot | None:
+def coordinator(snaps: Snapshots) -> Snapshot | None:
     for snap in snaps.all():
         if snap.source.kind == "coordinator":
             return snap
@@ -359,8 +367,12 @@ def _coordinator(snaps: Snapshots) -> Snapshot | None:
 
 
 def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any]:
-    coord = _coordinator(snaps)
+    coord = coordinator(snaps)
     versions = sorted(coord.versions if coord else [], key=lambda v: v.version, reverse=True)
+    regions = sorted({str(e.get("region", "")) for v in versions for e in v.lineage})
+    region = _choice(query, "region", regions)
+    if region:
+        versions = [v for v in versions if any(e.get("region") == region for e in v.lineage)]
     candidates = coord.candidates if coord else []
     verdict = _choice(query, "verdict", ("accepted", "refused"))
     chosen = [c for c in candidates if not verdict or c.verdict == verdict]
@@ -369,32 +381,35 @@ def global_versions(snaps: Snapshots, query: Mapping[str, str]) -> dict[str, Any
             "candidates": paginate(sorted(chosen, key=lambda c: c.seq, reverse=True),
                                    {"page": query.get("cpage", ""),
                                     "per_page": query.get("per_page", "")}),
-            "filters": {"verdict": verdict}}  # fmt: skip
+            "filters": {"verdict": verdict, "region": region}, "regions": regions}  # fmt: skip
 
 
 def version_page(snaps: Snapshots, number: int) -> dict[str, Any]:
-    coord = _coordinator(snaps)
+    coord = coordinator(snaps)
     version = next((v for v in coord.versions if v.version == number), None) if coord else None
     if version is None:
         raise NotFound(f"no global version {number}")
     roots = [(str(e.get("region", "")), str(e.get("weights") or e.get("artifact", "")))
              for e in version.lineage]  # fmt: skip
     candidates = [c for c in coord.candidates if c.version == number] if coord else []
+    shipped = [r for r in coord.releases if any(t.global_version == number for t in r.targets)]
     return {"title": f"global version {number}", "version": version, "candidates": candidates,
-            "lineage": _lineage(snaps, roots, number)}  # fmt: skip
+            "lineage": lineage(snaps, roots, number), "releases": shipped}  # fmt: skip
 
 
-def _lineage(snaps: Snapshots, roots: Sequence[tuple[str, str]],
-             version: int | None) -> dict[str, Any]:  # fmt: skip
+def lineage(snaps: Snapshots, roots: Sequence[tuple[str, str]], version: int | None,
+            leading: Sequence[Node] = ()) -> dict[str, Any]:  # fmt: skip
     """The graph from a global version (or an artifact) back to the runs and the devices whose
-    accepted updates went in; and the same as plain data for the JSON twin."""
-    nodes: list[Node] = []
+    accepted updates went in; and the same as plain data for the JSON twin. ``leading`` nodes
+    (an edge release's students) come first, each joined to the global version."""
+    nodes: list[Node] = list(leading)
     edges: list[tuple[str, str]] = []
     plain_roots = []
-    offset = 0
+    offset = 1 if leading else 0
     if version is not None:
-        nodes.append(Node("v", f"global v{version}", 0, f"/global/{version}"))
-        offset = 1
+        nodes.append(Node("v", f"global v{version}", offset, f"/global/{version}"))
+        edges += [(n.key, "v") for n in leading]
+        offset += 1
     for region, sha in roots:
         found = _find_artifact(snaps, sha, region)
         akey = f"a:{region}:{sha}"
@@ -445,6 +460,7 @@ def _lineage(snaps: Snapshots, roots: Sequence[tuple[str, str]],
                     )
                     edges.append((rkey, more))
         plain_roots.append(entry)
-    headers = [*(["global version"] if version is not None else []), "regional artifact",
+    headers = [*(["edge release (region/profile)"] if leading else []),
+               *(["global version"] if version is not None else []), "regional artifact",
                "run", "devices (accepted updates)"]  # fmt: skip
     return {"svg": lineage_graph(nodes, edges, headers), "roots": plain_roots}

@@ -2,8 +2,9 @@
 and SVG; no script, no external reference) or its PDF (WeasyPrint).
 
 It holds the run's configuration and its digest, who launched it, the charts, every round with
-every client's fate, the artifacts it produced and their gate decisions, and the status of the
-region's audit chain with the signed head the verdict is anchored to.
+every client's fate, the artifacts it produced and their gate decisions, the global versions
+they went into and the edge releases that shipped those (``releases.shipped``), and the status
+of the region's audit chain with the signed head the verdict is anchored to.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from fedgate.errors import UsageError
 from fedgate.server.auditweb import pages
+from fedgate.server.auditweb.releases import shipped
 from fedgate.server.auditweb.snapshot import Snapshots
 from fedgate.server.auditweb.sources import Source
 from fedgate.server.auditweb.templating import HERE, environment
@@ -48,7 +50,7 @@ def report_data(snaps: Snapshots, source: str, run: str) -> dict[str, Any]:
         rounds.append({"round": info, "clients": updates})
     decisions = [g for g in snap.gate if any(g.artifact == a.sha256 for a in data["artifacts"])]
     return {**data, "title": f"audit report: run {run} ({source})", "chain": snap.status,
-            "round_fates": rounds, "decisions": decisions,
+            "round_fates": rounds, "decisions": decisions, "shipped": shipped(snaps, source, run),
             "generated_at": datetime.now(UTC)}  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fedgate.errors import FedgateError
 from fedgate.server.audit.actors import config_digest
+from fedgate.server.audit.checkpoints import checkpoint_at
 from fedgate.server.audit.keys import load_pubkeys
 from fedgate.server.audit.store import UpdateInfo
 from fedgate.server.audit.verify import VerifyReport, check_models, verify_database
@@ -36,9 +37,12 @@ from fedgate.server.db.migrate import open_readonly
 ACCURACY = "val-acc"  # the server's validation accuracy of the round's model
 LOSS = "val-loss"
 GATE_KINDS = ("gate.approved", "gate.rejected", "approval.granted", "approval.refused")
+RELEASE_KINDS = ("release.published", "release.channel")
+DISTILL = "distill.students"
 _EXTRA_KINDS = frozenset(
     ("device.enrolled", "device.revoked", "artifact.produced", "artifact.reproduced",
-     "candidate.accepted", "candidate.refused", "global.version", *GATE_KINDS)
+     "candidate.accepted", "candidate.refused", "global.version", DISTILL, *RELEASE_KINDS,
+     *GATE_KINDS)
 )  # fmt: skip
 
 
@@ -67,6 +71,12 @@ class ChainStatus:
     signed_head: str = ""
     signed_at: str = ""
     signed_by: str = ""  # the signing key's fingerprint
+    # the largest Merkle checkpoint that matched the tree recomputed from the events: what an
+    # outsider keeps to check inclusion and consistency proofs against (C2SP signed note)
+    checkpoints_checked: int = 0
+    checkpoint_size: int = 0
+    checkpoint_root: str = ""
+    checkpoint_note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -164,6 +174,46 @@ class VersionRecord:
     ts: str
 
 
+@dataclass(frozen=True)
+class ShippedStudent:
+    """One target of a release event: the student for ``profile`` devices in ``region``."""
+
+    region: str
+    profile: str
+    global_version: int
+    sha256: str
+    length: int
+    channel: str
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A ``release.published`` event (``action`` published) or a ``release.channel`` event
+    (``action`` held, pinned or live: the region's channel changed) of the coordinator."""
+
+    seq: int
+    ts: str
+    action: str
+    global_version: int | None
+    lineage: str  # the global version's statement digest the event names ("" on a channel one)
+    targets: list[ShippedStudent]
+    region: str = ""  # a channel event's region
+    previous: str = ""  # a channel event's previous state
+    skipped: dict[str, str] = field(default_factory=dict)  # region -> why (held, pinned)
+
+
+@dataclass(frozen=True)
+class DistillRecord:
+    """A ``distill.students`` event: the students made from a global version."""
+
+    version: int
+    statement: str
+    manifest: str  # SHA-256 of students.json
+    students: dict[str, str]  # profile -> the student's SHA-256
+    seq: int
+    ts: str
+
+
 @dataclass
 class Snapshot:
     """Everything the pages show about one chain, from one read of it."""
@@ -178,6 +228,8 @@ class Snapshot:
     gate: list[GateRecord] = field(default_factory=list)
     candidates: list[CandidateRecord] = field(default_factory=list)
     versions: list[VersionRecord] = field(default_factory=list)
+    releases: list[ReleaseRecord] = field(default_factory=list)
+    distilled: list[DistillRecord] = field(default_factory=list)
     mark: tuple[int, str] = (0, "")
     run_regions: set[str] = field(default_factory=set)
     run_statuses: set[str] = field(default_factory=set)
@@ -210,7 +262,12 @@ class _Fold:
         self.snap = snap
 
     def see(self, seq: int, kind: str, ts: str, payload: str) -> None:
-        data = json.loads(payload)
+        try:
+            data = json.loads(payload)
+        except ValueError:  # an edited event: the verifier names it, the fold skips it
+            return
+        if not isinstance(data, dict):
+            return
         snap = self.snap
         if kind == "device.enrolled":
             dev = str(data.get("device", ""))
@@ -259,6 +316,18 @@ class _Fold:
                     str(data.get("reason", "")), str(data.get("detail", "")), seq, ts,
                 )
             )  # fmt: skip
+        elif kind in RELEASE_KINDS:
+            snap.releases.append(_release(seq, kind, ts, data))
+        elif kind == DISTILL:
+            listed = [e for e in data.get("students") or [] if isinstance(e, dict)]
+            snap.distilled.append(
+                DistillRecord(
+                    _int(data.get("version")) or 0, str(data.get("statement", "")),
+                    str(data.get("manifest", "")),
+                    {str(e.get("profile", "")): str(e.get("sha256", "")) for e in listed},
+                    seq, ts,
+                )
+            )  # fmt: skip
         elif kind == "global.version":
             snap.versions.append(
                 VersionRecord(
@@ -268,6 +337,27 @@ class _Fold:
                     [e for e in data.get("lineage") or [] if isinstance(e, dict)], seq, ts,
                 )
             )  # fmt: skip
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _release(seq: int, kind: str, ts: str, data: dict[str, Any]) -> ReleaseRecord:
+    targets = [
+        ShippedStudent(str(t.get("region", "")), str(t.get("profile", "")),
+                       _int(t.get("global_version")) or 0, str(t.get("sha256", "")),
+                       _int(t.get("length")) or 0, str(t.get("channel", "")))
+        for t in data.get("targets") or [] if isinstance(t, dict)
+    ]  # fmt: skip
+    if kind == "release.published":
+        skipped = data.get("skipped") if isinstance(data.get("skipped"), dict) else {}
+        return ReleaseRecord(seq, ts, "published", _int(data.get("global_version")),
+                             str(data.get("lineage", "")), targets,
+                             skipped={str(k): str(v) for k, v in skipped.items()})  # fmt: skip
+    return ReleaseRecord(seq, ts, str(data.get("state", "")), _int(data.get("version")), "",
+                         targets, str(data.get("region", "")),
+                         str(data.get("previous", "")))  # fmt: skip
 
 
 def _status(source: Source, report: VerifyReport, blobs: int, kind_at: str) -> ChainStatus:
@@ -340,6 +430,12 @@ def build_snapshot(source: Source, engine: Engine) -> Snapshot:
     report = verify_source(source, engine)
     status = _status(source, report, report.models_checked, _kind_at(engine, report.first
                      and report.first.seq))  # fmt: skip
+    if report.last_checkpoint:
+        with engine.connect() as conn:
+            kept = checkpoint_at(conn, report.last_checkpoint)
+        status = replace(status, checkpoints_checked=report.checkpoints_checked,
+                         checkpoint_size=kept.size, checkpoint_root=kept.root,
+                         checkpoint_note=kept.note)  # fmt: skip
     snap = Snapshot(source, status, ChainView(), mark=mark)
     fold = _Fold(snap)
 

@@ -2,7 +2,8 @@
 
 A region is ``<home>/region-<name>.db`` (its key ``<home>/keys/region-<name>.pub``), the
 coordinator ``<home>/coordinator.db`` (``<home>/keys/coordinator.pub``); a region kept in
-PostgreSQL is named explicitly (``--db NAME=URL``).
+PostgreSQL is named explicitly (``--db NAME=URL``), and so is a coordinator kept there
+(``--db coordinator=URL``: its key and blobs are still the home's).
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ def discover(home: Path, extra: Mapping[str, str] | None = None) -> list[Source]
             if match and path.is_file():
                 urls[match.group(1)] = default_url(home, match.group(1))
     urls.update(extra or {})
+    coordinator = urls.pop(COORDINATOR, None)
+    if coordinator is None and (home / "coordinator.db").is_file():
+        coordinator = coordinator_url(home)
     sources = [
         Source(name, "region", url, region_pub_path(home, name), home / "blobs")
         for name, url in sorted(urls.items())
     ]
-    if (home / "coordinator.db").is_file():
+    if coordinator is not None:
         sources.append(
-            Source(COORDINATOR, COORDINATOR, coordinator_url(home), coordinator_pub_path(home),
+            Source(COORDINATOR, COORDINATOR, coordinator, coordinator_pub_path(home),
                    home / "coordinator" / "blobs")
         )  # fmt: skip
     if not sources:

@@ -697,7 +697,7 @@ def serve(
         typer.Option(
             "--db",
             help="A region kept elsewhere, as REGION=URL (repeatable), e.g. "
-            "eu=postgresql+psycopg://auditor@db/eu.",
+            "eu=postgresql+psycopg://auditor@db/eu; the coordinator's as coordinator=URL.",
         ),
     ] = None,
     recheck: Annotated[
@@ -730,7 +730,11 @@ def report(
     region: RegionOpt = None,
     dbs: Annotated[
         list[str] | None,
-        typer.Option("--db", help="A region kept elsewhere, as REGION=URL (repeatable)."),
+        typer.Option(
+            "--db",
+            help="A region kept elsewhere, as REGION=URL (repeatable); the "
+            "coordinator's as coordinator=URL.",
+        ),
     ] = None,
 ) -> None:
     """Write one run's audit report for the compliance file: its configuration and digest, who

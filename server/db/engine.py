@@ -133,11 +133,15 @@ def _sqlite_engine(url: URL, readonly: bool) -> Engine:
 
 def _postgres_engine(url: URL, readonly: bool) -> Engine:
     args: dict[str, object] = {"connect_timeout": 10}
-    if readonly:
-        given = url.query.get("options", "")
-        given = given if isinstance(given, str) else " ".join(given)
-        args["options"] = f"{given} -c default_transaction_read_only=on".strip()
-    return create_engine(url, connect_args=args, pool_pre_ping=True)
+    if not readonly:
+        return create_engine(url, connect_args=args, pool_pre_ping=True)
+    # Two layers: the session's default, and every transaction begun READ ONLY (psycopg's
+    # ``read_only``), which a session that sets the default back off does not undo.
+    given = url.query.get("options", "")
+    given = given if isinstance(given, str) else " ".join(given)
+    args["options"] = f"{given} -c default_transaction_read_only=on".strip()
+    return create_engine(url, connect_args=args, pool_pre_ping=True,
+                         execution_options={"postgresql_readonly": True})  # fmt: skip
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
