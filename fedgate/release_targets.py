@@ -172,3 +172,20 @@ class ReleaseTarget:
             Probe.from_dict(data.get("probe")), channel, str(data.get("published_at", "")),
             dict(student) if isinstance(student, Mapping) else {},
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PublishedTarget:
+    """One student on a region's channel, as a publish or channel change recorded it (the
+    coordinator's publish result and its audit event; the auditor's release pages)."""
+
+    region: str
+    profile: str
+    global_version: int
+    sha256: str
+    length: int
+    channel: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.region}/{self.profile}.onnx"

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedgate.release_targets import PublishedTarget
 from fedgate.server.auditweb.charts import Node
 from fedgate.server.auditweb.pages import (
     NotFound,
@@ -29,7 +30,6 @@ from fedgate.server.auditweb.pages import (
 )
 from fedgate.server.auditweb.snapshot import (
     ReleaseRecord,
-    ShippedStudent,
     Snapshot,
     Snapshots,
     VersionRecord,
@@ -175,7 +175,7 @@ def checks(coord: Snapshot, rel: ReleaseRecord) -> list[Check]:
     return out
 
 
-def _student_checks(t: ShippedStudent, recorded: Mapping[str, str] | None,
+def _student_checks(t: PublishedTarget, recorded: Mapping[str, str] | None,
                     doc: Mapping[str, Any] | None, doc_path: str,
                     why: str) -> list[Check]:  # fmt: skip
     name = f"{t.region}/{t.profile}"

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fedgate.errors import FedgateError
+from fedgate.release_targets import PublishedTarget
 from fedgate.server.audit.actors import config_digest
 from fedgate.server.audit.checkpoints import checkpoint_at
 from fedgate.server.audit.keys import load_pubkeys
@@ -175,18 +176,6 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
-class ShippedStudent:
-    """One target of a release event: the student for ``profile`` devices in ``region``."""
-
-    region: str
-    profile: str
-    global_version: int
-    sha256: str
-    length: int
-    channel: str
-
-
-@dataclass(frozen=True)
 class ReleaseRecord:
     """A ``release.published`` event (``action`` published) or a ``release.channel`` event
     (``action`` held, pinned or live: the region's channel changed) of the coordinator."""
@@ -196,7 +185,7 @@ class ReleaseRecord:
     action: str
     global_version: int | None
     lineage: str  # the global version's statement digest the event names ("" on a channel one)
-    targets: list[ShippedStudent]
+    targets: list[PublishedTarget]
     region: str = ""  # a channel event's region
     previous: str = ""  # a channel event's previous state
     skipped: dict[str, str] = field(default_factory=dict)  # region -> why (held, pinned)
@@ -345,7 +334,7 @@ def _int(value: Any) -> int | None:
 
 def _release(seq: int, kind: str, ts: str, data: dict[str, Any]) -> ReleaseRecord:
     targets = [
-        ShippedStudent(str(t.get("region", "")), str(t.get("profile", "")),
+        PublishedTarget(str(t.get("region", "")), str(t.get("profile", "")),
                        _int(t.get("global_version")) or 0, str(t.get("sha256", "")),
                        _int(t.get("length")) or 0, str(t.get("channel", "")))
         for t in data.get("targets") or [] if isinstance(t, dict)

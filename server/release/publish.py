@@ -22,7 +22,7 @@ from tuf.api.metadata import TargetFile
 
 from fedgate.crypto import read_public_key, sha256_hex
 from fedgate.errors import UsageError, VerificationError
-from fedgate.release_targets import MalformedRelease, ReleaseTarget, check_name
+from fedgate.release_targets import MalformedRelease, PublishedTarget, ReleaseTarget, check_name
 from fedgate.server.audit.keys import coordinator_pub_path
 from fedgate.server.coordinator.federation import federation_path, load_federation
 from fedgate.server.coordinator.store import CoordinatorStore
@@ -44,20 +44,6 @@ from fedgate.server.release.students import StudentSet, read_students
 
 class PublishError(UsageError):
     """A release cannot be published as asked."""
-
-
-@dataclass(frozen=True)
-class PublishedTarget:
-    region: str
-    profile: str
-    global_version: int
-    sha256: str
-    length: int
-    channel: str
-
-    @property
-    def path(self) -> str:
-        return f"{self.region}/{self.profile}.onnx"
 
 
 @dataclass(frozen=True)
