@@ -92,6 +92,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _empty(directory: Path) -> None:
+    """Make ``directory`` an empty directory; it is kept (no rmdir and mkdir on every sync)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _check_root(data: bytes, where: str) -> None:
     from tuf.api.metadata import Metadata, Root  # tuf: only when provisioning
 
@@ -163,9 +173,7 @@ class EdgeNode:
 
     def _sweep(self) -> None:
         """Remove what an interrupted install left: downloads and half-moved model dirs."""
-        if self.home.staging.is_dir() and any(self.home.staging.iterdir()):
-            shutil.rmtree(self.home.staging, ignore_errors=True)
-        self.home.staging.mkdir(parents=True, exist_ok=True)
+        _empty(self.home.staging)
         if self.home.models.is_dir():
             for tmp in self.home.models.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +286,7 @@ class EdgeNode:
                 f"{exc.strerror or exc}; {keeps}"
             ) from None
         finally:
-            shutil.rmtree(self.home.staging, ignore_errors=True)
+            _empty(self.home.staging)
         return Installed(
             release.global_version, digest, target.length, release.lineage_digest, name,
             release.input_name, tuple(release.input_shape), release.channel, now_iso(),

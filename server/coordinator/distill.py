@@ -239,10 +239,16 @@ def _spec(profile: str) -> StudentSpec:
 
 
 def _steps(say: Progress, profile: str, config: DistillConfig):
-    names = {"cross-validation": "cross-validation", "final": "distil"}
-    return lambda phase, i, loss: say(
-        f"{profile}: {names[phase]} step {i}/{config.steps} loss {loss:.3f}"
-    )
+    names = {
+        "cross-validation": ("cross-validation", config.cv_steps),
+        "final": ("distil", config.steps),
+    }
+
+    def step(phase: str, i: int, loss: float) -> None:
+        name, total = names[phase]
+        say(f"{profile}: {name} step {i}/{total} loss {loss:.3f}")
+
+    return step
 
 
 def manifest(
