@@ -93,13 +93,6 @@ def kd_loss(
     return alpha * soft * t * t + (1.0 - alpha) * hard
 
 
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, data: Dataset) -> torch.Tensor:
-    """The teacher's logits on every example (computed once: the teacher is frozen)."""
-    teacher.eval()
-    return teacher(torch.from_numpy(data.x)).detach()
-
-
 def train_student(
     student: nn.Module,
     data: Dataset,
