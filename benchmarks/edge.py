@@ -86,7 +86,7 @@ def _sync_requests(repo: ReleaseRepository, base: str, new: bool) -> list[str]:
 
 def _same_requests(urls: list[str]) -> int:
     """The sync's requests without any verification or disk write, on one keep-alive
-    connection (urllib3, as tuf's fetcher): the protocol's floor."""
+    connection (urllib3): the protocol's floor."""
     import urllib3
 
     pool = urllib3.PoolManager(retries=False)

@@ -5,11 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from fedgate.models import onnx_export as ox
 from fedgate.models.data import common_test_split, transfer_split
-from fedgate.models.distill import DistillConfig, kd_loss, train_student
+from fedgate.models.distill import (
+    DistillConfig,
+    Setting,
+    _Batched,
+    adjust_teacher,
+    distill_pair,
+    kd_loss,
+    train_student,
+)
 from fedgate.models.students import PROFILES, build_student, parameter_count
 
 
@@ -36,11 +46,68 @@ def test_kd_loss_blends_soft_and_hard_terms() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"temperature": 0}, "temperature"), ({"alpha": 1.5}, "alpha"), ({"steps": 0}, "steps")],
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"steps": 0}, "steps"),
+        ({"alphas": (0.1, 2.0)}, "alpha"),
+        ({"noises": ()}, "non-empty"),
+        ({"baseline_noises": (-0.1,)}, "noise"),
+        ({"folds": 1}, "folds"),
+        ({"cv_lr": 0}, "lr"),
+    ],
 )
 def test_distill_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DistillConfig(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_knowledge_adjustment_puts_the_label_on_top_and_keeps_the_rest(n: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 10, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    out = adjust_teacher(logits, labels)
+    assert torch.equal(out.argmax(1), labels)
+    assert torch.equal(out.sort(1).values, logits.sort(1).values)  # the same values, swapped
+    right = logits.argmax(1) == labels
+    assert torch.equal(out[right], logits[right])  # a teacher already right is left as it is
+    changed = (out != logits).sum(1)
+    assert bool(((changed == 0) | (changed == 2)).all())  # at most the two logits trade places
+
+
+def test_batched_students_are_the_students_they_export() -> None:
+    template = build_student("phone", seed=3)
+    batched = _Batched(template, 3)
+    assert torch.equal(batched.w1[2], template.fc1.weight.T)  # every copy starts as the template
+    with torch.no_grad():
+        for p in batched.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.from_numpy(transfer_split(0).x[:20])
+    with torch.no_grad():
+        out = batched(x.expand(3, -1, -1))
+        for i in range(3):
+            single = batched.export(i, build_student("phone"))
+            assert torch.allclose(single(x), out[i], atol=1e-6)
+
+
+def test_distill_pair_chooses_among_its_candidates_on_the_transfer_split() -> None:
+    torch.set_num_threads(1)
+    transfer = transfer_split(0)
+    teacher = build_student("pi", seed=1)
+    train_student(teacher, transfer, None, DistillConfig(steps=200))
+    config = DistillConfig(steps=40, cv_steps=20, copies=2, alphas=(0.3, 0.9), noises=(0.1,))
+    result = distill_pair(lambda: build_student("phone", seed=0), teacher, transfer, config)
+    assert set(result.cv_accuracy) == {Setting(0.0, 0.0), Setting(0.0, 0.05), Setting(0.0, 0.1),
+                                       Setting(0.3, 0.1), Setting(0.9, 0.1)}  # fmt: skip
+    assert result.student_setting.alpha in (0.3, 0.9) and result.baseline_setting.alpha == 0.0
+    assert all(0.0 < a <= 1.0 for a in result.cv_accuracy.values())
+    assert result.student_setting == max(
+        (s for s in result.cv_accuracy if s.alpha > 0), key=lambda s: result.cv_accuracy[s]
+    )
+    with pytest.raises(ValueError, match="too few"):
+        distill_pair(lambda: build_student("phone"), teacher, transfer.take(np.arange(5)), config)
 
 
 def test_int8_onnx_student_runs_in_onnxruntime_and_matches_torch() -> None:

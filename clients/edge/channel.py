@@ -28,8 +28,10 @@ from tuf.ngclient import Updater, UpdaterConfig
 from fedgate.errors import UnavailableError, VerificationError
 from fedgate.release_targets import MalformedRelease, ReleaseTarget, target_path
 
+from .fetcher import fetcher_for
 from .state import EdgeConfig, EdgeHome
 
+USER_AGENT = "fedgate-edge"
 REASONS = ("forged", "tampered", "rollback", "expired", "wrong", "invalid")
 
 
@@ -101,17 +103,26 @@ def refusals(url: str) -> Iterator[None]:
         raise
 
 
-def open_updater(home: EdgeHome, config: EdgeConfig) -> Updater:
-    """An ``Updater`` bootstrapped from the provisioned root; downloads go to ``staging/``."""
+@contextmanager
+def open_updater(home: EdgeHome, config: EdgeConfig) -> Iterator[Updater]:
+    """An ``Updater`` bootstrapped from the provisioned root; downloads go to ``staging/``
+    through one kept-alive connection (``fetcher.py``), closed when the block ends."""
     home.metadata.mkdir(parents=True, exist_ok=True)
     home.staging.mkdir(parents=True, exist_ok=True)
     base = config.url.rstrip("/")
-    with refusals(config.url):  # a damaged trust anchor or cache is refused, in one line
-        return Updater(
-            str(home.metadata), f"{base}/metadata/", str(home.staging), f"{base}/targets/",
-            config=UpdaterConfig(app_user_agent="fedgate-edge"),
-            bootstrap=home.trust_root.read_bytes(),
-        )  # fmt: skip
+    fetcher = fetcher_for(base, USER_AGENT)
+    try:
+        with refusals(config.url):  # a damaged trust anchor or cache is refused, in one line
+            updater = Updater(
+                str(home.metadata), f"{base}/metadata/", str(home.staging), f"{base}/targets/",
+                fetcher=fetcher, config=UpdaterConfig(app_user_agent=USER_AGENT),
+                bootstrap=home.trust_root.read_bytes(),
+            )  # fmt: skip
+        yield updater
+    finally:
+        close = getattr(fetcher, "close", None)  # tuf's own fetcher (behind a proxy) has none
+        if close is not None:
+            close()
 
 
 def newest_release(updater: Updater, config: EdgeConfig) -> tuple[TargetFile, ReleaseTarget]:

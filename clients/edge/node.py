@@ -92,6 +92,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _empty(directory: Path) -> None:
+    """Make ``directory`` an empty directory; it is kept (no rmdir and mkdir on every sync)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _check_root(data: bytes, where: str) -> None:
     from tuf.api.metadata import Metadata, Root  # tuf: only when provisioning
 
@@ -163,9 +173,7 @@ class EdgeNode:
 
     def _sweep(self) -> None:
         """Remove what an interrupted install left: downloads and half-moved model dirs."""
-        if self.home.staging.is_dir() and any(self.home.staging.iterdir()):
-            shutil.rmtree(self.home.staging, ignore_errors=True)
-        self.home.staging.mkdir(parents=True, exist_ok=True)
+        _empty(self.home.staging)
         if self.home.models.is_dir():
             for tmp in self.home.models.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -176,44 +184,44 @@ class EdgeNode:
         with self._locked():
             self._sweep()
             state = self.home.state()
-            updater = open_updater(self.home, config)
-            target, release = newest_release(updater, config)
-            digest = target.hashes.get("sha256", "")
-            current = state.current
-            reported = [
-                {k: v for k, v in e.items() if k != "reported"}
-                for e in state.events
-                if not e.get("reported")
-            ]
-            for e in state.events:
-                e["reported"] = True
-            action = self._decide(current, release, digest, state)
-            if action != "install":
-                changed = bool(reported)
-                if (
-                    current is not None
-                    and current.channel != release.channel
-                    and (current.global_version == release.global_version)
-                ):
-                    state.current = replace(current, channel=release.channel)
-                    changed = True
-                if changed:  # an unchanged release costs no disk write
-                    self.home.save_state(state)
-                return SyncResult(action, state.current, None, release.global_version,
+            with open_updater(self.home, config) as updater:
+                target, release = newest_release(updater, config)
+                digest = target.hashes.get("sha256", "")
+                current = state.current
+                reported = [
+                    {k: v for k, v in e.items() if k != "reported"}
+                    for e in state.events
+                    if not e.get("reported")
+                ]
+                for e in state.events:
+                    e["reported"] = True
+                action = self._decide(current, release, digest, state)
+                if action != "install":
+                    changed = bool(reported)
+                    if (
+                        current is not None
+                        and current.channel != release.channel
+                        and (current.global_version == release.global_version)
+                    ):
+                        state.current = replace(current, channel=release.channel)
+                        changed = True
+                    if changed:  # an unchanged release costs no disk write
+                        self.home.save_state(state)
+                    return SyncResult(action, state.current, None, release.global_version,
+                                      release.channel, reported)  # fmt: skip
+                new = self._install(updater, target, release, config)
+                if current is not None:
+                    state.history.append(current)
+                state.current = new
+                state.add_event("installed", version=new.global_version,
+                                previous=current.global_version if current else None)  # fmt: skip
+                state.events[-1]["reported"] = True
+                del state.history[:-KEEP_PREVIOUS]
+                self.home.save_state(state)
+                self._step("committed")
+                self._prune(state)
+                return SyncResult("installed", new, current, release.global_version,
                                   release.channel, reported)  # fmt: skip
-            new = self._install(updater, target, release, config)
-            if current is not None:
-                state.history.append(current)
-            state.current = new
-            state.add_event("installed", version=new.global_version,
-                            previous=current.global_version if current else None)  # fmt: skip
-            state.events[-1]["reported"] = True
-            del state.history[:-KEEP_PREVIOUS]
-            self.home.save_state(state)
-            self._step("committed")
-            self._prune(state)
-            return SyncResult("installed", new, current, release.global_version, release.channel,
-                              reported)  # fmt: skip
 
     def _decide(
         self, current: Installed | None, release: ReleaseTarget, digest: str, state: EdgeState
@@ -278,7 +286,7 @@ class EdgeNode:
                 f"{exc.strerror or exc}; {keeps}"
             ) from None
         finally:
-            shutil.rmtree(self.home.staging, ignore_errors=True)
+            _empty(self.home.staging)
         return Installed(
             release.global_version, digest, target.length, release.lineage_digest, name,
             release.input_name, tuple(release.input_shape), release.channel, now_iso(),
@@ -359,8 +367,8 @@ class EdgeNode:
         server = "not asked"
         if ask_server:
             try:
-                with self._locked():
-                    _, release = newest_release(open_updater(self.home, config), config)
+                with self._locked(), open_updater(self.home, config) as updater:
+                    _, release = newest_release(updater, config)
                 available, channel, server = release.global_version, release.channel, "ok"
             except FedgateError as exc:
                 server = str(exc)

@@ -76,6 +76,12 @@ class StudentReport:
     global_version: int
     statement_sha256: str
     lineage_sha256: str
+    # the settings cross-validation on the transfer split chose, and their CV accuracy
+    kd_alpha: float
+    kd_noise: float
+    baseline_noise: float
+    cv_student_accuracy: float
+    cv_baseline_accuracy: float
 
 
 def students_dir(home: Path, version: int) -> Path:
@@ -150,7 +156,7 @@ def distill_version(
     the audit event. ``progress`` gets one line per step worth telling."""
     from fedgate.models import onnx_export as ox
     from fedgate.models.data import NUM_FEATURES, common_test_split, transfer_split
-    from fedgate.models.distill import teacher_logits, train_student
+    from fedgate.models.distill import distill_pair
     from fedgate.models.students import build_student, parameter_count
     from fedgate.models.train import evaluate
 
@@ -172,16 +178,16 @@ def distill_version(
         say(f"teacher: global version {version} ({info.architecture}, {teacher_params} "
             f"parameters), test accuracy {teacher_acc:.3f}; transfer split {len(transfer)} "
             "examples")  # fmt: skip
-        soft = teacher_logits(teacher, transfer)
         for spec in specs:
-            student = build_student(spec.profile, config.seed)
-            train_student(
-                student, transfer, soft, config, _steps(say, spec.profile, "distil", config)
-            )
-            baseline = build_student(spec.profile, config.seed)
-            train_student(
-                baseline, transfer, None, config, _steps(say, spec.profile, "baseline", config)
-            )
+            pair = distill_pair(
+                lambda spec=spec: build_student(spec.profile, config.seed), teacher, transfer,
+                config, _steps(say, spec.profile, config),
+            )  # fmt: skip
+            student, baseline = pair.student, pair.baseline
+            kd, base = pair.student_setting, pair.baseline_setting
+            say(f"{spec.profile}: cross-validation chose alpha {kd.alpha}, noise {kd.noise} "
+                f"({pair.cv_accuracy[kd]:.3f}); baseline noise {base.noise} "
+                f"({pair.cv_accuracy[base]:.3f})")  # fmt: skip
             say(f"{spec.profile}: int8 quantization and ONNX export")
             data = ox.export_int8(student, transfer.x)
             agreement = ox.check_against(data, student, test)
@@ -205,7 +211,10 @@ def distill_version(
                 teacher_architecture=info.architecture, teacher_parameters=teacher_params,
                 teacher_bytes=teacher_bytes, size_ratio=teacher_bytes / len(data),
                 global_version=version, statement_sha256=info.statement_sha256,
-                lineage_sha256=lineage_sha,
+                lineage_sha256=lineage_sha, kd_alpha=pair.student_setting.alpha,
+                kd_noise=pair.student_setting.noise, baseline_noise=pair.baseline_setting.noise,
+                cv_student_accuracy=pair.cv_accuracy[pair.student_setting],
+                cv_baseline_accuracy=pair.cv_accuracy[pair.baseline_setting],
             )  # fmt: skip
             say(f"{spec.profile}: student {report.student_accuracy:.3f}, baseline "
                 f"{report.baseline_accuracy:.3f}, {report.bytes} bytes, "
@@ -229,8 +238,17 @@ def _spec(profile: str) -> StudentSpec:
         raise DistillError(str(exc)) from None
 
 
-def _steps(say: Progress, profile: str, kind: str, config: DistillConfig):
-    return lambda i, loss: say(f"{profile}: {kind} step {i}/{config.steps} loss {loss:.3f}")
+def _steps(say: Progress, profile: str, config: DistillConfig):
+    names = {
+        "cross-validation": ("cross-validation", config.cv_steps),
+        "final": ("distil", config.steps),
+    }
+
+    def step(phase: str, i: int, loss: float) -> None:
+        name, total = names[phase]
+        say(f"{profile}: {name} step {i}/{total} loss {loss:.3f}")
+
+    return step
 
 
 def manifest(

@@ -43,6 +43,21 @@ class _Handler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A 404 keeps the connection open (the base class closes it after every error): each
+        refresh asks for the next root version and gets one, then continues on the same
+        connection."""
+        if code != 404:
+            super().send_error(code, message, explain)
+            return
+        body = b"not found\n"
+        self.send_response(code, message)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def end_headers(self) -> None:
         if self.path.endswith("/timestamp.json"):
             self.send_header("Cache-Control", "no-store")
