@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"python": platform.python_version(), "backends": {}}
+    results["load_average_1min_before"] = os.getloadavg()[0]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         with tempfile.TemporaryDirectory() as tmp:
             if backend == "sqlite":
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench(Path(tmp), url, args.devices, args.sequential, args.clients)
             else:
                 parser.error(f"unknown backend {backend!r}")
+        r["load_average_1min_after"] = os.getloadavg()[0]
         results["backends"][backend] = r
     ok = True
     print(f"{'backend':<11} {'local/s':>8} {'seq/s':>7} {'x local':>8} "
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{backend:<11} {r['baseline_local_per_s']:>8.1f} {r['sequential_per_s']:>7.1f} "
               f"{r['ratio_sequential_to_local']:>8.2f} {r['concurrent_per_s']:>13.1f} "
               f"{r['seconds_for_devices']:>10.1f} "
-              f"{r['concurrent_with_device_writes_per_s']:>10.1f}")  # fmt: skip
+              f"{r['concurrent_with_device_writes_per_s']:>10.1f} "
+              f"(load {r['load_average_1min_after']:.1f})")  # fmt: skip
         ok &= r["concurrent_per_s"] * GOAL_SECONDS >= GOAL_DEVICES
     results["goal"] = {"devices": GOAL_DEVICES, "seconds": GOAL_SECONDS, "met": ok}
     print(
