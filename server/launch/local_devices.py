@@ -19,6 +19,7 @@ from fedgate.clients.identity import read_enrollment
 from fedgate.server.launch.config import RegionConfig
 
 NETWORK_TOKEN_TTL = 600.0  # a simulated device's token: spent within the second it is issued
+PARALLEL_ENROLLMENTS = 8  # devices of a region enrolling over the network at once
 
 
 def device_dir(home: Path, region: str, index: int, kind: str = "node") -> Path:
@@ -45,25 +46,38 @@ def enroll_region_devices(
     from fedgate.server.trust.enrollment import enroll_device_dir, region_registry
 
     db = region.db or None
+    wanted = region.nodes if profiles is None else profiles
     with region_registry(home, region.name, db) as registry:
-        ids = []
-        for index, profile in enumerate(region.nodes if profiles is None else profiles):
+        ids: list[str | None] = []
+        new: dict[int, str] = {}  # index -> one-time secret, for the network path
+        for index, profile in enumerate(wanted):
             directory = device_dir(home, region.name, index, kind)
             known = read_enrollment(directory)
             if known is not None and registry.get(known.device_id) is not None:
-                known_id = known.device_id
+                ids.append(known.device_id)
             elif service_url is not None:
-                secret = registry.issue_token(NETWORK_TOKEN_TTL)
-                enrolled = _enroll_with_secret(home, region.name, service_url, secret, directory,
-                                               profile)  # fmt: skip
-                known_id = enrolled.enrollment.device_id
+                new[index] = registry.issue_token(NETWORK_TOKEN_TTL)
+                ids.append(None)
             else:
-                known_id = enroll_device_dir(home, region.name, directory, profile, db=db,
-                                             force=True).device_id  # fmt: skip
-            if index in region.revoked and not registry.get(known_id).revoked:
-                registry.revoke(known_id)
-            ids.append(known_id)
-    return ids
+                ids.append(enroll_device_dir(home, region.name, directory, profile, db=db,
+                                             force=True).device_id)  # fmt: skip
+        if new:  # concurrently, as devices would: the service writes them in one transaction
+            from concurrent.futures import ThreadPoolExecutor
+
+            def enroll(index: int) -> str:
+                directory = device_dir(home, region.name, index, kind)
+                done = _enroll_with_secret(home, region.name, service_url, new[index], directory,
+                                           wanted[index])  # fmt: skip
+                return done.enrollment.device_id
+
+            with ThreadPoolExecutor(min(len(new), PARALLEL_ENROLLMENTS)) as pool:
+                for index, device_id in zip(new, pool.map(enroll, new), strict=True):
+                    ids[index] = device_id
+        enrolled = [i for i in ids if i is not None]
+        for index in region.revoked:
+            if index < len(enrolled) and not registry.get(enrolled[index]).revoked:
+                registry.revoke(enrolled[index])
+    return enrolled
 
 
 def _enroll_with_secret(

@@ -171,13 +171,18 @@ def register_node_keys(
     home: Path, region: RegionConfig, transport: Transport, device_ids: list[str]
 ) -> list[NodeKey | None]:
     """Each SuperNode's authentication key, registered with the region's SuperLink under its
-    device id (idempotent; registrations persist in the SuperLink's state)."""
-    keys = []
-    for index, device_id in enumerate(device_ids):
-        key = transport.node_key(device_dir(home, region.name, index), f"{region.name}-{index}")
-        if key is not None:
-            register_node(transport.control(region), key, name=device_id)
-        keys.append(key)
+    device id (idempotent; registrations persist in the SuperLink's state). The SuperLink's
+    nodes are listed once: keys it already holds (those the enrollment service registered)
+    are not registered again."""
+    keys = [transport.node_key(device_dir(home, region.name, i), f"{region.name}-{i}")
+            for i in range(len(device_ids))]  # fmt: skip
+    if not any(keys):
+        return keys
+    target = transport.control(region)
+    registered = {n.fingerprint for n in list_nodes(target) if n.status != "unregistered"}
+    for key, device_id in zip(keys, device_ids, strict=True):
+        if key is not None and key.fingerprint not in registered:
+            register_node(target, key, name=device_id)  # an unregistered key: a clear error
     return keys
 
 
