@@ -228,19 +228,8 @@ def checkpoint_in(
     ).first()
     if row is not None:
         return _checkpoint(row)
-    try:
-        root = extend_tree(conn, chain_id, size)
-    except TreeMismatchError as exc:
-        root, reason = None, str(exc)
-    else:
-        reason = "the events are not contiguous"
-    if root is None:
-        log.error("audit checkpoint at size %s not signed: %s", size, reason)
-        return None
-    note = sign_checkpoint(Checkpoint(audit_origin(chain_id), size, root), signer)
-    record = StoredCheckpoint(size, root.hex(), key, note, now_ts())
-    conn.execute(insert(CHECKPOINTS).values(**record.__dict__))
-    return record
+    made = _sign_new(conn, signer, chain_id, [size])
+    return made[0] if made else None
 
 
 def checkpoints_in(
@@ -256,22 +245,28 @@ def checkpoints_in(
         select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size.in_(wanted), CHECKPOINTS.c.key == key)
     )
     todo = sorted(set(wanted) - set(present.scalars()))
-    if not todo:
-        return []
+    return _sign_new(conn, signer, chain_id, todo) if todo else []
+
+
+def _sign_new(
+    conn: Connection, signer: Ed25519PrivateKey, chain_id: str, sizes: list[int]
+) -> list[StoredCheckpoint]:
+    """Sign and store the checkpoints at ``sizes`` (none stored yet, ascending): one pass
+    over the tree, one insert; [] (logged) when the events cannot be checkpointed."""
     try:
-        roots = extend_tree_to(conn, chain_id, todo)
+        roots = extend_tree_to(conn, chain_id, sizes)
     except TreeMismatchError as exc:
         roots, reason = None, str(exc)
     else:
         reason = "the events are not contiguous"
     if roots is None:
-        log.error("audit checkpoints at sizes %s..%s not signed: %s", todo[0], todo[-1], reason)
+        log.error("audit checkpoint at sizes %s..%s not signed: %s", sizes[0], sizes[-1], reason)
         return []
-    origin = audit_origin(chain_id)
+    key, origin = fingerprint(signer), audit_origin(chain_id)
     records = [
         StoredCheckpoint(n, roots[n].hex(), key,
                          sign_checkpoint(Checkpoint(origin, n, roots[n]), signer), now_ts())
-        for n in todo
+        for n in sizes
     ]  # fmt: skip
     conn.execute(insert(CHECKPOINTS), [r.__dict__ for r in records])
     return records
