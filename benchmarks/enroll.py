@@ -6,7 +6,9 @@ cluster, fsync on). Each device runs the whole device side (``enroll_over_networ
 the CA, challenge, proof of possession, keys written 0600), sequentially and from 16
 concurrent clients (there the network half only: pin, challenge, proof, answer checked, no
 files, so the figure is the service's; the whole device side concurrently is reported
-beside it). The baseline, measured in the same run on the same database, is the
+beside it; the CPU time the service, PostgreSQL and the clients spent per device in the
+concurrent run is reported too: on a busy machine it moves far less than the rates). The
+baseline, measured in the same run on the same database, is the
 operator-local enrollment (``DatabaseDeviceRegistry.enroll`` called directly): the ratio
 says what the network, TLS and proof of possession cost. No SuperLink: node keys are not
 registered (that is one Control API call per device on top). Goal: 1,000 devices in < 60 s.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -82,7 +85,41 @@ def _enroll_all(tokens: list[str], devices: Path, clients: int, write: bool = Tr
     return len(tokens) / (time.perf_counter() - t0)
 
 
-def bench(home: Path, db: str | None, devices: int, sequential: int, clients: int) -> dict:
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of process ``pid`` and of its children it has reaped (a
+    PostgreSQL postmaster reaps its backends); 0.0 without one."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu(cluster: PgCluster | None) -> float:
+    """CPU seconds the cluster has used so far: the postmaster, the backends it reaped and
+    the ones still running."""
+    if cluster is None or cluster.root is None:
+        return 0.0
+    master = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    total = _cpu_seconds(master)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == master:  # a live backend: its own time (not yet reaped)
+                total += sum(int(f) for f in stat[11:13]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def bench(
+    home: Path,
+    db: str | None,
+    devices: int,
+    sequential: int,
+    clients: int,
+    cluster: PgCluster | None = None,
+) -> dict:
     setup_region(home, "eu", db)
     port = free_port_block(1)
     cmd = [str(Path(sys.executable).parent / "fedgate"), "region", "enrollment-service",
@@ -98,7 +135,10 @@ def bench(home: Path, db: str | None, devices: int, sequential: int, clients: in
         url = f"https://127.0.0.1:{port}"
         baseline = _baseline(home, db, sequential)
         seq = _enroll_all(_tokens(home, db, url, sequential), home / "seq", 1)
-        conc = _enroll_all(_tokens(home, db, url, devices), home / "conc", clients, write=False)
+        tokens = _tokens(home, db, url, devices)
+        cpu0 = (_cpu_seconds(proc.pid), _postgres_cpu(cluster), time.process_time())
+        conc = _enroll_all(tokens, home / "conc", clients, write=False)
+        cpu1 = (_cpu_seconds(proc.pid), _postgres_cpu(cluster), time.process_time())
         whole = _enroll_all(_tokens(home, db, url, sequential), home / "whole", clients)
     finally:
         stop_trees([proc.pid], 5.0)
@@ -113,6 +153,10 @@ def bench(home: Path, db: str | None, devices: int, sequential: int, clients: in
         "seconds_for_devices": devices / conc,
         "ratio_sequential_to_local": seq / baseline,
         "ratio_concurrent_to_sequential": conc / seq,
+        # CPU per enrollment in the concurrent run: far less load-dependent than the rates
+        "service_cpu_ms_per_device": (cpu1[0] - cpu0[0]) * 1000 / devices,
+        "postgres_cpu_ms_per_device": (cpu1[1] - cpu0[1]) * 1000 / devices,
+        "clients_cpu_ms_per_device": (cpu1[2] - cpu0[2]) * 1000 / devices,
     }
 
 
@@ -125,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"python": platform.python_version(), "backends": {}}
+    results["load_average_1min_before"] = os.getloadavg()[0]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         with tempfile.TemporaryDirectory() as tmp:
             if backend == "sqlite":
@@ -132,19 +177,24 @@ def main(argv: list[str] | None = None) -> int:
             elif backend == "postgresql":
                 with PgCluster(fast=False) as cluster:
                     url = cluster.create_database("bench")
-                    r = bench(Path(tmp), url, args.devices, args.sequential, args.clients)
+                    r = bench(Path(tmp), url, args.devices, args.sequential, args.clients,
+                              cluster)  # fmt: skip
             else:
                 parser.error(f"unknown backend {backend!r}")
+        r["load_average_1min_after"] = os.getloadavg()[0]
         results["backends"][backend] = r
     ok = True
     print(f"{'backend':<11} {'local/s':>8} {'seq/s':>7} {'x local':>8} "
           f"{f'{args.clients} clients/s':>13} {f'{args.devices} in s':>10} "
-          f"{'+writes/s':>10}")  # fmt: skip
+          f"{'+writes/s':>10} {'CPU ms/device: service':>22} {'db':>5} {'clients':>7}")  # fmt: skip
     for backend, r in results["backends"].items():
         print(f"{backend:<11} {r['baseline_local_per_s']:>8.1f} {r['sequential_per_s']:>7.1f} "
               f"{r['ratio_sequential_to_local']:>8.2f} {r['concurrent_per_s']:>13.1f} "
               f"{r['seconds_for_devices']:>10.1f} "
-              f"{r['concurrent_with_device_writes_per_s']:>10.1f}")  # fmt: skip
+              f"{r['concurrent_with_device_writes_per_s']:>10.1f} "
+              f"{r['service_cpu_ms_per_device']:>22.1f} {r['postgres_cpu_ms_per_device']:>5.1f} "
+              f"{r['clients_cpu_ms_per_device']:>7.1f} "
+              f"(load {r['load_average_1min_after']:.1f})")  # fmt: skip
         ok &= r["concurrent_per_s"] * GOAL_SECONDS >= GOAL_DEVICES
     results["goal"] = {"devices": GOAL_DEVICES, "seconds": GOAL_SECONDS, "met": ok}
     print(

@@ -158,12 +158,24 @@ def leaf_of(conn: Connection, chain_id: str, seq: int) -> bytes | None:
 def extend_tree(conn: Connection, chain_id: str, size: int) -> bytes | None:
     """Grow the stored tree to ``size`` leaves from the events; its root, or None when the
     events are not contiguous up to ``size`` (tampered: no checkpoint is signed then)."""
+    roots = extend_tree_to(conn, chain_id, [size])
+    return None if roots is None else roots[size]
+
+
+def extend_tree_to(
+    conn: Connection, chain_id: str, sizes: Iterable[int]
+) -> dict[int, bytes] | None:
+    """Grow the stored tree to the largest of ``sizes`` in one pass; the root at each size,
+    or None when the events are not contiguous (or the tree is past the smallest size)."""
+    wanted = set(sizes)
+    size = max(wanted)
     have = tree_size(conn)
-    if have > size:
+    if have > min(wanted):
         return None
     keys = subtrees(0, have)
     found = StoredNodes(conn, chain_id).nodes(keys)
     tree = CompactRange(have, [found[k] for k in keys])
+    roots = {have: tree.root()} if have in wanted else {}
     completed: dict[Node, bytes] = {}
     rows = conn.exec_driver_sql(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > {int(have)} AND seq <= {int(size)} "
@@ -173,12 +185,14 @@ def extend_tree(conn: Connection, chain_id: str, size: int) -> bytes | None:
         if seq != tree.size + 1:
             return None
         tree.append(leaf_hash(event_bytes(chain_id, seq, kind, ts, payload, prev)), completed)
+        if tree.size in wanted:
+            roots[tree.size] = tree.root()
         if len(completed) >= FLUSH_NODES:  # a first checkpoint of a long legacy log
             _store(conn, completed)
     if tree.size != size:
         return None
     _store(conn, completed)
-    return tree.root()
+    return roots
 
 
 def _store(conn: Connection, completed: dict[Node, bytes]) -> None:
@@ -214,19 +228,48 @@ def checkpoint_in(
     ).first()
     if row is not None:
         return _checkpoint(row)
+    made = _sign_new(conn, signer, chain_id, [size])
+    return made[0] if made else None
+
+
+def checkpoints_in(
+    conn: Connection, signer: Ed25519PrivateKey, chain_id: str, sizes: Iterable[int]
+) -> list[StoredCheckpoint]:
+    """``checkpoint_in`` at each of ``sizes`` (new ones, ascending) in one pass over the tree
+    and one insert: a head signed at every event of a batch gets its checkpoint each."""
+    key = fingerprint(signer)
+    wanted = sorted(set(sizes))
+    if not wanted:
+        return []
+    present = conn.execute(
+        select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size.in_(wanted), CHECKPOINTS.c.key == key)
+    )
+    todo = sorted(set(wanted) - set(present.scalars()))
+    return _sign_new(conn, signer, chain_id, todo) if todo else []
+
+
+def _sign_new(
+    conn: Connection, signer: Ed25519PrivateKey, chain_id: str, sizes: list[int]
+) -> list[StoredCheckpoint]:
+    """Sign and store the checkpoints at ``sizes`` (none stored yet, ascending): one pass
+    over the tree, one insert; [] (logged) when the events cannot be checkpointed."""
     try:
-        root = extend_tree(conn, chain_id, size)
+        roots = extend_tree_to(conn, chain_id, sizes)
     except TreeMismatchError as exc:
-        root, reason = None, str(exc)
+        roots, reason = None, str(exc)
     else:
         reason = "the events are not contiguous"
-    if root is None:
-        log.error("audit checkpoint at size %s not signed: %s", size, reason)
-        return None
-    note = sign_checkpoint(Checkpoint(audit_origin(chain_id), size, root), signer)
-    record = StoredCheckpoint(size, root.hex(), key, note, now_ts())
-    conn.execute(insert(CHECKPOINTS).values(**record.__dict__))
-    return record
+    if roots is None:
+        log.error("audit checkpoint at sizes %s..%s not signed: %s", sizes[0], sizes[-1], reason)
+        return []
+    key, origin = fingerprint(signer), audit_origin(chain_id)
+    records = [
+        StoredCheckpoint(n, roots[n].hex(), key,
+                         sign_checkpoint(Checkpoint(origin, n, roots[n]), signer), now_ts())
+        for n in sizes
+    ]  # fmt: skip
+    conn.execute(insert(CHECKPOINTS), [r.__dict__ for r in records])
+    return records
 
 
 # -- reading ---------------------------------------------------------------------------------

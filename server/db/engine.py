@@ -31,6 +31,7 @@ from fedgate.errors import UnavailableError, UsageError
 ENV_URL = "FEDGATE_DB"
 ENV_RETRY = "FEDGATE_DB_RETRY_SECONDS"
 _WRITE = "fedgate_write"
+PG_POOL = 20  # PostgreSQL connections an engine keeps open (and as many more at a peak)
 _READ_BUSY_MS = 60000  # SQLite readers rarely wait (WAL); a checkpoint may hold them briefly
 
 log = logging.getLogger("fedgate.db")
@@ -133,15 +134,20 @@ def _sqlite_engine(url: URL, readonly: bool) -> Engine:
 
 def _postgres_engine(url: URL, readonly: bool) -> Engine:
     args: dict[str, object] = {"connect_timeout": 10}
-    if not readonly:
-        return create_engine(url, connect_args=args, pool_pre_ping=True)
-    # Two layers: the session's default, and every transaction begun READ ONLY (psycopg's
-    # ``read_only``), which a session that sets the default back off does not undo.
-    given = url.query.get("options", "")
-    given = given if isinstance(given, str) else " ".join(given)
-    args["options"] = f"{given} -c default_transaction_read_only=on".strip()
-    return create_engine(url, connect_args=args, pool_pre_ping=True,
-                         execution_options={"postgresql_readonly": True})  # fmt: skip
+    options: dict[str, object] = {}
+    if readonly:
+        # Two layers: the session's default, and every transaction begun READ ONLY (psycopg's
+        # ``read_only``), which a session that sets the default back off does not undo.
+        given = url.query.get("options", "")
+        given = given if isinstance(given, str) else " ".join(given)
+        args["options"] = f"{given} -c default_transaction_read_only=on".strip()
+        options["postgresql_readonly"] = True
+    # Keep up to PG_POOL connections: with the default 5, a service answering 16 clients at
+    # once opened (and closed) a new server connection for most requests.
+    return create_engine(
+        url, connect_args=args, pool_pre_ping=True, pool_size=PG_POOL, max_overflow=PG_POOL,
+        execution_options=options,
+    )  # fmt: skip
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:

@@ -23,7 +23,7 @@ from fedgate.procenv import port_open
 from fedgate.server.launch.config import ConfigError, FederationConfig, RegionConfig
 from fedgate.server.launch.fleet_proxy import check_config, healthy, start_command, write_config
 from fedgate.server.launch.hosts import Host, Layout
-from fedgate.server.launch.local_devices import device_dir
+from fedgate.server.launch.local_devices import device_dir, enroll_region_devices
 from fedgate.server.launch.processes import (
     ManagedProcess,
     ProcessTable,
@@ -172,13 +172,18 @@ def register_node_keys(
     home: Path, region: RegionConfig, transport: Transport, device_ids: list[str]
 ) -> list[NodeKey | None]:
     """Each SuperNode's authentication key, registered with the region's SuperLink under its
-    device id (idempotent; registrations persist in the SuperLink's state)."""
-    keys = []
-    for index, device_id in enumerate(device_ids):
-        key = transport.node_key(device_dir(home, region.name, index), f"{region.name}-{index}")
-        if key is not None:
-            register_node(transport.control(region), key, name=device_id)
-        keys.append(key)
+    device id (idempotent; registrations persist in the SuperLink's state). The SuperLink's
+    nodes are listed once: keys it already holds (those the enrollment service registered)
+    are not registered again."""
+    keys = [transport.node_key(device_dir(home, region.name, i), f"{region.name}-{i}")
+            for i in range(len(device_ids))]  # fmt: skip
+    if not any(keys):
+        return keys
+    target = transport.control(region)
+    registered = {n.fingerprint for n in list_nodes(target) if n.status != "unregistered"}
+    for key, device_id in zip(keys, device_ids, strict=True):
+        if key is not None and key.fingerprint not in registered:
+            register_node(target, key, name=device_id)  # an unregistered key: a clear error
     return keys
 
 
@@ -283,17 +288,51 @@ def stale_sessions(region: RegionConfig, transport: Transport, device_ids: list[
     return sum(n.status == "online" and n.name in names for n in listed)
 
 
+def _enroll_devices(
+    table: ProcessTable,
+    r: RegionConfig,
+    transport: Transport,
+    device_ids: list[str] | None,
+    timeout: float,
+    say: Progress,
+) -> tuple[list[str], list[NodeKey | None]]:
+    """The region's enrollment service started and answering, its devices enrolled through
+    it (``device_ids`` None) and their node keys registered: the device ids and keys."""
+    enroll = None if transport.insecure else start_enroll_service(table, r, transport)
+    if enroll is not None:
+        from fedgate.server.trust.enroll_run import service_healthy, service_url
+
+        ca = transport.ca(r.name)
+        wait_until(lambda: service_healthy(r.enroll_port, ca), timeout,
+                   f"enrollment service {r.name}", enroll.log, enroll.pid)  # fmt: skip
+        url = service_url(HOST, r.enroll_port)
+        say(r.name, f"enrollment service ready at {url}")
+        if device_ids is None:
+            started = time.monotonic()
+            device_ids = enroll_region_devices(table.home, r, service_url=url)
+            say(r.name, f"{len(device_ids)} devices enrolled over the network with a token each "
+                        f"({time.monotonic() - started:.2f} s)")  # fmt: skip
+    else:
+        say(r.name, "no enrollment service (insecure: devices cannot enroll over the network)")
+    if device_ids is None:
+        raise TopologyError(f"region {r.name}: no enrollment service to enroll its devices")
+    return device_ids, register_node_keys(table.home, r, transport, device_ids)
+
+
 def bring_up_region(
     table: ProcessTable,
     fed: FederationConfig,
     region: RegionConfig,
     transport: Transport,
-    device_ids: list[str],
+    device_ids: list[str] | None,
     timeout: float,
     say: Progress,
 ) -> None:
-    """One region: SuperLink, executor, proxy, node keys, SuperNodes and workers, each
-    waited on by its readiness (a port, /health, the SuperLink's node list), never a sleep."""
+    """One region: SuperLink, executor, proxy, enrollment service, device enrollment, node
+    keys, SuperNodes and workers, each waited on by its readiness (a port, /health, the
+    SuperLink's node list), never a sleep. ``device_ids`` None: the devices enroll over the
+    network through the region's enrollment service once it answers (``enroll_region_devices``
+    with its URL), as real devices do."""
     r = region
     address = transport.server_address(r.name)
     link = start_superlink(table, r, transport)
@@ -306,8 +345,8 @@ def bring_up_region(
     executor = start_executor(table, r, transport, link)
     spec, proxy = start_proxy(table, r, transport)
     try:
-        keys = register_node_keys(table.home, r, transport, device_ids)
-    except NodeAuthError:
+        device_ids, keys = _enroll_devices(table, r, transport, device_ids, timeout, say)
+    except Exception:
         if not alive(link.pid):  # e.g. another process took its port after the port check
             raise died(f"SuperLink {r.name}", link.log) from None
         raise
@@ -318,20 +357,10 @@ def bring_up_region(
                     "unclean stop (up to a minute: Flower's heartbeat patience)")  # fmt: skip
         wait_until(lambda: not stale_sessions(r, transport, device_ids), timeout,
                    f"stale node sessions of {r.name} to expire", link.log, link.pid)  # fmt: skip
-    enroll = None if transport.insecure else start_enroll_service(table, r, transport)
     wait_until(lambda: healthy(spec, transport.ca(r.name)), timeout, f"fleet proxy {r.name}",
                proxy.log, proxy.pid)  # fmt: skip
     say(r.name, f"fleet proxy ready at {transport.fleet_address(r.name)}:{r.fleet_port} "
                 f"({'insecure' if transport.insecure else 'TLS'})")  # fmt: skip
-    if enroll is not None:
-        from fedgate.server.trust.enroll_run import service_healthy
-
-        ca = transport.ca(r.name)
-        wait_until(lambda: service_healthy(r.enroll_port, ca), timeout,
-                   f"enrollment service {r.name}", enroll.log, enroll.pid)  # fmt: skip
-        say(r.name, f"enrollment service ready at https://{HOST}:{r.enroll_port}")
-    else:
-        say(r.name, "no enrollment service (insecure: devices cannot enroll over the network)")
     nodes = [start_supernode(table, fed, r, i, transport, keys[i]) for i in range(len(r.nodes))]
     workers = start_workers(table, r, transport)
     for i, node in enumerate(nodes):
@@ -386,18 +415,18 @@ def up(
         echo(f"[yellow]{INSECURE_WARNING}[/yellow]")
     # heavy imports (database, audit chain): only `up` needs them, not `status`
     from fedgate.server.audit.keys import ensure_region_key
-    from fedgate.server.launch.local_devices import enroll_region_devices
     from fedgate.server.trust.actors import ensure_region_operator
 
     say = Progress(echo)
-    devices = {}
+    devices: dict[str, list[str] | None] = {}
     for r in fed.regions:
         transport.prepare_region(r.name)
         ensure_region_key(home, r.name)
         ensure_region_operator(home, r.name, r.db or None)  # signs the devices' tokens
-        devices[r.name] = enroll_region_devices(home, r)
+        # with TLS the devices enroll over the network once their region's service runs
+        devices[r.name] = enroll_region_devices(home, r) if insecure else None
     transport.save()
-    say("all", "keys, certificates and device identities ready")
+    say("all", "keys and certificates ready" + (", devices enrolled locally" if insecure else ""))
     errors: list[BaseException] = []
 
     def region_up(r: RegionConfig) -> None:

@@ -49,7 +49,13 @@ from fedgate.enrollment_wire import (
 )
 from fedgate.errors import UsageError
 from fedgate.server.db.models import Update
-from fedgate.server.trust.enrollment import TOKEN_ID_CHARS, DatabaseDeviceRegistry, EnrollmentError
+from fedgate.server.trust.enroll_batch import EnrollBatcher
+from fedgate.server.trust.enrollment import (
+    TOKEN_ID_CHARS,
+    DatabaseDeviceRegistry,
+    EnrollmentError,
+    EnrollOrder,
+)
 from fedgate.server.trust.node_auth import ControlTarget, NodeKeyInUse, register_public_key
 
 log = logging.getLogger("fedgate.enroll")
@@ -253,6 +259,7 @@ class EnrollmentService:
         self.s = settings
         self.spent = SpentChallenges()
         self._node_lock = threading.Lock()  # one Control API registration at a time
+        self.batcher = EnrollBatcher(settings.registry)  # concurrent calls: one transaction
 
     # -- helpers
     def refuse(self, refusal: Refusal, client: str) -> None:
@@ -338,7 +345,7 @@ class EnrollmentService:
             self.s.registry.check_enrollable(req.token, signing_key)
             node_id = self._register_node(node_key, device_id)
             try:
-                self.s.registry.enroll(req.token, signing_key, profile=req.profile)
+                self.batcher.enroll(EnrollOrder(req.token, signing_key, req.profile))
             except EnrollmentError:
                 self._unregister(node_id)
                 raise

@@ -14,14 +14,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fedgate.clients.identity import enroll_identity
@@ -105,6 +105,23 @@ class DeviceRegistry(Protocol):
 
 def token_hash(token: str) -> str:
     return sha256_hex(token.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class EnrollOrder:
+    """One enrollment to make: the one-time token, the raw Ed25519 key, the profile."""
+
+    token: str
+    public_key: bytes
+    profile: str = ""
+
+
+def _profile(order: EnrollOrder) -> str:
+    if not _PROFILE_RE.match(order.profile):
+        raise EnrollmentError(
+            f"bad device profile {order.profile!r} (lowercase name, <= 16 chars)", "bad-profile"
+        )
+    return order.profile
 
 
 def check_region_name(region: str) -> str:
@@ -216,62 +233,94 @@ class DatabaseDeviceRegistry:
 
     def enroll(self, token: str, public_key: bytes, *, profile: str = "") -> Device:
         """Register ``public_key`` with a valid unused token, consuming it atomically."""
-        device_id = _device_id_of(public_key)
-        if not _PROFILE_RE.match(profile):
-            raise EnrollmentError(
-                f"bad device profile {profile!r} (lowercase name, <= 16 chars)", "bad-profile"
-            )
-        digest = token_hash(token.strip())
+        outcome = self.enroll_many([EnrollOrder(token, public_key, profile)])[0]
+        if isinstance(outcome, EnrollmentError):
+            raise outcome
+        return outcome
+
+    def enroll_many(self, orders: Sequence[EnrollOrder]) -> list[Device | EnrollmentError]:
+        """Enroll every order in one write transaction: each checked as ``enroll`` checks it,
+        each accepted one's ``device.enrolled`` event appended and its head signed (an auditor
+        requires a signed head at every device event), one commit for all (group commit: what
+        the enrollment service does with concurrent calls).
+        Returns, in order, each one's ``Device`` or the ``EnrollmentError`` refusing it; a
+        refused order writes nothing. Should another writer enroll one of the keys meanwhile
+        (an ``IntegrityError`` aborts the whole transaction), each is retried on its own."""
+        outcomes: list[Device | EnrollmentError | None] = [None] * len(orders)
+        pending = []
+        for i, order in enumerate(orders):
+            try:
+                pending.append((i, order, _device_id_of(order.public_key), _profile(order)))
+            except EnrollmentError as exc:
+                outcomes[i] = exc
+        if not pending:
+            return outcomes  # type: ignore[return-value]
         now = _to_dt(self._clock())
         try:
-            with write_txn(self.store.engine) as conn:
-                self._check_token(conn, digest, now)
-                known = conn.execute(
-                    select(DEVICES.c.region, DEVICES.c.status).where(
-                        DEVICES.c.device_id == device_id
-                    )
-                ).first()
-                if known is not None:
-                    state = "revoked" if known.status == REVOKED else "enrolled"
-                    where = "here" if known.region == self.region else f"in region {known.region}"
-                    raise EnrollmentError(
-                        f"device {device_id[:16]} is already {state} {where}", "key-registered"
-                    )
-                row = {
-                    "device_id": device_id,
-                    "public_key": bytes(public_key).hex(),
-                    "region": self.region,
-                    "status": ACTIVE,
-                    "enrolled_at": now,
-                    "profile": profile,
-                    "revoked_at": None,
-                }
-                conn.execute(insert(DEVICES).values(**row))
-                used = conn.execute(
-                    update(TOKENS)
-                    .where(TOKENS.c.token_hash == digest, TOKENS.c.used_at.is_(None))
-                    .values(used_at=now, used_by=device_id)
-                )
-                if used.rowcount != 1:  # a second guard, should the row lock ever be lost
-                    raise EnrollmentError(
-                        "this enrollment token has already been used", "token-used"
-                    )
-                self._audit(
-                    conn,
-                    "device.enrolled",
-                    {
-                        "device": device_id,
-                        "region": self.region,
-                        "profile": profile,
-                        "public_key": row["public_key"],
-                        "token": digest[:TOKEN_ID_CHARS],
-                    },
-                )
-        except IntegrityError:  # the same key enrolled concurrently with another token
+            with write_txn(self.store.engine, f"enrolling {len(pending)} device(s)") as conn:
+                events = []
+                for i, order, device_id, profile in pending:
+                    try:
+                        row, payload = self._enroll_in(conn, order, device_id, profile, now)
+                    except EnrollmentError as exc:
+                        outcomes[i] = exc
+                        continue
+                    outcomes[i] = self._device(row)
+                    events.append(("device.enrolled", payload))
+                if self.store.audit.signer is None:
+                    self.store.audit.append_in(conn, events)
+                else:  # an auditor requires a signed head at every device event
+                    self.store.audit.append_signed_in(conn, events)
+        except IntegrityError:  # the same key enrolled concurrently by another writer
+            if len(pending) == 1:
+                raise EnrollmentError(
+                    f"device {pending[0][2][:16]} is already enrolled", "key-registered"
+                ) from None
+            return [self.enroll_many([order])[0] for order in orders]
+        return outcomes  # type: ignore[return-value]
+
+    def _enroll_in(
+        self, conn: Connection, order: EnrollOrder, device_id: str, profile: str, now: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One enrollment's checks and rows inside ``conn``'s write transaction (a refusal is
+        raised before anything is written); returns the device row and its audit payload."""
+        digest = token_hash(order.token.strip())
+        self._check_token(conn, digest, now)
+        known = conn.execute(
+            select(DEVICES.c.region, DEVICES.c.status).where(DEVICES.c.device_id == device_id)
+        ).first()
+        if known is not None:
+            state = "revoked" if known.status == REVOKED else "enrolled"
+            where = "here" if known.region == self.region else f"in region {known.region}"
             raise EnrollmentError(
-                f"device {device_id[:16]} is already enrolled", "key-registered"
-            ) from None
-        return self._device(row)
+                f"device {device_id[:16]} is already {state} {where}", "key-registered"
+            )
+        row = {
+            "device_id": device_id,
+            "public_key": bytes(order.public_key).hex(),
+            "region": self.region,
+            "status": ACTIVE,
+            "enrolled_at": now,
+            "profile": profile,
+            "revoked_at": None,
+        }
+        conn.execute(insert(DEVICES).values(**row))  # first: the token's used_by refers to it
+        used = conn.execute(
+            update(TOKENS)
+            .where(TOKENS.c.token_hash == digest, TOKENS.c.used_at.is_(None))
+            .values(used_at=now, used_by=device_id)
+        )
+        if used.rowcount != 1:  # a second guard, should the row lock ever be lost
+            conn.execute(delete(DEVICES).where(DEVICES.c.device_id == device_id))
+            raise EnrollmentError("this enrollment token has already been used", "token-used")
+        payload = {
+            "device": device_id,
+            "region": self.region,
+            "profile": profile,
+            "public_key": row["public_key"],
+            "token": digest[:TOKEN_ID_CHARS],
+        }
+        return row, payload
 
     def check_enrollable(self, token: str, public_key: bytes) -> str:
         """The device id ``enroll`` would record, if the token is valid now and the key is new;
