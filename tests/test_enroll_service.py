@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -279,6 +280,23 @@ def test_nothing_of_the_region_is_readable_from_the_device_home(served: Served, 
         "anchors/eu.pub", "anchors/eu-ca.pem",
     }  # fmt: skip
     assert os.path.commonpath([device, served.home]) != str(served.home)
+
+
+def test_the_homes_release_repository_hands_out_its_newest_root(served: Served, tmp_path) -> None:
+    """Without an operator copy for the region, the home's own release repository (set up after
+    the service started, as in the demo) gives its newest root version."""
+    metadata = served.home / "release" / "metadata"
+    metadata.mkdir(parents=True, exist_ok=True)
+    for version in (1, 2, 10):
+        root = {"signed": {"_type": "root", "version": version}, "signatures": []}
+        (metadata / f"{version}.root.json").write_text(json.dumps(root))
+    (metadata / "timestamp.json").write_text("{}")
+    try:
+        assert enroll_over_network(served.token(), "pi", tmp_path / "d").release_root
+        kept = json.loads((tmp_path / "d" / "anchors" / "eu-release-root.json").read_text())
+        assert kept["signed"]["version"] == 10
+    finally:
+        shutil.rmtree(served.home / "release")
 
 
 def test_release_root_metadata_comes_with_the_bundle_when_present(served: Served, tmp_path) -> None:

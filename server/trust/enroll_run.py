@@ -59,7 +59,11 @@ def service_settings(
         fleet_address=fleet_address,
         public_url=public_url,
         control=control,
-        release_root=Path(home) / "regions" / region / RELEASE_ROOT,
+        # the operator's copy for this region, else the home's own release repository
+        release_roots=(
+            Path(home) / "regions" / region / RELEASE_ROOT,
+            Path(home) / "release" / "metadata",  # release.keys.release_dir (release uses trust)
+        ),
         rate=rate,
         burst=burst,
     )

@@ -189,7 +189,10 @@ class ServiceSettings:
     fleet_address: str
     public_url: str  # how devices reach this service (goes into the bundle)
     control: ControlTarget | None = None  # None: no SuperNode authentication (insecure fleet)
-    release_root: Path | None = None
+    # Where the release root metadata is, first found wins: a file, or a release repository's
+    # metadata directory (its newest ``N.root.json``). Read at each enrollment, so a release
+    # repository set up after the service started is handed out too.
+    release_roots: tuple[Path, ...] = ()
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
     max_body: int = MAX_BODY
@@ -199,6 +202,20 @@ class ServiceSettings:
     @property
     def region(self) -> str:
         return self.registry.region
+
+
+def release_root_file(candidates: tuple[Path, ...]) -> Path | None:
+    """The first candidate that holds release root metadata: a file, or the newest
+    ``N.root.json`` of a directory."""
+    for path in candidates:
+        if path.is_file():
+            return path
+        if path.is_dir():
+            versions = [(int(p.name.split(".", 1)[0]), p) for p in path.glob("*.root.json")
+                        if p.name.split(".", 1)[0].isdigit()]  # fmt: skip
+            if versions:
+                return max(versions)[1]
+    return None
 
 
 class RateLimiter:
@@ -298,8 +315,8 @@ class EnrollmentService:
 
     def bundle(self) -> TrustBundle:
         root = None
-        path = self.s.release_root
-        if path is not None and path.is_file():
+        path = release_root_file(self.s.release_roots)
+        if path is not None:
             try:
                 root = json.loads(path.read_text())
             except (OSError, ValueError) as exc:  # the operator's file: say so, enroll anyway
