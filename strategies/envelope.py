@@ -629,8 +629,7 @@ class SignatureScreen:
         seen: SeenUpdates | None = None,
         record_key: str = RECORD_KEY,
     ) -> None:
-        self.registry = registry
-        self.devices = RoundDevices(registry)  # one registry read a round, not one per update
+        self.registry = registry  # read through ``self.devices``: once a round, not per update
         self.region = region
         self.run_id = run_id
         self.nonce_for_round = nonce_for_round
@@ -639,6 +638,14 @@ class SignatureScreen:
         self.record_key = record_key
         self._digest: tuple[int, ArrayRecord | None, str] = (0, None, "")  # round, model
         self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> DeviceLookup:
+        return self.devices.registry
+
+    @registry.setter
+    def registry(self, registry: DeviceLookup) -> None:
+        self.devices = RoundDevices(registry)
 
     def _global_digest(self, server_round: int, current: ArrayRecord) -> str:
         with self._lock:  # computed once per round's model, whichever thread asks first
