@@ -1,7 +1,10 @@
 """Plain Flower on the deployment engine: the baseline of ``scale.py``'s ``deployment`` rows.
 
 Flower as its documentation runs it, with fedgate's device work (``_plain_flower``): one
-``flower-superlink`` (subprocess isolation: it starts the ``flwr-serverapp`` itself), N
+``flower-superlink`` (subprocess isolation: it starts the ``flwr-serverapp`` itself; started
+through ``fedgate.server.launch.superlink_main`` for the same SQLite busy timeout as fedgate's
+SuperLink: with Flower's 5 s, a loaded machine makes it drop replies with "database is
+locked", and FedAvg then waits for the round timeout), N
 ``flower-supernode`` (subprocess isolation: a ``flwr-clientapp`` process per task), no TLS,
 no node authentication, no proxy, then ``flwr run`` of a generated app whose ServerApp is
 ``FedAvg`` and whose ClientApp trains on the node's Dirichlet shard
@@ -19,7 +22,7 @@ from typing import Any
 
 from fedgate.procenv import flower_env, port_open
 from fedgate.server.launch.processes import ProcessTable, free_port_block, wait_until
-from fedgate.server.launch.topology import _bin
+from fedgate.server.launch.topology import SUPERLINK_LAUNCHER, _bin
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -73,7 +76,7 @@ def start_plain(home: Path, nodes: int, profiles: list[str], timeout: float) -> 
     state.mkdir(parents=True, exist_ok=True)
     link = table.start(
         "superlink",
-        [_bin("flower-superlink"), "--insecure", "--database", str(state / "state.db"),
+        [*SUPERLINK_LAUNCHER, "--insecure", "--database", str(state / "state.db"),
          "--port", str(port), "--disable-runtime-dependency-installation"],
         {"FLWR_HOME": str(state / "flwr-home")},
     )  # fmt: skip
