@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedgate.server.launch.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.launch.processes import ProcessTable, free_port_block
+from fedgate.server.launch.processes import ProcessTable, descendants, free_port_block
 from fedgate.server.launch.runner import RunFailedError, Submission, follow, submit
 from fedgate.server.launch.simulation import (
     enroll_virtual_devices,
@@ -294,6 +294,18 @@ def measure_plain(sub: Submission, row: Row, timeout: float) -> Row:
     return row
 
 
+def serverapp_running(procs: list) -> bool:
+    """Whether a ``flwr-serverapp`` runs under any of ``procs`` (plain Flower's SuperLink
+    starts one per run)."""
+    for pid in [d for p in procs for d in descendants(p.pid)]:
+        try:
+            if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def measure_plain_deployed(
     fed: FederationConfig, region: RegionConfig, home: Path, row: Row, timeout: float
 ) -> Row:
@@ -309,7 +321,13 @@ def measure_plain_deployed(
     try:
         submit_plain_run(home, port, config, out_dir, row.clients)
         deadline = time.monotonic() + timeout
+        seen = False  # the SuperLink's ServerApp process: once it is gone, no round follows
         while row.rounds not in read_rounds(out_dir) and time.monotonic() < deadline:
+            running = serverapp_running(ProcessTable(home).load())
+            if seen and not running:
+                row.note = "the ServerApp exited before the last round"
+                break
+            seen = seen or running
             time.sleep(0.5)
     finally:
         sampler.stop.set()
@@ -319,7 +337,8 @@ def measure_plain_deployed(
     ts = read_rounds(out_dir)
     row.all_accepted = all(r in ts for r in range(1, row.rounds + 1))
     if not row.all_accepted:
-        row.status, row.note = "failed", f"rounds {sorted(ts)}; logs in {home}"
+        row.status = "failed"
+        row.note = f"{row.note or 'timed out'}: rounds {sorted(ts)}; logs in {home}"
     steady_state(row, ts, ts.get(0))
     return row
 
