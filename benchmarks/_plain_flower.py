@@ -20,9 +20,11 @@ from typing import Any
 ROUNDS_FILE = "rounds.jsonl"
 
 
-def plain_client_app(data_root: Path):
+def plain_client_app(data_root: Path | None):
     """Flower's ClientApp with fedgate's device work minus verification and signing; virtual
-    client ``i`` reads its data from ``data_root/<i>`` (as in ``scale.py``'s fedgate cases)."""
+    client ``i`` reads its data from ``data_root/<i>`` (as in ``scale.py``'s fedgate cases);
+    without ``data_root`` (the deployment engine) the node's Dirichlet shard of the region's
+    pool (``partition-id`` / ``num-partitions``), as fedgate's deployed devices."""
     from flwr.app import Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -36,7 +38,8 @@ def plain_client_app(data_root: Path):
         node = dict(context.node_config)
         pid = int(node["partition-id"])
         node.setdefault("profile", "phone" if pid % 2 == 0 else "pi")
-        node["data-dir"] = str(Path(data_root) / str(pid))
+        if data_root is not None:
+            node["data-dir"] = str(Path(data_root) / str(pid))
         setup = resolve_setup(node, cfg)
         train_data, test_data = local_data(setup)
         seed = setup.seed + 1000 * int(cfg["server-round"]) + pid
@@ -49,47 +52,70 @@ def plain_client_app(data_root: Path):
     return client_app
 
 
-def plain_server_app(config: dict[str, Any], clients: int, out_dir: Path):
-    """Flower's ServerApp running ``FedAvg`` over ``clients`` nodes for the region run
-    ``config`` describes (its model, rounds, seed, learning rate)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
+def run_fedavg(grid, config: dict[str, Any], clients: int, out_dir: Path) -> None:
+    """Flower's ``FedAvg`` over ``clients`` nodes for the region run ``config`` describes
+    (its model, rounds, seed, learning rate), a timestamp per round in ``rounds.jsonl``."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
     from flwr.serverapp.strategy import FedAvg
 
     from fedgate.server.db import BlobStore
     from fedgate.server.region.app import RegionModel, device_config
     from fedgate.server.region.run_spec import RunSpec
 
-    server_app = ServerApp()
     spec = RunSpec.from_run_config(config)
     rounds_file = Path(out_dir) / ROUNDS_FILE
+    judged = RegionModel.for_spec(spec, BlobStore(Path(out_dir) / "blobs"))
+    strategy = FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=clients,
+        min_evaluate_nodes=0,
+        min_available_nodes=clients,
+    )
+
+    def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = judged.metrics(arrays)
+        with rounds_file.open("a") as fh:
+            fh.write(json.dumps({"round": server_round, "ts": time.time(), **metrics}) + "\n")
+        return MetricRecord(metrics)
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(judged.model.state_dict()),
+        num_rounds=spec.rounds,
+        timeout=spec.round_timeout,
+        train_config=ConfigRecord(device_config(spec)),
+        evaluate_fn=central_eval,
+    )
+
+
+def plain_server_app(config: dict[str, Any], clients: int, out_dir: Path):
+    """Flower's ServerApp running ``run_fedavg``."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        judged = RegionModel.for_spec(spec, BlobStore(Path(out_dir) / "blobs"))
-        strategy = FedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=clients,
-            min_evaluate_nodes=0,
-            min_available_nodes=clients,
-        )
+        run_fedavg(grid, config, clients, out_dir)
 
-        def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            metrics = judged.metrics(arrays)
-            with rounds_file.open("a") as fh:
-                fh.write(json.dumps({"round": server_round, "ts": time.time(), **metrics}) + "\n")
-            return MetricRecord(metrics)
+    return server_app
 
-        train_config = device_config(spec)
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(judged.model.state_dict()),
-            num_rounds=spec.rounds,
-            timeout=spec.round_timeout,
-            train_config=ConfigRecord(train_config),
-            evaluate_fn=central_eval,
-        )
+
+def deployed_server_app():
+    """``plain_server_app`` for the deployment engine: the run config names the JSON file
+    of the region run (``plain-config``, its directory is the output) and ``clients``."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        path = Path(str(context.run_config["plain-config"]))
+        clients = int(context.run_config["clients"])
+        run_fedavg(grid, json.loads(path.read_text()), clients, path.parent)
 
     return server_app
 

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedgate.server.launch.config import FederationConfig, RegionConfig, parse_federation
-from fedgate.server.launch.processes import ProcessTable, free_port_block
+from fedgate.server.launch.processes import ProcessTable, descendants, free_port_block
 from fedgate.server.launch.runner import RunFailedError, Submission, follow, submit
 from fedgate.server.launch.simulation import (
     enroll_virtual_devices,
@@ -65,6 +65,7 @@ from fedgate.server.launch.topology import down, region_dir, up
 from fedgate.strategies.rules import REGION_DEFAULT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _plain_deploy import start_plain, submit_plain_run
 from _plain_flower import read_rounds, simulate_plain
 
 RULES = {
@@ -72,14 +73,15 @@ RULES = {
     "robust": (REGION_DEFAULT.aggregator, REGION_DEFAULT.f, REGION_DEFAULT.pre),
     "fedavg": ("mean", 0, ""),  # plain Flower's rows (the config's rule is not used there)
 }
-FLOWER_OF = {"simulation": "flower-sim"}  # fedgate's engine -> plain Flower's rows beside it
+# fedgate's engine -> plain Flower's rows beside it
+FLOWER_OF = {"simulation": "flower-sim", "deployment": "flower-deploy"}
 
 
 @dataclasses.dataclass
 class Row:
     """One measured case."""
 
-    engine: str  # simulation | flower-sim | simulation-stock | deployment
+    engine: str  # simulation | flower-sim | simulation-stock | deployment | flower-deploy
     rule: str  # mean | robust | fedavg (plain Flower)
     clients: int
     rounds: int
@@ -292,6 +294,55 @@ def measure_plain(sub: Submission, row: Row, timeout: float) -> Row:
     return row
 
 
+def serverapp_running(procs: list) -> bool:
+    """Whether a ``flwr-serverapp`` runs under any of ``procs`` (plain Flower's SuperLink
+    starts one per run)."""
+    for pid in [d for p in procs for d in descendants(p.pid)]:
+        try:
+            if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def measure_plain_deployed(
+    fed: FederationConfig, region: RegionConfig, home: Path, row: Row, timeout: float
+) -> Row:
+    """Plain Flower on the deployment engine (``_plain_deploy``): start it, submit the run,
+    wait for its last round's record; memory of every process it started."""
+    out_dir = region_dir(home, region.name) / "runs" / f"plain-{row.clients}"
+    out_dir.mkdir(parents=True)
+    config = json.loads(write_run_config(fed, region, home, out_dir).read_text())
+    t0 = time.monotonic()
+    port = start_plain(home, row.clients, list(region.nodes), max(120.0, 10.0 * row.clients))
+    sampler = RssSampler([p.pid for p in ProcessTable(home).load()])
+    sampler.start()
+    try:
+        submit_plain_run(home, port, config, out_dir, row.clients)
+        deadline = time.monotonic() + timeout
+        seen = False  # the SuperLink's ServerApp process: once it is gone, no round follows
+        while row.rounds not in read_rounds(out_dir) and time.monotonic() < deadline:
+            running = serverapp_running(ProcessTable(home).load())
+            if seen and not running:
+                row.note = "the ServerApp exited before the last round"
+                break
+            seen = seen or running
+            time.sleep(0.5)
+    finally:
+        sampler.stop.set()
+        row.wall_s = time.monotonic() - t0
+        row.peak_rss_mib = round(sampler.peak, 1)
+        row.roles_mib = dict(sampler.roles)
+    ts = read_rounds(out_dir)
+    row.all_accepted = all(r in ts for r in range(1, row.rounds + 1))
+    if not row.all_accepted:
+        row.status = "failed"
+        row.note = f"{row.note or 'timed out'}: rounds {sorted(ts)}; logs in {home}"
+    steady_state(row, ts, ts.get(0))
+    return row
+
+
 def infeasible(engine: str, clients: int, fed: FederationConfig) -> str:
     """Why the stock data split cannot serve ``clients`` virtual devices ('' if it can)."""
     if engine != "simulation-stock":
@@ -327,16 +378,20 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
             measure_plain(submit_plain(fed, eu, home, clients, args.examples), row,
                           args.run_timeout)  # fmt: skip
             return row
+        elif engine == "flower-deploy":
+            measure_plain_deployed(fed, eu, home, row, args.run_timeout)
         elif engine == "simulation-stock":
             sub = submit_simulation(fed, eu, home, clients)
         else:
             up(fed, home, timeout=max(120.0, 10.0 * clients), echo=lambda *_: None)
             sub = submit(fed, eu, home)
-        measure(sub, row, args.run_timeout)
+        if engine != "flower-deploy":
+            measure(sub, row, args.run_timeout)
     except Exception as exc:  # a case that cannot even start is a measured failure too
         row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"
     finally:
         down(home)  # no-op unless `fedgate up` started processes under this home
+        ProcessTable(home).stop_all()  # plain Flower's deployment (no-op for the others)
         if row.status == "ok" or not args.keep_failed:
             shutil.rmtree(home, ignore_errors=True)
         else:
@@ -460,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         plan += [("simulation", n, rule) for rule in rules]
     if args.stock_data:
         plan += [("simulation-stock", n, "mean") for n in ints(args.sim)]
-    plan += [("deployment", n, rule) for rule in rules for n in ints(args.nodes)]
+    for n in ints(args.nodes):  # per N, plain Flower then fedgate, as above
+        plan += [] if args.no_flower else [("flower-deploy", n, "fedavg")]
+        plan += [("deployment", n, rule) for rule in rules]
     print(f"== scale benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {environment()}", flush=True)
     rows: list[Row] = []
     for engine, n, rule in plan:

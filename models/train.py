@@ -45,7 +45,7 @@ def train_local(
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(data.x[:n])
     y = torch.from_numpy(data.y[:n])
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = MomentumSGD(list(model.parameters()), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, seen, steps = 0.0, 0, 0
@@ -63,6 +63,33 @@ def train_local(
             if step_delay > 0:
                 time.sleep(step_delay)
     return TrainStats(loss=total / seen, num_examples=n, steps=steps)
+
+
+class MomentumSGD:
+    """``torch.optim.SGD(params, lr, momentum)`` (no dampening, Nesterov or weight decay),
+    its single-tensor update on CPU, step for step and bit for bit, without ``torch.optim``:
+    constructing a ``torch.optim`` optimizer imports ``torch._dynamo`` (with SymPy, ONNX
+    and the distributed stack: about 800 modules, +71 MiB in every device process)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float) -> None:
+        self.params, self.lr, self.momentum = params, lr, momentum
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            buf = self.buffers[i]
+            if buf is None:
+                buf = self.buffers[i] = torch.clone(p.grad).detach()
+            else:
+                buf.mul_(self.momentum).add_(p.grad, alpha=1)
+            p.add_(buf, alpha=-self.lr)
 
 
 @torch.no_grad()

@@ -50,6 +50,7 @@ from fedgate.formats import (
     is_hex64,
 )
 from fedgate.strategies.fates import ClientFate
+from fedgate.strategies.round_devices import RoundDevices
 
 PROTOCOL_VERSION = 1
 ENVELOPE_TYPE = "fedgate.update"
@@ -613,7 +614,8 @@ class SignatureScreen:
     Staged (``fedgate.strategies.arrival.StagedScreen``): ``check`` holds every check but the
     replay memory and keeps no state, so the strategy runs it on each reply as it arrives,
     in a thread pool; ``commit`` applies the replay memory in reply order. Calling the
-    screen does both.
+    screen does both. Devices are looked up in one registry read per round, and
+    ``confirm`` re-reads the registry once before aggregation (``RoundDevices``).
     """
 
     def __init__(
@@ -627,7 +629,7 @@ class SignatureScreen:
         seen: SeenUpdates | None = None,
         record_key: str = RECORD_KEY,
     ) -> None:
-        self.registry = registry
+        self.registry = registry  # read through ``self.devices``: once a round, not per update
         self.region = region
         self.run_id = run_id
         self.nonce_for_round = nonce_for_round
@@ -636,6 +638,14 @@ class SignatureScreen:
         self.record_key = record_key
         self._digest: tuple[int, ArrayRecord | None, str] = (0, None, "")  # round, model
         self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> DeviceLookup:
+        return self.devices.registry
+
+    @registry.setter
+    def registry(self, registry: DeviceLookup) -> None:
+        self.devices = RoundDevices(registry)
 
     def _global_digest(self, server_round: int, current: ArrayRecord) -> str:
         with self._lock:  # computed once per round's model, whichever thread asks first
@@ -665,7 +675,7 @@ class SignatureScreen:
                 server_round=server_round,
                 nonce=self.nonce_for_round(server_round),
                 global_digest=self._global_digest(server_round, current),
-                registry=self.registry,
+                registry=self.devices.lookup(server_round),
                 metrics=next(iter(content.metric_records.values())),
             )
         except RejectedUpdate as exc:
@@ -705,6 +715,33 @@ class SignatureScreen:
 
     def __call__(self, reply: Message, server_round: int, current: ArrayRecord) -> ClientFate:
         return self.check(reply, server_round, current)()
+
+    def confirm(self, fates: list[ClientFate]) -> None:
+        """Before the round aggregates: refuse (in place) every accepted update whose device
+        was revoked, removed or re-keyed since it was checked (one registry read); if that
+        read fails, refuse them all (``verification-error``): screening fails closed."""
+        accepted = [fate for fate in fates if fate.accepted]
+        if not self.devices.batched or not accepted:
+            return  # without batched reads every update was looked up as it was checked
+        try:
+            checked, now = self.devices.reread()
+        except Exception as exc:
+            for fate in accepted:
+                _refuse(fate, Reason.VERIFICATION_ERROR, f"registry re-read failed: {exc!r}")
+            return
+        for fate in accepted:
+            device, short = now.get(fate.device_id), fate.device_id[:16]
+            before = checked.get(fate.device_id, device)
+            if device is None:
+                _refuse(fate, Reason.UNKNOWN_DEVICE, f"device {short} no longer enrolled")
+            elif bytes(device.public_key) != bytes(before.public_key):
+                _refuse(fate, Reason.UNKNOWN_DEVICE, "registered key changed during the round")
+            elif device.revoked:
+                _refuse(fate, Reason.REVOKED, f"device {short} revoked during the round")
+
+
+def _refuse(fate: ClientFate, reason: str, detail: str) -> None:
+    fate.accepted, fate.reason, fate.detail = False, reason, detail[:200]
 
 
 def _failed_screen(reply: Any, exc: Exception, record_key: str) -> ClientFate:

@@ -371,6 +371,9 @@ class RobustStrategy(Strategy):
         fates, accepted = screen_replies(
             matched.updates, self.arrival.screen, server_round, current, self.max_examples
         )
+        if (confirm := getattr(self.screen, "confirm", None)) is not None:
+            confirm(fates)  # e.g. revocations since the check: one registry read a round
+            accepted = [a for a in accepted if a.fate.accepted]
         record = RoundRecord(
             round=server_round,
             sampled=len(matched.sampled),

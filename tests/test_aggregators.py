@@ -425,3 +425,30 @@ def test_diagnostics_cover_every_client_with_weights_summing_to_one(name):
         }
         np.testing.assert_allclose(sum(c.weight for c in res.diagnostics), 1.0)
         assert all(c.weight == 0 for c in res.diagnostics if c.fate == "dropped")
+
+
+@pytest.mark.parametrize(("n", "f"), [(10, 3), (12, 1), (9, 0), (31, 7)])
+def test_nnm_complement_form_equals_the_dense_mixing_matrix(n, f):
+    """NNM keeps ``M`` by its excluded rows; every product equals the dense definition:
+    row i of ``M`` averages the ``n - f`` rows nearest row i (itself included)."""
+    from fedgate.strategies.aggregators.linalg import sq_distances_from_gram
+    from fedgate.strategies.aggregators.nnm import NeighbourMix
+
+    rng = np.random.default_rng([n, f])
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    g = x.astype(np.float64) @ x.T.astype(np.float64)
+    dist = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    dense = np.zeros((n, n))
+    for i in range(n):
+        nearest = np.argsort(dist[i] + np.where(np.arange(n) == i, -1.0, 0.0))[: n - f]
+        dense[i, nearest] = 1.0 / (n - f)
+    mix = NeighbourMix.from_distances(sq_distances_from_gram(g), f)
+    np.testing.assert_allclose(mix.dense(), dense)
+    np.testing.assert_allclose(mix.mix_rows(x), dense @ x.astype(np.float64), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mix.gram(g), dense @ g @ dense.T, rtol=1e-9, atol=1e-9)
+    u = rng.random(n)
+    np.testing.assert_allclose(mix.shares(u), u @ dense, rtol=1e-12)
+    twins = np.vstack([x, x[:1]])  # a duplicate row: both mixed rows bit-identical
+    gt = twins.astype(np.float64) @ twins.T.astype(np.float64)
+    mixed = NeighbourMix.from_distances(sq_distances_from_gram(gt), f).mix_rows(twins)
+    assert mixed[0].tobytes() == mixed[-1].tobytes()

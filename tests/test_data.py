@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,20 @@ def test_digits_are_real_images_scaled_to_unit_range() -> None:
     assert data.x.shape == (1797, 64) and data.x.dtype == np.float32
     assert data.x.min() >= 0.0 and data.x.max() == pytest.approx(1.0)
     assert set(np.unique(data.y)) == set(range(NUM_CLASSES))
+
+
+def test_digits_equal_scikit_learns_and_load_without_importing_it() -> None:
+    from sklearn.datasets import load_digits
+
+    data, bunch = load_digits_dataset(), load_digits()
+    assert np.array_equal(data.x, (bunch.data / 16.0).astype(np.float32))
+    assert np.array_equal(data.y, bunch.target)
+    code = (
+        "import sys; from fedgate.models.data import load_digits_dataset as f; f.__wrapped__(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_splits_are_disjoint_and_cover_the_data() -> None:

@@ -167,3 +167,47 @@ def test_a_refused_update_records_the_device_it_claims_unverified(fleet: Fleet) 
 
     honest = fleet.screen(reply(4, fleet.content(fleet.keys[3], 1, base, 1.0)), 1, base)
     assert honest.accepted and honest.device_id == honest.claimed_device_id
+
+
+class Counting:
+    """The fleet's registry, counting reads (and optionally failing ``devices``)."""
+
+    def __init__(self, registry) -> None:
+        self.registry, self.reads, self.gets, self.broken = registry, 0, 0, False
+
+    def devices(self):
+        self.reads += 1
+        if self.broken:
+            raise OSError("database gone")
+        return self.registry.devices()
+
+    def get(self, device_id: str):
+        self.gets += 1
+        return self.registry.get(device_id)
+
+
+def test_one_registry_read_a_round_and_revocations_until_aggregation(fleet: Fleet) -> None:
+    """Lookups share one read per round; ``confirm`` re-reads once and refuses a device
+    revoked after its update was checked; a device enrolled mid-round is still found."""
+    counting = Counting(fleet.registry)
+    screen = signature_screen(counting, "eu", RUN, fleet.nonces, structural_screen)
+    base = model(0.0)
+    fates = [screen(reply(i + 1, fleet.content(k, 1, base, 1.0)), 1, base)
+             for i, k in enumerate(fleet.keys[:3])]  # fmt: skip
+    assert all(f.accepted for f in fates) and (counting.reads, counting.gets) == (1, 0)
+    late = generate_key()
+    fleet.registry.enroll(fleet.registry.issue_token(), public_bytes(late))
+    fates.append(screen(reply(9, fleet.content(late, 1, base, 1.0)), 1, base))
+    assert fates[-1].accepted and (counting.reads, counting.gets) == (1, 1)
+    fleet.registry.revoke(fingerprint(fleet.keys[1]))
+    screen.confirm(fates)
+    assert [(f.accepted, f.reason) for f in fates] == [
+        (True, ""), (False, Reason.REVOKED), (True, ""), (True, "")
+    ]  # fmt: skip
+    assert counting.reads == 2
+    screen(reply(1, fleet.content(fleet.keys[0], 2, base, 1.0)), 2, base)
+    assert counting.reads == 3  # the next round reads afresh
+    counting.broken = True
+    again = [screen(reply(1, fleet.content(fleet.keys[0], 2, base, 1.0)), 2, base)]
+    screen.confirm(again)
+    assert (again[0].accepted, again[0].reason) == (False, Reason.VERIFICATION_ERROR)

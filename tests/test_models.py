@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from fedgate.models.data import region_pool, region_validation
+from fedgate.models.data import load_digits_dataset, region_pool, region_validation
 from fedgate.models.ids import DEFAULT_MODEL, MODEL_IDS
 from fedgate.models.nets import MODELS, build_model, get_weights, set_weights
 from fedgate.models.train import evaluate, flatten, train_local, unflatten
@@ -68,3 +72,33 @@ def test_training_caps_examples_and_rejects_empty_data() -> None:
     assert stats.num_examples == 50 and stats.steps == 4
     with pytest.raises(ValueError, match="no training examples"):
         train_local(build_model("mlp-64-32-10"), train.take(np.arange(0)))
+
+
+def test_train_local_is_torch_sgd_bit_for_bit_without_importing_torch_optim() -> None:
+    """``MomentumSGD`` repeats ``torch.optim.SGD(lr, momentum)`` exactly; a device process
+    that trains never imports ``torch._dynamo`` (what constructing a torch optimizer does)."""
+    data = load_digits_dataset()
+    model = build_model("mlp-64-32-10", seed=0)
+    ref = copy.deepcopy(model)
+    train_local(model, data, epochs=2, batch_size=16, lr=0.1, max_examples=200, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.from_numpy(data.x[:200]), torch.from_numpy(data.y[:200])
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    ref.train()
+    for _ in range(2):
+        perm = torch.randperm(200, generator=gen)
+        for start in range(0, 200, 16):
+            opt.zero_grad()
+            idx = perm[start : start + 16]
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+    for got, want in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(got, want)
+    code = (
+        "import sys; from fedgate.models.data import load_digits_dataset as d; "
+        "from fedgate.models.nets import build_model; from fedgate.models.train import "
+        "train_local; train_local(build_model('mlp-64-32-10', seed=0), d(), max_examples=64); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -17,7 +17,6 @@ from fedgate.strategies.aggregators.base import (
 from fedgate.strategies.aggregators.linalg import (
     gram,
     gram_cache,
-    mix_rows,
     seed_gram,
     serial_blas,
     sq_distances_from_gram,
@@ -26,34 +25,94 @@ from fedgate.strategies.aggregators.linalg import (
 
 def nnm_matrix(dist: np.ndarray, f: int) -> np.ndarray:
     """Row-stochastic ``(n, n)`` mixing matrix: row ``i`` averages the ``n - f`` rows nearest
-    to row ``i`` (itself included, and always first on ties)."""
-    n = len(dist)
-    k = n - f
-    d = dist.copy()
-    np.fill_diagonal(d, -1.0)
-    nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
-    mix = np.zeros((n, n))
-    np.put_along_axis(mix, nearest, 1.0 / k, axis=1)
-    return mix
+    to row ``i`` (itself included, and always first on ties). ``NeighbourMix.dense``."""
+    return NeighbourMix.from_distances(dist, f).dense()
 
 
-def nearest_neighbor_mixing(updates: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every update replaced by the mean of its ``n - f`` nearest neighbours; also the matrix.
+@dataclass(frozen=True)
+class NeighbourMix:
+    """The NNM mixing matrix ``M = (J - S) / k`` kept by its complement: ``J`` all ones,
+    ``S`` one 1 in row ``i`` for each of the ``f`` rows farthest from row ``i``
+    (``excluded[i]``, sorted), ``k = n - f``.
+
+    Every product with ``M`` then costs ``O(n f d)`` or ``O(n^2 f)`` instead of the dense
+    ``O(n^2 d)`` and ``O(n^3)``: at n = 5,000 the dense ``M G M^T`` alone is 5e11 flops.
+    Rows of ``mix_rows`` with the same excluded set are computed by the same operations in
+    the same order, so they are bit-identical (rules that break ties see them as ties).
+    """
+
+    excluded: np.ndarray  # (n, f) int, each row sorted
+
+    @classmethod
+    def from_distances(cls, dist: np.ndarray, f: int) -> NeighbourMix:
+        n = len(dist)
+        d = dist.copy()
+        np.fill_diagonal(d, -1.0)
+        if f == 1:  # the farthest row: one pass instead of a partition of every row
+            return cls(d.argmax(axis=1)[:, None])
+        order = np.argpartition(d, n - f - 1, axis=1) if f else np.empty((n, 0), dtype=np.intp)
+        return cls(np.sort(order[:, n - f :], axis=1))
+
+    @property
+    def n(self) -> int:
+        return len(self.excluded)
+
+    @property
+    def k(self) -> int:
+        return self.n - self.excluded.shape[1]
+
+    def dense(self) -> np.ndarray:
+        """``M`` as an ``(n, n)`` array."""
+        mix = np.full((self.n, self.n), 1.0 / self.k)
+        np.put_along_axis(mix, self.excluded, 0.0, axis=1)
+        return mix
+
+    def _excluded_sum(self, rows: np.ndarray) -> np.ndarray:
+        """``S @ rows`` in float64: per row ``i``, the sum of ``rows[excluded[i]]``."""
+        out = np.zeros((self.n, rows.shape[1]))
+        for column in self.excluded.T:
+            out += np.take(rows, column, axis=0)
+        return out
+
+    def mix_rows(self, x: np.ndarray) -> np.ndarray:
+        """``M @ x`` in ``x``'s float dtype (sums in float64)."""
+        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        total = x.sum(axis=0, dtype=np.float64)
+        return ((total[None, :] - self._excluded_sum(x)) / self.k).astype(dtype, copy=False)
+
+    def shares(self, u: np.ndarray) -> np.ndarray:
+        """``u @ M``: each original row's total weight given weights ``u`` on mixed rows."""
+        u = np.asarray(u, dtype=np.float64)
+        f = self.excluded.shape[1]
+        dropped = np.bincount(self.excluded.ravel(), np.repeat(u, f), minlength=self.n)
+        return (u.sum() - dropped) / self.k
+
+    def gram(self, g: np.ndarray) -> np.ndarray:
+        """``M G M^T`` of a symmetric Gram matrix ``G``: the mixed rows' Gram matrix."""
+        r = g.sum(axis=1)
+        a = r[self.excluded].sum(axis=1)  # (S G 1)_i = (1^T G S^T)_i
+        sg = self._excluded_sum(g)  # S G
+        sgs = np.zeros_like(sg)
+        for column in self.excluded.T:  # (S G S^T)[:, l]: the sum of S G's columns excluded[l]
+            sgs += np.take(sg, column, axis=1)
+        sgs -= a[:, None]
+        sgs -= a[None, :]
+        sgs += r.sum()
+        sgs /= float(self.k) ** 2
+        return sgs
+
+
+def nearest_neighbor_mixing(updates: np.ndarray, f: int) -> tuple[np.ndarray, NeighbourMix]:
+    """Every update replaced by the mean of its ``n - f`` nearest neighbours; also the mix.
 
     Inside a :func:`gram_cache` block the mixed rows' Gram matrix ``M G M^T`` is recorded, so
     a Gram-based inner rule does not recompute it from the ``(n, d)`` mixed rows.
     """
     x = as_float_matrix(updates)
     g = gram(x)
-    mix = nnm_matrix(sq_distances_from_gram(g), f)
-    mixed = mix_rows(mix, x)
-    # Rows with the same neighbour set get bit-identical values (the product's rounding
-    # depends on row order), so rules that break ties see them as the ties they are.
-    _, first, inverse = np.unique(mix, axis=0, return_index=True, return_inverse=True)
-    source = first[inverse.ravel()]
-    for i in np.flatnonzero(source != np.arange(len(x))):
-        mixed[i] = mixed[source[i]]
-    seed_gram(mixed, mix @ g @ mix.T)
+    mix = NeighbourMix.from_distances(sq_distances_from_gram(g), f)
+    mixed = mix.mix_rows(x)
+    seed_gram(mixed, mix.gram(g))
     return mixed, mix
 
 
@@ -104,7 +163,7 @@ class NNM:
             mixed, mix = nearest_neighbor_mixing(x, self.f)
             res = self.inner(mixed, weights)
         inner = sorted(res.diagnostics, key=lambda diag: diag.index)
-        share = np.array([diag.weight for diag in inner]) @ mix
+        share = mix.shares(np.array([diag.weight for diag in inner]))
         total = share.sum()
         share = share / total if total > 0 else share
         fates = [
