@@ -133,28 +133,24 @@ def guard_every_verb(app: typer.Typer) -> None:
 
 def summary_table(summaries: dict[str, dict[str, Any]], title: str) -> Table:
     """Per region: devices, rounds, accepted and rejected updates, accuracy on the region's
-    validation split and on the common test split, and why updates were rejected."""
-    table = Table(title=title)
-    for col in (
-        "region",
-        "devices",
-        "rounds",
-        "accepted",
-        "rejected",
-        "val acc",
-        "test",
-        "rejected because",
-    ):
-        table.add_column(col, justify="left" if col in ("region", "rejected because") else "right")
+    validation split and on the common test split; why updates were rejected is stacked
+    under the table (reason codes stay whole at 80 columns)."""
+    table = Table(title=title, caption_justify="left")
+    for col in ("region", "devices", "rounds", "accepted", "rejected", "val acc", "test acc"):
+        table.add_column(col, justify="left" if col == "region" else "right")
+    why = []
     for region, s in summaries.items():
-        reasons = s.get("rejected_by_reason") or {}
         table.add_row(
             region, str(s.get("devices", "-")), str(s.get("rounds", "-")),
             str(s.get("accepted", "-")), str(s.get("rejected", "-")),
             f"{s['val_acc']:.3f}" if "val_acc" in s else "-",
             f"{s['test_acc']:.3f}" if "test_acc" in s else "-",
-            "\n".join(f"{k} x{v}" for k, v in reasons.items()) or "-",
         )  # fmt: skip
+        reasons = s.get("rejected_by_reason") or {}
+        if reasons:
+            why.append(f"{region} rejected: " + ", ".join(f"{k} x{v}" for k, v in reasons.items()))
+    if why:
+        table.caption = "\n".join(why)
     return table
 
 
