@@ -274,6 +274,36 @@ def test_a_failure_at_each_install_step_leaves_the_old_model_serving(world: Worl
         assert leftovers(node) == []
 
 
+def test_the_new_model_directory_is_durable_before_state_names_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash safety: the rename of the new model's directory into ``models/`` is fsynced
+    (the directory) before ``state.json``, the one commit point, names it."""
+    import fedgate.clients.edge.node as node_mod
+    import fedgate.clients.edge.state as state_mod
+
+    publish_release(world.home, 1, ["eu"])
+    with world.serving() as url:
+        node = world.node("n", url)
+        order: list[tuple[str, str]] = []
+        real_fsync_dir, real_write = node_mod.fsync_dir, state_mod.write_atomic
+
+        def fsync_dir(directory: Path) -> None:
+            order.append(("fsync", Path(directory).name))
+            real_fsync_dir(directory)
+
+        def write_atomic(path, data, **kw) -> None:
+            if Path(path).name == "state.json":
+                order.append(("state", json.loads(data).get("current", {}).get("model_dir", "")))
+            real_write(path, data, **kw)
+
+        monkeypatch.setattr(node_mod, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(state_mod, "write_atomic", write_atomic)
+        installed = node.sync().current
+    commit = order.index(("state", installed.model_dir))
+    assert ("fsync", "models") in order[:commit], order
+
+
 def test_a_killed_sync_leaves_the_old_model_serving(world: World) -> None:
     publish_release(world.home, 1, ["eu"])
     with world.serving() as url:

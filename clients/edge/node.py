@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedgate.atomic_file import PUBLIC, write_atomic
+from fedgate.atomic_file import PUBLIC, fsync_dir, write_atomic
 from fedgate.crash_points import pause
 from fedgate.crypto import sha256_hex
 from fedgate.errors import FedgateError, UnavailableError, UsageError, VerificationError
@@ -269,6 +269,7 @@ class EdgeNode:
                 write_atomic(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
                              mode=PUBLIC)  # fmt: skip
                 os.replace(tmp, final)
+                fsync_dir(self.home.models)  # the rename durable before state.json names it
             self._step("unpacked")
             step = "load"
             student = Student(final / "model.onnx", release.input_name, release.input_shape)
