@@ -155,17 +155,18 @@ def start_enroll_service(
 ) -> ManagedProcess:
     """The region's enrollment service (``fedgate region enrollment-service``): HTTPS with the
     region's certificate; it registers enrolled devices' node keys at the operator address."""
+    address = transport.server_address(region.name)  # on the region's server host
     cmd = [
         _bin("fedgate"), "region", "enrollment-service",
         "--region", region.name,
         "--home", str(table.home),
-        "--host", HOST,
+        "--host", address,
         "--port", str(region.enroll_port),
-        "--fleet-address", f"{HOST}:{region.fleet_port}",
+        "--fleet-address", f"{transport.fleet_address(region.name)}:{region.fleet_port}",
         *(["--db", region.db] if region.db else []),
-        "--superlink", f"{HOST}:{region.superlink_port}",
+        "--superlink", f"{address}:{region.superlink_port}",
     ]  # fmt: skip
-    return table.start(f"enroll-{region.name}", cmd, {})
+    return table.start(f"enroll-{region.name}", _server(transport, region).wrap(cmd), {})
 
 
 def register_node_keys(
@@ -302,10 +303,10 @@ def _enroll_devices(
     if enroll is not None:
         from fedgate.server.trust.enroll_run import service_healthy, service_url
 
-        ca = transport.ca(r.name)
-        wait_until(lambda: service_healthy(r.enroll_port, ca), timeout,
+        ca, address = transport.ca(r.name), transport.server_address(r.name)
+        wait_until(lambda: service_healthy(r.enroll_port, ca, address), timeout,
                    f"enrollment service {r.name}", enroll.log, enroll.pid)  # fmt: skip
-        url = service_url(HOST, r.enroll_port)
+        url = service_url(address, r.enroll_port)
         say(r.name, f"enrollment service ready at {url}")
         if device_ids is None:
             started = time.monotonic()
