@@ -34,3 +34,10 @@ MAX_INSTRUCTION_ENTRIES = 64
 def is_hex64(value: object) -> bool:
     """Whether ``value`` is a string of exactly 64 lowercase hex digits."""
     return isinstance(value, str) and HEX64_RE.match(value) is not None
+
+
+def is_signature_hex(value: object) -> bool:
+    """Whether ``value`` is an Ed25519 signature as exactly 128 lowercase hex digits (the one
+    encoding: ``bytes.fromhex`` also takes upper case, which would make a signed record
+    malleable)."""
+    return isinstance(value, str) and SIGNATURE_RE.match(value) is not None

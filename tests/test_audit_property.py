@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -131,3 +132,23 @@ def test_single_byte_tampering_of_an_export_is_caught(signed, tmp_path_factory, 
 def test_genesis_rule() -> None:
     digest = event_hash("c" * 32, 1, "a.b", "2025-01-01T00:00:00.000000Z", "{}", GENESIS)
     assert len(digest) == 64
+
+
+def test_an_upper_case_signature_is_not_the_same_signature(signed, tmp_path) -> None:
+    """``bytes.fromhex`` reads "A" as "a": without the format check a head's signature could be
+    re-cased undetected (found by the single-byte property above)."""
+    _, keys, blob = signed
+    lines = blob.decode().splitlines()
+    i = next(n for n, line in enumerate(lines) if '"record":"head"' in line)
+    head = json.loads(lines[i])
+    assert re.search("[a-f]", head["signature"])
+    head["signature"] = head["signature"].upper()
+    lines[i] = json.dumps(head, separators=(",", ":"))
+    path = tmp_path / "audit.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        report = verify_export(path, keys)
+    except ExportError:
+        return
+    assert not report.ok
+    assert "malformed" in str(report.problems)

@@ -39,7 +39,7 @@ from fedgate.crypto import (
     verify,
 )
 from fedgate.errors import VerificationError
-from fedgate.formats import is_hex64
+from fedgate.formats import is_hex64, is_signature_hex
 from fedgate.server.audit.chain import now_ts
 from fedgate.server.audit.problem import Problem
 from fedgate.server.db.models import Event
@@ -225,6 +225,8 @@ class Roster:
                 f"needs an {act.role}"
             )
         try:
+            if not is_signature_hex(request.signature):
+                raise ValueError("not 128 lowercase hex digits")
             verify(
                 load_public_key(bytes.fromhex(actor.public_key)),
                 bytes.fromhex(request.signature),

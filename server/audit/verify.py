@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, select
 
 from fedgate.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_note
 from fedgate.crypto import SignatureError, verify
-from fedgate.formats import is_hex64
+from fedgate.formats import is_hex64, is_signature_hex
 from fedgate.merkle import CompactRange
 from fedgate.server.audit.actors import ACTS, ActorCheck
 from fedgate.server.audit.anchors import Anchor
@@ -235,7 +235,7 @@ class ChainVerifier:
 
     def _check_signature(self, head: HeadRecord, keys: Keys | None, where: str = "") -> bool:
         where = where or f"signed head at seq {head.seq} (key {head.key[:16]})"
-        if head.seq < 1 or not is_hex64(head.head):
+        if head.seq < 1 or not is_hex64(head.head) or not is_signature_hex(head.signature):
             self._problem(None, f"{where}: malformed")
             return False
         if keys is not None:
