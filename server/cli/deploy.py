@@ -70,8 +70,8 @@ def compose(
         typer.echo(text, nl=False)
         return
     write_atomic(out, text)
-    services = text.count("\n  supernode-")
-    err.print(f"wrote {out} ({len(fed.regions)} region(s), {services} device host(s))",
+    devices = sum(len(r.nodes) for r in fed.regions)
+    err.print(f"wrote {out} ({len(fed.regions)} region(s), {devices} device host(s))",
               highlight=False)  # fmt: skip
 
 

@@ -87,7 +87,7 @@ class ComposeRegion:
         return f"serverapp-{self.name}"
 
 
-def _fleet_conf(region: str, superlink: str) -> str:
+def _fleet_conf(superlink: str) -> str:
     """The region's fleet-only nginx config as compose holds it (``$`` escaped as ``$$``)."""
     spec = ProxySpec(
         listen_port=FLEET_PORT,
@@ -123,7 +123,7 @@ def compose_regions(fed: FederationConfig) -> list[ComposeRegion]:
         out.append(ComposeRegion(
             region.name, hosts.server.name, superlink, fleet_name(region.name),
             19093 + 100 * k, FLEET_PORT + k, FLEET_PORT + n + k, tuple(devices),
-            _fleet_conf(region.name, superlink),
+            _fleet_conf(superlink),
         ))  # fmt: skip
     return out
 
