@@ -85,7 +85,13 @@ class NeighbourMix:
         u = np.asarray(u, dtype=np.float64)
         f = self.excluded.shape[1]
         dropped = np.bincount(self.excluded.ravel(), np.repeat(u, f), minlength=self.n)
-        return (u.sum() - dropped) / self.k
+        share = (u.sum() - dropped) / self.k
+        # A row that every weighted mixed row excludes has no share: exactly 0, not the
+        # rounding residue of ``u.sum() - dropped`` (whose sign would depend on row order).
+        support = u > 0
+        excluded_by = np.bincount(self.excluded[support].ravel(), minlength=self.n)
+        share[excluded_by == support.sum()] = 0.0
+        return share
 
     def gram(self, g: np.ndarray) -> np.ndarray:
         """``M G M^T`` of a symmetric Gram matrix ``G``: the mixed rows' Gram matrix."""
