@@ -1,17 +1,19 @@
 """``fedgate client join``: one device's SuperNode and its warm ClientApp executor, together.
 
-The SuperNode (Flower's ``flower-supernode``, process isolation) connects to the region's
-fleet address with TLS and the device's registered node key; this process then serves the
-SuperNode's runtime API with fedgate's long-lived ClientApp worker (``clients/worker.py``),
-so torch is imported once, not per message.
+The SuperNode (Flower's ``flower-supernode`` main, process isolation) connects to the
+region's fleet address with TLS and the device's registered node key; a thread of the same
+process serves the SuperNode's runtime API with fedgate's long-lived ClientApp worker
+(``clients/worker.py``), so torch is imported once, not per message, and Python, gRPC and
+Flower's modules are loaded once for both (``clients/device_process.py``): one process per
+device.
 
 The owner sees a live view (``clients/device_view.py``): connected, waiting, each round's
 training (examples used, the profile's cap, loss), the update signed and sent, and the
 region's verdict on it. A device enrolled over the network asks its region about itself
 (``device_status``) at start, every ``status_every`` seconds, after each update and when
 the fleet cannot be reached: a revoked device is told so and stops (exit 2). Ctrl-C and
-SIGTERM stop it within a few seconds: the SuperNode's whole process group is terminated
-(then killed) and reaped. Everything it writes stays under the device directory
+SIGTERM stop it within a few seconds: Flower's SuperNode ends on them as its own process
+would, and the ClientApp worker with it. Everything it writes stays under the device directory
 (``FLWR_HOME`` there, ``supernode.log``).
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,13 +30,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedgate.clients.device_process import run_supernode
 from fedgate.clients.device_view import DeviceView, follow_log, listen
 from fedgate.clients.identity import read_enrollment
 from fedgate.clients.node_key import NODE_KEY_FILE, NODE_PUB_FILE, NodeKey, supernode_flags
-from fedgate.errors import EXIT_VERIFICATION, FedgateError, UnavailableError
+from fedgate.errors import EXIT_UNAVAILABLE, EXIT_VERIFICATION, FedgateError, UnavailableError
 from fedgate.procenv import flower_env, port_open
 
-STOP_GRACE = 2.0  # seconds the SuperNode gets after SIGTERM before SIGKILL
+STOP_GRACE = 2.0  # seconds between SIGTERMs while the SuperNode has not ended
 THREADS_GRACE = 0.5  # seconds the view, watcher and worker threads get, all together
 
 
@@ -76,7 +78,9 @@ class JoinSpec:
             f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in items.items()
         )
 
-    def supernode_command(self) -> list[str]:
+    def supernode_args(self) -> list[str]:
+        """``flower-supernode``'s arguments for this device (process isolation: the ClientApp
+        runs in this process's worker thread, through the runtime API on loopback)."""
         if self.root_certificates is None:
             transport = ["--insecure"]
         else:
@@ -86,9 +90,7 @@ class JoinSpec:
                     f"no node key at {node.private_path}; enroll with `fedgate client enroll`"
                 )
             transport = supernode_flags(self.root_certificates, node)
-        script = Path(sys.executable).parent / "flower-supernode"
         return [
-            str(script) if script.exists() else "flower-supernode",
             *transport,
             "--superlink", self.superlink,
             "--isolation", "process",
@@ -145,12 +147,23 @@ def _watch_region(spec: JoinSpec, view: DeviceView, outcome: _Outcome, every: fl
             _ask_region(spec, view, outcome)
 
 
-def _serve(worker: Any, outcome: _Outcome, view: DeviceView) -> None:
-    """The worker thread: warm up, then run ClientApp tasks until the session ends."""
-    from fedgate.clients.worker import warm_up
+def _serve(spec: JoinSpec, outcome: _Outcome, view: DeviceView, timeout: float) -> None:
+    """The worker thread: warm up, wait for the SuperNode's runtime API, then run ClientApp
+    tasks until the session ends."""
+    from fedgate.clients.worker import ClientAppWorker, warm_up
 
     try:
         warm_up()
+        waited = 0.0
+        while not port_open(spec.runtime_port):
+            if waited > timeout:
+                log = spec.device_dir / "supernode.log"
+                outcome.end(EXIT_UNAVAILABLE, "the SuperNode's runtime API did not open within "
+                            f"{timeout:.0f} s; read {log}")  # fmt: skip
+            if outcome.stop.wait(0.2):
+                return
+            waited += 0.2
+        worker = ClientAppWorker(f"127.0.0.1:{spec.runtime_port}")
         view.say("ready to train")
         while not outcome.stop.is_set():
             worker.serve_once()
@@ -159,18 +172,14 @@ def _serve(worker: Any, outcome: _Outcome, view: DeviceView) -> None:
             outcome.end(1, f"the ClientApp worker stopped: {type(exc).__name__}: {exc}")
 
 
-def _stop_group(node: subprocess.Popen) -> None:
-    """Terminate the SuperNode's process group, kill it after ``STOP_GRACE``, reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(node.pid, signal.SIGTERM)
-    try:
-        node.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.pid, signal.SIGKILL)
-        node.wait()
-    with contextlib.suppress(ProcessLookupError):  # grandchildren left in the group
-        os.killpg(node.pid, signal.SIGKILL)
+def _stop_supernode(outcome: _Outcome, supernode_done: threading.Event) -> None:
+    """Once the session ends for a reason of its own (revoked, the worker failed), stop the
+    SuperNode in the main thread the way an owner would: SIGTERM to this process, repeated
+    until it has ended (a signal that came before Flower installed its handlers is lost)."""
+    outcome.stop.wait()
+    while not supernode_done.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        supernode_done.wait(STOP_GRACE)
 
 
 def exit_now(code: int) -> None:
@@ -194,11 +203,14 @@ def join(
     spec: JoinSpec, echo=print, startup_timeout: float = 60.0, status_every: float = 10.0
 ) -> int:
     """Run the device until interrupted, revoked or its SuperNode ends; returns an exit code
-    (0 after Ctrl-C/SIGTERM, 2 when revoked or unknown to the region, else the SuperNode's)."""
+    (0 after Ctrl-C/SIGTERM, 2 when revoked or unknown to the region, else the SuperNode's).
+
+    One process: the SuperNode runs in this (the main) thread, the ClientApp worker, the log
+    view and the region watcher in threads of their own (``clients/device_process.py``)."""
     enrollment = read_enrollment(spec.device_dir)
     if enrollment is None:
         raise JoinError(f"{spec.device_dir} is not enrolled; run `fedgate client enroll`")
-    command = spec.supernode_command()
+    args = spec.supernode_args()
     view = DeviceView(echo)
     outcome = _Outcome()
     networked = bool(enrollment.service)
@@ -207,21 +219,22 @@ def join(
         if outcome.stop.is_set():
             echo(outcome.message)
             return outcome.code
-    # the in-process ClientApp installs its app bundle under FLWR_HOME: keep it here
-    os.environ["FLWR_HOME"] = str(spec.flwr_home)
+    # the SuperNode and the in-process ClientApp keep their state under the device's FLWR_HOME
+    os.environ.update(flower_env({"FLWR_HOME": str(spec.flwr_home)}))
     log = spec.device_dir / "supernode.log"
-    with log.open("ab") as fh:
-        node = subprocess.Popen(
-            command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=flower_env({"FLWR_HOME": str(spec.flwr_home)}), start_new_session=True,
-        )  # fmt: skip
+    log.touch()
 
-    def _stop(sig: int, _frame: FrameType | None) -> None:
+    def _stop(sig: int, _frame: FrameType | None) -> None:  # until Flower installs its own
         outcome.end(0, f"stopped by {signal.Signals(sig).name}; this device left the region")
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     unlisten = listen(view.on_event)
-    threads = [_thread(follow_log, log, view.on_log_line, outcome.stop)]
+    supernode_done = threading.Event()
+    threads = [
+        _thread(follow_log, log, view.on_log_line, outcome.stop),
+        _thread(_serve, spec, outcome, view, startup_timeout),
+        _thread(_stop_supernode, outcome, supernode_done),
+    ]
     if networked:
         threads.append(_thread(_watch_region, spec, view, outcome, status_every))
     try:
@@ -229,31 +242,21 @@ def join(
             t.start()
         view.say(f"device {enrollment.device_id[:16]} ({enrollment.profile or 'phone'}) joining "
                  f"region {enrollment.region} at {spec.superlink}; log: {log}")  # fmt: skip
-        waited = 0.0
-        while not port_open(spec.runtime_port):
-            if node.poll() is not None or waited > startup_timeout:
-                raise JoinError(f"the SuperNode did not start (exit {node.poll()}); read {log}")
-            if outcome.stop.wait(0.2):
-                break
-            waited += 0.2
         if not outcome.stop.is_set():
-            from fedgate.clients.worker import ClientAppWorker
-
-            worker = ClientAppWorker(f"127.0.0.1:{spec.runtime_port}")
-            threads.append(_thread(_serve, worker, outcome, view))
-            threads[-1].start()
-        while not outcome.stop.wait(0.5):
-            if node.poll() is not None:
+            end = run_supernode(args, log)
+            if end.signal is not None:
+                _stop(end.signal, None)
+            elif not outcome.stop.is_set():
                 if networked:
                     _ask_region(spec, view, outcome)
-                why = f"the SuperNode exited with status {node.returncode}; read {log}"
-                outcome.end(node.returncode or 1, why)
+                why = f"the SuperNode exited with status {end.status}; read {log}"
+                outcome.end(end.status or 1, why)
     finally:
+        supernode_done.set()
         outcome.stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         unlisten()
-        _stop_group(node)
         deadline = time.monotonic() + THREADS_GRACE
         for t in threads:  # a worker thread still importing torch is left to exit_now
             t.join(max(0.0, deadline - time.monotonic()))

@@ -47,8 +47,19 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def port_range(start: int, end: int) -> tuple[int, int]:
+    """``start``-``end``, unless ``FEDGATE_PORT_RANGE=LOW-HIGH`` confines this process's picks
+    (a machine shared by several test or benchmark sessions, each given a range)."""
+    if text := os.environ.get("FEDGATE_PORT_RANGE", ""):
+        low, _, high = text.partition("-")
+        return int(low), int(high)
+    return start, end
+
+
 def free_port_block(size: int, start: int = 20000, end: int = 60000) -> int:
-    """A base port with ``size`` consecutive free loopback ports after it."""
+    """A base port with ``size`` consecutive free loopback ports after it (within
+    ``port_range``)."""
+    start, end = port_range(start, end)
     base = start + (os.getpid() * 97) % (end - start - size)
     for _ in range(2000):
         if all(port_free(p) for p in range(base, base + size)):
