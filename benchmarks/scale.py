@@ -12,13 +12,18 @@ instructions, envelope verification, aggregation, central evaluation, audit DB w
   and infeasible once the pool cannot give every client 2 examples).
 * ``deployment``: ``fedgate up`` with N real SuperNodes (TLS, node auth, fleet proxy, one
   ClientApp worker per node) and ``flwr run``; the nodes hold Dirichlet shards of the pool.
+  One of the N is a device joined as a real one joins (``benchmarks/_joined_device.py``:
+  enrolled over the network with a token, ``fedgate client join``: its SuperNode and its
+  ClientApp in one process), the other N-1 are ``fedgate up``'s local SuperNodes sharing the
+  region's forking ClientApp worker (``--no-device``: all N from ``fedgate up``).
 
 Beside them, in the same run and process tree, plain Flower does the same work
 (``benchmarks/_plain_flower.py``): ``flower-sim`` is Flower's ``FedAvg`` ServerApp and a
 ClientApp doing the device's local training on the same per-client data, on the same engine
 settings; no signing, screening, robust rule or audit. ``vs Flower`` is fedgate's time per
 round over plain Flower's at the same N. Peak memory is also reported per role (SuperLink,
-ServerApp, one SuperNode, one ClientApp; the simulation child and its Ray workers).
+ServerApp, one SuperNode, one ClientApp, the joined device's one process; the simulation
+child and its Ray workers).
 
 Seconds per round is the steady state: the time between the round records of rounds 1 and
 R-1 divided by R-2 (the round loop is pipelined, so that span holds R-2 whole rounds; round
@@ -65,6 +70,7 @@ from fedgate.server.launch.topology import down, region_dir, up
 from fedgate.strategies.rules import REGION_DEFAULT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _joined_device import join_device, stop_device, wait_online
 from _plain_deploy import start_plain, submit_plain_run
 from _plain_flower import read_rounds, simulate_plain
 
@@ -100,10 +106,13 @@ class Row:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def federation(clients: int, rule: str, rounds: int, timeout: float, port: int) -> FederationConfig:
-    """One region ``eu``: all ``clients`` sampled every round, as many SuperNodes."""
+def federation(
+    clients: int, rule: str, rounds: int, timeout: float, port: int, joined: int = 0
+) -> FederationConfig:
+    """One region ``eu``: all ``clients`` sampled every round; as many SuperNodes, ``joined``
+    of them devices that join over the network (``joined-devices``)."""
     aggregator, f, pre = RULES[rule]
-    nodes = json.dumps(list(sim_profiles(clients)))
+    nodes = json.dumps(list(sim_profiles(clients))[: clients - joined])
     text = f"""
 [federation]
 name = "scale"
@@ -119,6 +128,7 @@ pre = "{pre}"
 round-timeout = {timeout}
 port = {port}
 nodes = {nodes}
+joined-devices = {str(joined > 0).lower()}
 """
     return parse_federation(tomllib.loads(text), "scale benchmark")
 
@@ -165,6 +175,7 @@ def submit_fixed(
 
 
 ROLES = (  # (role, what its command line holds), first match wins
+    ("device", ("client join",)),  # a joined device: its SuperNode and ClientApp, one process
     ("superlink", ("superlink_main", "flower-superlink")),
     ("serverapp", ("flwr-serverapp", "--child")),
     ("supernode", ("flower-supernode",)),
@@ -223,11 +234,21 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, self._tree_rss())
 
 
-def measure(sub: Submission, row: Row, timeout: float) -> Row:
+def peak_of(pid: int) -> float | None:
+    """A live process's own peak resident memory (VmHWM, MiB); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), None)
+    return round(int(line.split()[1]) / 1024, 1) if line else None
+
+
+def measure(sub: Submission, row: Row, timeout: float, more: tuple[int, ...] = ()) -> Row:
     """Follow ``sub`` to the end and fill ``row`` from its round records; peak memory
-    counts the run's process tree and every process ``fedgate up`` started."""
+    counts the run's process tree, every process ``fedgate up`` started and ``more``."""
     topology = [p.pid for p in ProcessTable(sub.home).load()]
-    sampler = RssSampler([sub.proc.pid, *topology])
+    sampler = RssSampler([sub.proc.pid, *topology, *more])
     sampler.start()
     t0 = time.monotonic()
     try:
@@ -361,8 +382,9 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
     """One case in a fresh home; everything it started is stopped before returning."""
     row = Row(engine, rule, clients, args.rounds)
     port = free_port_block(clients + 16) if engine == "deployment" else 20000
+    joined = int(engine == "deployment" and not args.no_device)
     try:
-        fed = federation(clients, rule, args.rounds, args.round_timeout, port)
+        fed = federation(clients, rule, args.rounds, args.round_timeout, port, joined)
     except ValueError as exc:  # e.g. the robust rule needs more clients than this
         row.status, row.note = "infeasible", str(exc)
         return row
@@ -371,6 +393,7 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
         return row
     eu = fed.region("eu")
     home = Path(tempfile.mkdtemp(prefix=f"fedgate-scale-{engine}-{clients}-"))
+    device, more = None, ()
     try:
         if engine == "simulation":
             sub = submit_fixed(fed, eu, home, clients, args.examples)
@@ -384,12 +407,20 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
             sub = submit_simulation(fed, eu, home, clients)
         else:
             up(fed, home, timeout=max(120.0, 10.0 * clients), echo=lambda *_: None)
+            if joined:
+                device = join_device(home, eu, clients - 1, clients)
+                more = (device.pid,)
+                wait_online(home, eu, clients, device, timeout=max(120.0, 10.0 * clients))
             sub = submit(fed, eu, home)
         if engine != "flower-deploy":
-            measure(sub, row, args.run_timeout)
+            measure(sub, row, args.run_timeout, more)
+        if device is not None and (hwm := peak_of(device.pid)):  # exact, not sampled
+            row.roles_mib["device"] = max(row.roles_mib.get("device", 0.0), hwm)
     except Exception as exc:  # a case that cannot even start is a measured failure too
         row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"
     finally:
+        if device is not None:
+            stop_device(device)
         down(home)  # no-op unless `fedgate up` started processes under this home
         ProcessTable(home).stop_all()  # plain Flower's deployment (no-op for the others)
         if row.status == "ok" or not args.keep_failed:
@@ -482,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fedgate rules to run: robust (the region default) and/or mean",
     )
     parser.add_argument("--no-flower", action="store_true", help="skip plain Flower's rows")
+    parser.add_argument("--no-device", action="store_true", help="deployment: every node from "
+                        "`fedgate up`, none joined with `fedgate client join`")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (>= 3)")
     parser.add_argument("--examples", type=int, default=32, help="examples per virtual client")
     parser.add_argument("--round-timeout", type=float, default=1800.0)
