@@ -83,7 +83,9 @@ def run_supernode(args: list[str], log: Path) -> SupernodeEnd:
     """Run ``flower-supernode ARGS`` in this thread (the main thread) until it exits.
 
     The caller's environment must already hold the SuperNode's (``FLWR_HOME``, Flower's
-    quiet settings). To stop it from another thread, signal this process (SIGTERM)."""
+    quiet settings). To stop it from another thread, signal this process (SIGTERM). Flower
+    installs its handlers once its runtime API is up; a signal before that meets the
+    caller's handlers (``clients/join.py`` records it and signals again until it ends)."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the SuperNode installs signal handlers: run it in the main thread")
     from flwr.supernode.cli import flower_supernode

@@ -148,12 +148,14 @@ def _watch_region(spec: JoinSpec, view: DeviceView, outcome: _Outcome, every: fl
 
 
 def _serve(spec: JoinSpec, outcome: _Outcome, view: DeviceView, timeout: float) -> None:
-    """The worker thread: warm up, wait for the SuperNode's runtime API, then run ClientApp
-    tasks until the session ends."""
-    from fedgate.clients.worker import ClientAppWorker, warm_up
+    """The worker thread: the ClientApp's imports, then, once the SuperNode's runtime API
+    answers, ClientApp tasks until the session ends. No training warm-up (the shared
+    worker's, done once before it forks): on one device it would only raise the peak
+    memory (by about 10 MiB); the first round pays torch's lazy start instead."""
+    from fedgate.clients.worker import ClientAppWorker, prepare
 
     try:
-        warm_up()
+        prepare()
         waited = 0.0
         while not port_open(spec.runtime_port):
             if waited > timeout:

@@ -133,6 +133,16 @@ def _round_of(message: Message) -> dict[str, str | int]:
         return {"run": "?", "round": 0}
 
 
+def prepare() -> None:
+    """The ClientApp's imports, and torch on one intra-op thread (workers and a device's
+    SuperNode share few cores; it also keeps ``fork`` safe)."""
+    import torch
+
+    import fedgate.clients.app  # noqa: F401  (the ClientApp and its imports)
+
+    torch.set_num_threads(1)
+
+
 def warm_up() -> None:
     """Import and exercise the training code once, so forked workers start hot.
 
@@ -140,14 +150,12 @@ def warm_up() -> None:
     on a small CPU); doing it here, before ``fork``, pays that cost once per machine.
     """
     import numpy as np
-    import torch
 
-    import fedgate.clients.app  # noqa: F401  (the ClientApp and its imports)
     from fedgate.models.data import Dataset, load_digits_dataset
     from fedgate.models.nets import MODELS, build_model
     from fedgate.models.train import evaluate, train_local
 
-    torch.set_num_threads(1)  # many workers share few cores; also keeps fork() safe
+    prepare()
     load_digits_dataset()
     rng = np.random.default_rng(0)
     tiny = Dataset(rng.random((8, 64), dtype=np.float32), np.arange(8) % 10)

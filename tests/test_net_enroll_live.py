@@ -107,6 +107,9 @@ def test_a_device_enrolls_with_one_token_trains_and_is_revoked(local_topology, t
     joined = Joined(owner, device)
     try:
         joined.wait_for("connected to the region")
+        # one process per device: its SuperNode and its ClientApp in the `client join` process
+        (only,) = processes_mentioning(str(device))
+        assert " client join " in only and "flower-supernode" not in only, only
         deadline = time.monotonic() + 60
         while region_health(home, fed.region("eu")).online < 2:
             assert time.monotonic() < deadline, joined.output
