@@ -177,7 +177,8 @@ def _serve(spec: JoinSpec, outcome: _Outcome, view: DeviceView, timeout: float) 
 def _stop_supernode(outcome: _Outcome, supernode_done: threading.Event) -> None:
     """Once the session ends for a reason of its own (revoked, the worker failed), stop the
     SuperNode in the main thread the way an owner would: SIGTERM to this process, repeated
-    until it has ended (a signal that came before Flower installed its handlers is lost)."""
+    until it has ended (one that comes before Flower installs its handlers meets ``join``'s,
+    which only record why the session ends)."""
     outcome.stop.wait()
     while not supernode_done.is_set():
         os.kill(os.getpid(), signal.SIGTERM)
