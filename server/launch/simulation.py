@@ -153,6 +153,7 @@ def simulate(
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
+    from fedgate.server.launch.indexed_linkstate import index_messages_by_node
     from fedgate.server.region.app import run_region
 
     server_app = ServerApp()
@@ -168,6 +169,7 @@ def simulate(
             raise
 
     client_app = virtual_client_app(Path(config["out-dir"]) / DEVICES, data_root)
+    index_messages_by_node()  # Flower's O(n^2) message scan per sweep -> O(n)
     try:
         run_simulation(
             server_app=server_app,
