@@ -20,7 +20,10 @@ instructions, envelope verification, aggregation, central evaluation, audit DB w
 Beside them, in the same run and process tree, plain Flower does the same work
 (``benchmarks/_plain_flower.py``): ``flower-sim`` is Flower's ``FedAvg`` ServerApp and a
 ClientApp doing the device's local training on the same per-client data, on the same engine
-settings; no signing, screening, robust rule or audit. ``vs Flower`` is fedgate's time per
+settings; no signing, screening, robust rule or audit. fedgate's simulation child indexes
+Flower's in-memory link state by destination node (``server/launch/indexed_linkstate.py``);
+plain Flower runs stock, unless ``--flower-indexed`` gives it the same index (like for like on
+the engine: what fedgate's own work costs over Flower's). ``vs Flower`` is fedgate's time per
 round over plain Flower's at the same N. Peak memory is also reported per role (SuperLink,
 ServerApp, one SuperNode, one ClientApp, the joined device's one process; the simulation
 child and its Ray workers).
@@ -279,7 +282,12 @@ def steady_state(row: Row, ts: dict[int, float], initial: float | None) -> None:
 
 
 def submit_plain(
-    fed: FederationConfig, region: RegionConfig, home: Path, clients: int, examples: int
+    fed: FederationConfig,
+    region: RegionConfig,
+    home: Path,
+    clients: int,
+    examples: int,
+    indexed: bool = False,
 ) -> Submission:
     """Plain Flower's simulation of the same run (``_plain_flower.simulate_plain``)."""
     out_dir = region_dir(home, region.name) / "runs" / f"plain-{clients}"
@@ -287,7 +295,7 @@ def submit_plain(
     data_root = write_client_data(home, fed, clients, examples)
     config_path = write_run_config(fed, region, home, out_dir)
     child = [__file__, "--child-plain", str(config_path), "--child-clients", str(clients),
-             "--child-data", str(data_root)]  # fmt: skip
+             "--child-data", str(data_root), *(["--child-indexed"] if indexed else [])]  # fmt: skip
     return start_simulation(region, home, out_dir, child)
 
 
@@ -398,8 +406,8 @@ def run_case(engine: str, clients: int, rule: str, args: argparse.Namespace) -> 
         if engine == "simulation":
             sub = submit_fixed(fed, eu, home, clients, args.examples)
         elif engine == "flower-sim":
-            measure_plain(submit_plain(fed, eu, home, clients, args.examples), row,
-                          args.run_timeout)  # fmt: skip
+            sub = submit_plain(fed, eu, home, clients, args.examples, args.flower_indexed)
+            measure_plain(sub, row, args.run_timeout)
             return row
         elif engine == "flower-deploy":
             measure_plain_deployed(fed, eu, home, row, args.run_timeout)
@@ -513,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fedgate rules to run: robust (the region default) and/or mean",
     )
     parser.add_argument("--no-flower", action="store_true", help="skip plain Flower's rows")
+    parser.add_argument("--flower-indexed", action="store_true", help="plain Flower's simulation "
+                        "with fedgate's link-state index too (default: stock Flower)")  # fmt: skip
     parser.add_argument("--no-device", action="store_true", help="deployment: every node from "
                         "`fedgate up`, none joined with `fedgate client join`")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (>= 3)")
@@ -525,8 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
     parser.add_argument("--child-plain", help=argparse.SUPPRESS)
+    parser.add_argument("--child-indexed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_plain:
+        if args.child_indexed:
+            from fedgate.server.launch.indexed_linkstate import index_messages_by_node
+
+            index_messages_by_node()
         config = json.loads(Path(args.child_plain).read_text())
         out = Path(args.child_plain).parent
         return simulate_plain(config, args.child_clients, out, Path(args.child_data))
@@ -551,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in ints(args.nodes):  # per N, plain Flower then fedgate, as above
         plan += [] if args.no_flower else [("flower-deploy", n, "fedavg")]
         plan += [("deployment", n, rule) for rule in rules]
-    print(f"== scale benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {environment()}", flush=True)
+    flower = "indexed like fedgate's" if args.flower_indexed else "stock"
+    print(f"== scale benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {environment()}; "
+          f"plain Flower's link state {flower}", flush=True)  # fmt: skip
     rows: list[Row] = []
     for engine, n, rule in plan:
         rows.append(run_case(engine, n, rule, args))
