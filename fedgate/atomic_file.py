@@ -58,6 +58,24 @@ def open_atomic(path: Path | str, *, binary: bool = False, mode: int = PUBLIC) -
     fsync_dir(target.parent)
 
 
+def write_new_durable(path: Path | str, data: bytes | str, *, mode: int = PUBLIC) -> None:
+    """Create ``path`` (it must not exist yet) holding ``data``, with ``mode``, fsynced. Not
+    atomic by itself: for a file in a directory that is renamed into place as a whole once its
+    files are written (``fsync_dir`` it before the rename, and its parent after)."""
+    payload = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        os.fchmod(fd, mode)
+        while payload:
+            payload = payload[os.write(fd, payload) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        Path(path).unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
     try:

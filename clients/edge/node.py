@@ -1,13 +1,14 @@
 """The edge node: provision, sync the newest release for its region and profile, roll back,
 predict.
 
-An install never interrupts the model that serves: the new release is downloaded to
-``staging/`` (TUF checks length and digest), moved into its own ``models/`` directory, loaded in
-onnxruntime and made to answer the release's probe; only then does one atomic replace of
-``state.json`` make it current. A failure or a kill at any step (``INSTALL_STEPS``) leaves the
-old one current; the next sync sweeps what was left half-done. ``rollback`` makes the previous
-install current again (after the same load and probe), records it locally and keeps ``sync``
-from re-installing the version rolled back from; the next sync reports it.
+An install never interrupts the model that serves: the new release is downloaded into memory
+(TUF checks length and digest), those verified bytes are loaded in onnxruntime and made to
+answer the release's probe, then written durably into their own ``models/`` directory; only
+then does one atomic replace of ``state.json`` make it current. A failure or a kill at any step
+(``INSTALL_STEPS``) leaves the old one current; the next sync sweeps what was left half-done.
+``rollback`` makes the previous install current again (after the same load and probe), records
+it locally and keeps ``sync`` from re-installing the version rolled back from; the next sync
+reports it.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedgate.atomic_file import PUBLIC, fsync_dir, write_atomic
+from fedgate.atomic_file import PUBLIC, fsync_dir, write_new_durable
 from fedgate.crash_points import pause
 from fedgate.crypto import sha256_hex
 from fedgate.errors import FedgateError, UnavailableError, UsageError, VerificationError
 from fedgate.release_targets import Probe, ReleaseTarget, check_name
 
-from .channel import ReleaseRefused, download, newest_release, open_updater
+from .channel import NodeUpdater, ReleaseRefused, download, newest_release, open_updater
 from .runtime import Prediction, Student
 from .state import EdgeConfig, EdgeHome, EdgeState, EdgeStateError, Installed, now_iso
 
-INSTALL_STEPS = ("downloaded", "unpacked", "loaded", "probed", "committed")
+INSTALL_STEPS = ("downloaded", "loaded", "probed", "unpacked", "committed")
 KEEP_PREVIOUS = 2  # earlier installs kept on disk for rollback
 
 
@@ -82,14 +83,6 @@ class Status:
             "channel": self.channel, "server": self.server,
             "unreported": [e for e in s.events if not e.get("reported")],
         }  # fmt: skip
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _empty(directory: Path) -> None:
@@ -172,8 +165,10 @@ class EdgeNode:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _sweep(self) -> None:
-        """Remove what an interrupted install left: downloads and half-moved model dirs."""
-        _empty(self.home.staging)
+        """Remove what an interrupted install left: half-written model directories (and
+        downloads in ``staging/``, where an earlier version of the node kept them)."""
+        if self.home.staging.is_dir():
+            _empty(self.home.staging)
         if self.home.models.is_dir():
             for tmp in self.home.models.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -209,7 +204,7 @@ class EdgeNode:
                         self.home.save_state(state)
                     return SyncResult(action, state.current, None, release.global_version,
                                       release.channel, reported)  # fmt: skip
-                new = self._install(updater, target, release, config)
+                new = self._install(updater, target, release, config, current)
                 if current is not None:
                     state.history.append(current)
                 state.current = new
@@ -244,39 +239,29 @@ class EdgeNode:
         return "install"
 
     def _install(
-        self, updater: Any, target: Any, release: ReleaseTarget, config: EdgeConfig
+        self,
+        updater: NodeUpdater,
+        target: Any,
+        release: ReleaseTarget,
+        config: EdgeConfig,
+        serving: Installed | None,
     ) -> Installed:
         digest = target.hashes["sha256"]
         name = f"v{release.global_version}-{digest[:16]}"
-        serving = self.home.state().current
         keeps = f"v{serving.global_version} keeps serving" if serving else "nothing was installed"
         step = "download"
         try:
-            staged = download(updater, target, self.home.staging / f"{digest}.onnx", config.url)
+            data = download(updater, target, config.url)  # in memory, length and digest checked
             self._step("downloaded")
-            step = "unpack"
-            final = self.home.models / name
-            if (
-                not (final / "model.onnx").is_file()
-                or sha256_hex((final / "model.onnx").read_bytes()) != digest
-            ):
-                shutil.rmtree(final, ignore_errors=True)
-                tmp = self.home.models / f".{name}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                os.replace(staged, tmp / "model.onnx")
-                _fsync(tmp / "model.onnx")  # durable before state.json may name it
-                write_atomic(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
-                             mode=PUBLIC)  # fmt: skip
-                os.replace(tmp, final)
-                fsync_dir(self.home.models)  # the rename durable before state.json names it
-            self._step("unpacked")
             step = "load"
-            student = Student(final / "model.onnx", release.input_name, release.input_shape)
+            student = Student(data, release.input_name, release.input_shape)  # the verified bytes
             self._step("loaded")
             step = "probe"
             student.answer_probe(release.probe)
             self._step("probed")
+            step = "unpack"
+            self._write_model_dir(name, data, digest, release)
+            self._step("unpacked")
         except ReleaseRefused:
             raise
         except VerificationError as exc:
@@ -286,12 +271,33 @@ class EdgeNode:
                 f"install of v{release.global_version} failed at {step}: "
                 f"{exc.strerror or exc}; {keeps}"
             ) from None
-        finally:
-            _empty(self.home.staging)
         return Installed(
             release.global_version, digest, target.length, release.lineage_digest, name,
             release.input_name, tuple(release.input_shape), release.channel, now_iso(),
         )  # fmt: skip
+
+    def _write_model_dir(self, name: str, data: bytes, digest: str, release: ReleaseTarget) -> None:
+        """``models/<name>/`` holding ``model.onnx`` and ``release.json``, durable before
+        ``state.json`` may name it: both files written and fsynced in a hidden directory, that
+        directory fsynced, renamed into place, ``models/`` fsynced (the rename). A directory
+        already there with the same digest (a crash after the rename, before the commit) is
+        kept."""
+        final = self.home.models / name
+        try:
+            if sha256_hex((final / "model.onnx").read_bytes()) == digest:
+                return
+        except OSError:
+            pass
+        shutil.rmtree(final, ignore_errors=True)
+        tmp = self.home.models / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_new_durable(tmp / "model.onnx", data, mode=PUBLIC)
+        write_new_durable(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
+                          mode=PUBLIC)  # fmt: skip
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+        fsync_dir(self.home.models)  # the rename durable before state.json names it
 
     def _prune(self, state: EdgeState) -> None:
         """Drop model directories no longer current nor among the last ``KEEP_PREVIOUS``."""

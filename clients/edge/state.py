@@ -6,7 +6,8 @@ Layout under the edge home (``--edge-home``, ``$FEDGATE_EDGE_HOME``, else ``~/.f
 * ``trust/root.json`` the root metadata it was provisioned with (read-only): its trust anchor;
 * ``metadata/`` TUF's trusted metadata cache (``tuf.ngclient``);
 * ``models/v<N>-<sha16>/model.onnx`` + ``release.json`` each installed release;
-* ``staging/`` downloads in flight (emptied at the start of every sync);
+* ``models/.v<N>-<sha16>.tmp/`` a model directory being written (removed by the next sync; an
+  earlier version of the node also kept downloads in ``staging/``, emptied the same way);
 * ``state.json`` the current install, the ones before it, versions rolled back from, and local
   events (installs, rollbacks) with whether a sync has reported them yet.
 
