@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Literal, overload
@@ -58,22 +58,33 @@ def open_atomic(path: Path | str, *, binary: bool = False, mode: int = PUBLIC) -
     fsync_dir(target.parent)
 
 
-def write_new_durable(path: Path | str, data: bytes | str, *, mode: int = PUBLIC) -> None:
-    """Create ``path`` (it must not exist yet) holding ``data``, with ``mode``, fsynced. Not
-    atomic by itself: for a file in a directory that is renamed into place as a whole once its
-    files are written (``fsync_dir`` it before the rename, and its parent after)."""
-    payload = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+def write_dir_durable(final: Path, files: Mapping[str, bytes | str], *, mode: int = PUBLIC) -> None:
+    """Make ``final`` (which must not exist) a directory holding ``files`` (name -> content),
+    durably: written in a hidden sibling (``.<name>.tmp``), renamed into place, then each file,
+    the directory and its parent fsynced. The renames and creations come before the first
+    fsync, which commits them with it (on a journaling file system the directory fsyncs then
+    find nothing left to write). Until this returns, a crash may leave ``final`` absent or
+    holding partial files: a caller names ``final`` in its own state only afterwards, and
+    checks the content of a ``final`` it finds before reusing it."""
+    tmp = final.parent / f".{final.name}.tmp"
+    tmp.mkdir(parents=True)
+    fds = []
     try:
-        os.fchmod(fd, mode)
-        while payload:
-            payload = payload[os.write(fd, payload) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        Path(path).unlink(missing_ok=True)
-        raise
-    os.close(fd)
+        for name, data in files.items():
+            payload = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            fds.append(os.open(tmp / name, flags, mode))
+            os.fchmod(fds[-1], mode)
+            while payload:
+                payload = payload[os.write(fds[-1], payload) :]
+        os.replace(tmp, final)
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    fsync_dir(final)
+    fsync_dir(final.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -6,6 +6,7 @@ the digits (``release_kit``); the global versions are signed by the coordinator'
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -277,31 +278,41 @@ def test_a_failure_at_each_install_step_leaves_the_old_model_serving(world: Worl
 def test_the_new_model_directory_is_durable_before_state_names_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Crash safety: the rename of the new model's directory into ``models/`` is fsynced
-    (the directory) before ``state.json``, the one commit point, names it."""
-    import fedgate.clients.edge.node as node_mod
+    """Crash safety: the new model's files, its directory and the rename of that directory
+    into ``models/`` are fsynced before ``state.json``, the one commit point, names it."""
+    import fedgate.atomic_file as atomic_mod
     import fedgate.clients.edge.state as state_mod
 
     publish_release(world.home, 1, ["eu"])
     with world.serving() as url:
         node = world.node("n", url)
         order: list[tuple[str, str]] = []
-        real_fsync_dir, real_write = node_mod.fsync_dir, state_mod.write_atomic
+        real_fsync_dir, real_write = atomic_mod.fsync_dir, state_mod.write_atomic
+        real_fsync = os.fsync
 
         def fsync_dir(directory: Path) -> None:
             order.append(("fsync", Path(directory).name))
             real_fsync_dir(directory)
+
+        def fsync(fd: int) -> None:
+            with contextlib.suppress(OSError):  # the file's name, where /proc tells it
+                order.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+            real_fsync(fd)
 
         def write_atomic(path, data, **kw) -> None:
             if Path(path).name == "state.json":
                 order.append(("state", json.loads(data).get("current", {}).get("model_dir", "")))
             real_write(path, data, **kw)
 
-        monkeypatch.setattr(node_mod, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(atomic_mod, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(atomic_mod.os, "fsync", fsync)
         monkeypatch.setattr(state_mod, "write_atomic", write_atomic)
         installed = node.sync().current
     commit = order.index(("state", installed.model_dir))
     assert ("fsync", "models") in order[:commit], order
+    assert ("fsync", installed.model_dir) in order[:commit], order
+    if Path("/proc/self/fd").is_dir():
+        assert {("fsync", "model.onnx"), ("fsync", "release.json")} <= set(order[:commit]), order
 
 
 def test_a_killed_sync_leaves_the_old_model_serving(world: World) -> None:

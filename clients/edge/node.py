@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedgate.atomic_file import PUBLIC, fsync_dir, write_new_durable
+from fedgate.atomic_file import PUBLIC, write_dir_durable
 from fedgate.crash_points import pause
 from fedgate.crypto import sha256_hex
 from fedgate.errors import FedgateError, UnavailableError, UsageError, VerificationError
@@ -278,26 +277,21 @@ class EdgeNode:
 
     def _write_model_dir(self, name: str, data: bytes, digest: str, release: ReleaseTarget) -> None:
         """``models/<name>/`` holding ``model.onnx`` and ``release.json``, durable before
-        ``state.json`` may name it: both files written and fsynced in a hidden directory, that
-        directory fsynced, renamed into place, ``models/`` fsynced (the rename). A directory
-        already there with the same digest (a crash after the rename, before the commit) is
-        kept."""
+        ``state.json`` may name it (``write_dir_durable``). One already there from a sync that
+        stopped before its commit is kept if both files are exactly what would be written."""
         final = self.home.models / name
+        release_json = json.dumps(release.to_custom(), indent=2)
         try:
-            if sha256_hex((final / "model.onnx").read_bytes()) == digest:
+            if (
+                sha256_hex((final / "model.onnx").read_bytes()) == digest
+                and (final / "release.json").read_text() == release_json
+            ):
                 return
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
         shutil.rmtree(final, ignore_errors=True)
-        tmp = self.home.models / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_new_durable(tmp / "model.onnx", data, mode=PUBLIC)
-        write_new_durable(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
-                          mode=PUBLIC)  # fmt: skip
-        fsync_dir(tmp)
-        os.replace(tmp, final)
-        fsync_dir(self.home.models)  # the rename durable before state.json names it
+        shutil.rmtree(self.home.models / f".{name}.tmp", ignore_errors=True)
+        write_dir_durable(final, {"model.onnx": data, "release.json": release_json}, mode=PUBLIC)
 
     def _prune(self, state: EdgeState) -> None:
         """Drop model directories no longer current nor among the last ``KEEP_PREVIOUS``."""
