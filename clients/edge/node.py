@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -82,6 +83,14 @@ class Status:
             "channel": self.channel, "server": self.server,
             "unreported": [e for e in s.events if not e.get("reported")],
         }  # fmt: skip
+
+
+def _capture(failed: list[BaseException], fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` (in a thread), keeping what it raised for the caller to re-raise."""
+    try:
+        fn(*args)
+    except BaseException as exc:
+        failed.append(exc)
 
 
 def _empty(directory: Path) -> None:
@@ -252,14 +261,25 @@ class EdgeNode:
         try:
             data = download(updater, target, config.url)  # in memory, length and digest checked
             self._step("downloaded")
-            step = "load"
-            student = Student(data, release.input_name, release.input_shape)  # the verified bytes
-            self._step("loaded")
-            step = "probe"
-            student.answer_probe(release.probe)
-            self._step("probed")
+            # the disk write and its fsyncs (waits on the device) run while the verified bytes
+            # are loaded and probed; the commit waits for both
+            failed: list[BaseException] = []
+            writer = threading.Thread(
+                target=_capture, args=(failed, self._write_model_dir, name, data, digest, release)
+            )
+            writer.start()
+            try:
+                step = "load"
+                student = Student(data, release.input_name, release.input_shape)
+                self._step("loaded")
+                step = "probe"
+                student.answer_probe(release.probe)
+                self._step("probed")
+            finally:
+                writer.join()
             step = "unpack"
-            self._write_model_dir(name, data, digest, release)
+            if failed:
+                raise failed[0]
             self._step("unpacked")
         except ReleaseRefused:
             raise
