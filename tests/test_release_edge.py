@@ -275,6 +275,31 @@ def test_a_failure_at_each_install_step_leaves_the_old_model_serving(world: Worl
         assert leftovers(node) == []
 
 
+def test_a_model_directory_left_by_a_stopped_sync_is_reused_only_if_intact(world: World) -> None:
+    """A sync stopped after writing ``models/<v>/`` and before its commit leaves that directory;
+    the next sync keeps it only if both files are what it would write (a crash may cut a file
+    short before its fsync), else writes it again."""
+    publish_release(world.home, 1, ["eu"])
+    with world.serving() as url:
+        node = world.node("n", url)
+        node.sync()
+        publish_release(world.home, 2, ["eu"])
+
+        def stop(at: str) -> None:
+            if at == "unpacked":
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        node.on_step = stop
+        with pytest.raises(InstallFailed):
+            node.sync()
+        node.on_step = None
+        (left,) = [d for d in node.home.models.iterdir() if d.name.startswith("v2-")]
+        expected = (left / "release.json").read_bytes()
+        (left / "release.json").write_bytes(expected[:20])  # cut short
+        assert node.sync().current.model_dir == left.name
+        assert (left / "release.json").read_bytes() == expected
+
+
 def test_the_new_model_directory_is_durable_before_state_names_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
