@@ -21,27 +21,50 @@ PUBLIC = 0o644
 READ_ONLY = 0o444
 
 
-def write_atomic(path: Path | str, data: bytes | str, *, mode: int = PUBLIC) -> None:
-    """Replace ``path`` with ``data`` (text is written as UTF-8) atomically, with ``mode``."""
+def write_atomic(
+    path: Path | str,
+    data: bytes | str,
+    *,
+    mode: int = PUBLIC,
+    fsync: Callable[[int], None] | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` (text is written as UTF-8) atomically, with ``mode``.
+    ``fsync(fd)`` makes the temporary file durable before the rename (``os.fsync`` unless
+    given: a caller may fsync it together with files that must be durable first)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with open_atomic(path, binary=True, mode=mode) as fh:
+    with open_atomic(path, binary=True, mode=mode, fsync=fsync) as fh:
         fh.write(payload)
 
 
 @overload
 @contextmanager
 def open_atomic(
-    path: Path | str, *, binary: Literal[True], mode: int = PUBLIC
+    path: Path | str,
+    *,
+    binary: Literal[True],
+    mode: int = PUBLIC,
+    fsync: Callable[[int], None] | None = None,
 ) -> Iterator[IO[bytes]]: ...
 @overload
 @contextmanager
 def open_atomic(
-    path: Path | str, *, binary: Literal[False] = False, mode: int = PUBLIC
+    path: Path | str,
+    *,
+    binary: Literal[False] = False,
+    mode: int = PUBLIC,
+    fsync: Callable[[int], None] | None = None,
 ) -> Iterator[IO[str]]: ...
 @contextmanager
-def open_atomic(path: Path | str, *, binary: bool = False, mode: int = PUBLIC) -> Iterator[IO]:
+def open_atomic(
+    path: Path | str,
+    *,
+    binary: bool = False,
+    mode: int = PUBLIC,
+    fsync: Callable[[int], None] | None = None,
+) -> Iterator[IO]:
     """A file to stream into that replaces ``path`` when the block ends without an error; on an
-    error the temporary file is removed and ``path`` is untouched."""
+    error the temporary file is removed and ``path`` is untouched. ``fsync`` as in
+    ``write_atomic``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -52,7 +75,7 @@ def open_atomic(path: Path | str, *, binary: bool = False, mode: int = PUBLIC) -
         ) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            (fsync or os.fsync)(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,16 +83,19 @@ def open_atomic(path: Path | str, *, binary: bool = False, mode: int = PUBLIC) -
     fsync_dir(target.parent)
 
 
-def write_dir_durable(final: Path, files: Mapping[str, bytes | str], *, mode: int = PUBLIC) -> None:
-    """Make ``final`` (which must not exist) a directory holding ``files`` (name -> content),
-    durably: written in a hidden sibling (``.<name>.tmp``), renamed into place, then each file,
-    the directory and its parent fsynced, all at once (``fsync_together``). Until this returns,
-    a crash may leave ``final`` absent or holding partial files: a caller names ``final`` in its
-    own state only afterwards, and checks the content of a ``final`` it finds before reusing
-    it."""
+@contextmanager
+def written_dir(
+    final: Path, files: Mapping[str, bytes | str], *, mode: int = PUBLIC
+) -> Iterator[list[int]]:
+    """Make ``final`` (which must not exist) a directory holding ``files`` (name -> content):
+    written in a hidden sibling (``.<name>.tmp``) and renamed into place; yields the files'
+    open descriptors, not yet fsynced. The caller makes them durable, with ``final`` and its
+    parent, before anything names ``final`` (``fsync_together``); until then a crash may leave
+    ``final`` absent or holding partial files, so a caller checks the content of a ``final``
+    it finds before reusing it."""
     tmp = final.parent / f".{final.name}.tmp"
     tmp.mkdir(parents=True)
-    fds = []
+    fds: list[int] = []
     try:
         for name, data in files.items():
             payload = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
@@ -79,7 +105,7 @@ def write_dir_durable(final: Path, files: Mapping[str, bytes | str], *, mode: in
             while payload:
                 payload = payload[os.write(fds[-1], payload) :]
         os.replace(tmp, final)
-        fsync_together(fds, [final, final.parent])
+        yield fds
     finally:
         for fd in fds:
             os.close(fd)

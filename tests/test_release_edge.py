@@ -304,16 +304,15 @@ def test_the_new_model_directory_is_durable_before_state_names_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Crash safety: the new model's files, its directory and the rename of that directory
-    into ``models/`` are fsynced before ``state.json``, the one commit point, names it."""
+    into ``models/`` are fsynced before ``state.json``, the one commit point, names it (before
+    the rename that puts the new ``state.json`` in place)."""
     import fedgate.atomic_file as atomic_mod
-    import fedgate.clients.edge.state as state_mod
 
     publish_release(world.home, 1, ["eu"])
     with world.serving() as url:
         node = world.node("n", url)
         order: list[tuple[str, str]] = []
-        real_fsync_dir, real_write = atomic_mod.fsync_dir, state_mod.write_atomic
-        real_fsync = os.fsync
+        real_fsync_dir, real_fsync, real_replace = atomic_mod.fsync_dir, os.fsync, os.replace
 
         def fsync_dir(directory: Path) -> None:
             order.append(("fsync", Path(directory).name))
@@ -324,14 +323,15 @@ def test_the_new_model_directory_is_durable_before_state_names_it(
                 order.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
             real_fsync(fd)
 
-        def write_atomic(path, data, **kw) -> None:
-            if Path(path).name == "state.json":
-                order.append(("state", json.loads(data).get("current", {}).get("model_dir", "")))
-            real_write(path, data, **kw)
+        def replace(src, dst) -> None:
+            if Path(dst).name == "state.json":
+                current = json.loads(Path(src).read_text()).get("current") or {}
+                order.append(("state", current.get("model_dir", "")))
+            real_replace(src, dst)
 
         monkeypatch.setattr(atomic_mod, "fsync_dir", fsync_dir)
         monkeypatch.setattr(atomic_mod.os, "fsync", fsync)
-        monkeypatch.setattr(state_mod, "write_atomic", write_atomic)
+        monkeypatch.setattr(atomic_mod.os, "replace", replace)
         installed = node.sync().current
     commit = order.index(("state", installed.model_dir))
     assert ("fsync", "models") in order[:commit], order

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedgate.atomic_file import PUBLIC, write_dir_durable
+from fedgate.atomic_file import PUBLIC, fsync_together, written_dir
 from fedgate.crash_points import pause
 from fedgate.crypto import sha256_hex
 from fedgate.errors import FedgateError, UnavailableError, UsageError, VerificationError
@@ -85,12 +85,8 @@ class Status:
         }  # fmt: skip
 
 
-def _capture(failed: list[BaseException], fn: Callable[..., None], *args: Any) -> None:
-    """Run ``fn(*args)`` (in a thread), keeping what it raised for the caller to re-raise."""
-    try:
-        fn(*args)
-    except BaseException as exc:
-        failed.append(exc)
+def _keeps(serving: Installed | None) -> str:
+    return f"v{serving.global_version} keeps serving" if serving else "nothing was installed"
 
 
 def _empty(directory: Path) -> None:
@@ -212,15 +208,21 @@ class EdgeNode:
                         self.home.save_state(state)
                     return SyncResult(action, state.current, None, release.global_version,
                                       release.channel, reported)  # fmt: skip
-                new = self._install(updater, target, release, config, current)
-                if current is not None:
-                    state.history.append(current)
-                state.current = new
-                state.add_event("installed", version=new.global_version,
-                                previous=current.global_version if current else None)  # fmt: skip
-                state.events[-1]["reported"] = True
-                del state.history[:-KEEP_PREVIOUS]
-                self.home.save_state(state)
+                with self._install(updater, target, release, config, current) as (new, fsync):
+                    if current is not None:
+                        state.history.append(current)
+                    state.current = new
+                    previous = current.global_version if current else None
+                    state.add_event("installed", version=new.global_version, previous=previous)
+                    state.events[-1]["reported"] = True
+                    del state.history[:-KEEP_PREVIOUS]
+                    try:  # the model and state.json's new content made durable together
+                        self.home.save_state(state, fsync=fsync)
+                    except OSError as exc:
+                        raise InstallFailed(
+                            f"install of v{new.global_version} failed at commit: "
+                            f"{exc.strerror or exc}; {_keeps(current)}"
+                        ) from None
                 self._step("committed")
                 self._prune(state)
                 return SyncResult("installed", new, current, release.global_version,
@@ -246,6 +248,7 @@ class EdgeNode:
             return "skipped"
         return "install"
 
+    @contextmanager
     def _install(
         self,
         updater: NodeUpdater,
@@ -253,34 +256,38 @@ class EdgeNode:
         release: ReleaseTarget,
         config: EdgeConfig,
         serving: Installed | None,
-    ) -> Installed:
+    ) -> Iterator[tuple[Installed, Callable[[int], None]]]:
+        """Download, load, probe and write the release; yields its record and the ``fsync``
+        for the new ``state.json`` that makes the model's files and directory durable with it
+        (``fsync_together``), so that the commit waits on one round of device flushes, not
+        one after another. Nothing names the new directory before that fsync returns."""
         digest = target.hashes["sha256"]
         name = f"v{release.global_version}-{digest[:16]}"
-        keeps = f"v{serving.global_version} keeps serving" if serving else "nothing was installed"
+        keeps = _keeps(serving)
         step = "download"
         try:
             data = download(updater, target, config.url)  # in memory, length and digest checked
             self._step("downloaded")
-            # the disk write and its fsyncs (waits on the device) run while the verified bytes
-            # are loaded and probed; the commit waits for both
-            failed: list[BaseException] = []
-            writer = threading.Thread(
-                target=_capture, args=(failed, self._write_model_dir, name, data, digest, release)
-            )
-            writer.start()
-            try:
-                step = "load"
-                student = Student(data, release.input_name, release.input_shape)
-                self._step("loaded")
-                step = "probe"
-                student.answer_probe(release.probe)
-                self._step("probed")
-            finally:
-                writer.join()
+            step = "load"
+            student = Student(data, release.input_name, release.input_shape)  # the verified bytes
+            self._step("loaded")
+            step = "probe"
+            student.answer_probe(release.probe)
+            self._step("probed")
             step = "unpack"
-            if failed:
-                raise failed[0]
-            self._step("unpacked")
+            with self._model_dir(name, data, digest, release) as fds:
+                self._step("unpacked")
+                final = self.home.models / name
+
+                def fsync(fd: int) -> None:
+                    fsync_together([fd, *fds], [final, self.home.models])
+
+                step = "commit"
+                yield Installed(
+                    release.global_version, digest, target.length, release.lineage_digest,
+                    name, release.input_name, tuple(release.input_shape), release.channel,
+                    now_iso(),
+                ), fsync  # fmt: skip
         except ReleaseRefused:
             raise
         except VerificationError as exc:
@@ -290,28 +297,37 @@ class EdgeNode:
                 f"install of v{release.global_version} failed at {step}: "
                 f"{exc.strerror or exc}; {keeps}"
             ) from None
-        return Installed(
-            release.global_version, digest, target.length, release.lineage_digest, name,
-            release.input_name, tuple(release.input_shape), release.channel, now_iso(),
-        )  # fmt: skip
 
-    def _write_model_dir(self, name: str, data: bytes, digest: str, release: ReleaseTarget) -> None:
-        """``models/<name>/`` holding ``model.onnx`` and ``release.json``, durable before
-        ``state.json`` may name it (``write_dir_durable``). One already there from a sync that
-        stopped before its commit is kept if both files are exactly what would be written."""
+    @contextmanager
+    def _model_dir(
+        self, name: str, data: bytes, digest: str, release: ReleaseTarget
+    ) -> Iterator[list[int]]:
+        """``models/<name>/`` holding ``model.onnx`` and ``release.json`` (``written_dir``);
+        yields their open descriptors, for the commit to fsync. One already there from a sync
+        that stopped before its commit is kept if both files are exactly what would be
+        written (and is fsynced all the same: it may never have been)."""
         final = self.home.models / name
         release_json = json.dumps(release.to_custom(), indent=2)
+        files = (final / "model.onnx", final / "release.json")
         try:
-            if (
-                sha256_hex((final / "model.onnx").read_bytes()) == digest
-                and (final / "release.json").read_text() == release_json
-            ):
-                return
+            intact = (
+                sha256_hex(files[0].read_bytes()) == digest and files[1].read_text() == release_json
+            )
         except (OSError, UnicodeDecodeError):
-            pass
+            intact = False
+        if intact:
+            fds = [os.open(f, os.O_RDONLY) for f in files]
+            try:
+                yield fds
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(self.home.models / f".{name}.tmp", ignore_errors=True)
-        write_dir_durable(final, {"model.onnx": data, "release.json": release_json}, mode=PUBLIC)
+        files_data = {"model.onnx": data, "release.json": release_json}
+        with written_dir(final, files_data, mode=PUBLIC) as fds:
+            yield fds
 
     def _prune(self, state: EdgeState) -> None:
         """Drop model directories no longer current nor among the last ``KEEP_PREVIOUS``."""

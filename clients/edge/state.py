@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,8 +145,9 @@ class EdgeHome:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def save_state(self, state: EdgeState) -> None:
-        write_atomic(self.state_path, state.to_json(), mode=PUBLIC)
+    def save_state(self, state: EdgeState, *, fsync: Callable[[int], None] | None = None) -> None:
+        """Replace ``state.json`` atomically (``fsync`` as ``write_atomic``'s)."""
+        write_atomic(self.state_path, state.to_json(), mode=PUBLIC, fsync=fsync)
 
     def model_path(self, installed: Installed) -> Path:
         return self.models / installed.model_dir / "model.onnx"
