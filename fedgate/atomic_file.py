@@ -3,6 +3,11 @@
 A temporary file beside the target (created exclusively, mode set before any byte is written),
 flushed and fsynced, renamed over the target, then the directory fsynced so the rename itself
 survives a crash. ``SECRET`` (0600) is for private keys and anything else only the owner reads.
+
+A directory of new files (``written_dir``) is written in a hidden sibling and renamed into
+place; its caller makes it durable with ``fsync_together`` (the files, the directory and its
+parent, with the temporary file of the state file that will name it: ``write_atomic``'s
+``fsync``) before that state file's rename.
 """
 
 from __future__ import annotations

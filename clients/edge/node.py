@@ -7,10 +7,9 @@ answer the release's probe, then written into their own ``models/`` directory; t
 fsyncs that directory's files, the directory and ``models/`` together with the new
 ``state.json``, and only then does one atomic replace of ``state.json`` make it current. A
 failure or a kill at any step (``INSTALL_STEPS``) leaves the old one current; the next sync
-sweeps what was left half-done.
-``rollback`` makes the previous install current again (after the same load and probe), records
-it locally and keeps ``sync`` from re-installing the version rolled back from; the next sync
-reports it.
+sweeps what was left half-done. ``rollback`` makes the previous install current again (after
+the same load and probe), records it locally and keeps ``sync`` from re-installing the version
+rolled back from; the next sync reports it.
 """
 
 from __future__ import annotations
