@@ -6,6 +6,7 @@ the digits (``release_kit``); the global versions are signed by the coordinator'
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -274,34 +275,69 @@ def test_a_failure_at_each_install_step_leaves_the_old_model_serving(world: Worl
         assert leftovers(node) == []
 
 
+def test_a_model_directory_left_by_a_stopped_sync_is_reused_only_if_intact(world: World) -> None:
+    """A sync stopped after writing ``models/<v>/`` and before its commit leaves that directory;
+    the next sync keeps it only if both files are what it would write (a crash may cut a file
+    short before its fsync), else writes it again."""
+    publish_release(world.home, 1, ["eu"])
+    with world.serving() as url:
+        node = world.node("n", url)
+        node.sync()
+        publish_release(world.home, 2, ["eu"])
+
+        def stop(at: str) -> None:
+            if at == "unpacked":
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        node.on_step = stop
+        with pytest.raises(InstallFailed):
+            node.sync()
+        node.on_step = None
+        (left,) = [d for d in node.home.models.iterdir() if d.name.startswith("v2-")]
+        expected = (left / "release.json").read_bytes()
+        (left / "release.json").write_bytes(expected[:20])  # cut short
+        assert node.sync().current.model_dir == left.name
+        assert (left / "release.json").read_bytes() == expected
+
+
 def test_the_new_model_directory_is_durable_before_state_names_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Crash safety: the rename of the new model's directory into ``models/`` is fsynced
-    (the directory) before ``state.json``, the one commit point, names it."""
-    import fedgate.clients.edge.node as node_mod
-    import fedgate.clients.edge.state as state_mod
+    """Crash safety: the new model's files, its directory and the rename of that directory
+    into ``models/`` are fsynced before ``state.json``, the one commit point, names it (before
+    the rename that puts the new ``state.json`` in place)."""
+    import fedgate.atomic_file as atomic_mod
 
     publish_release(world.home, 1, ["eu"])
     with world.serving() as url:
         node = world.node("n", url)
         order: list[tuple[str, str]] = []
-        real_fsync_dir, real_write = node_mod.fsync_dir, state_mod.write_atomic
+        real_fsync_dir, real_fsync, real_replace = atomic_mod.fsync_dir, os.fsync, os.replace
 
         def fsync_dir(directory: Path) -> None:
             order.append(("fsync", Path(directory).name))
             real_fsync_dir(directory)
 
-        def write_atomic(path, data, **kw) -> None:
-            if Path(path).name == "state.json":
-                order.append(("state", json.loads(data).get("current", {}).get("model_dir", "")))
-            real_write(path, data, **kw)
+        def fsync(fd: int) -> None:
+            with contextlib.suppress(OSError):  # the file's name, where /proc tells it
+                order.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+            real_fsync(fd)
 
-        monkeypatch.setattr(node_mod, "fsync_dir", fsync_dir)
-        monkeypatch.setattr(state_mod, "write_atomic", write_atomic)
+        def replace(src, dst) -> None:
+            if Path(dst).name == "state.json":
+                current = json.loads(Path(src).read_text()).get("current") or {}
+                order.append(("state", current.get("model_dir", "")))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(atomic_mod, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(atomic_mod.os, "fsync", fsync)
+        monkeypatch.setattr(atomic_mod.os, "replace", replace)
         installed = node.sync().current
     commit = order.index(("state", installed.model_dir))
     assert ("fsync", "models") in order[:commit], order
+    assert ("fsync", installed.model_dir) in order[:commit], order
+    if Path("/proc/self/fd").is_dir():
+        assert {("fsync", "model.onnx"), ("fsync", "release.json")} <= set(order[:commit]), order
 
 
 def test_a_killed_sync_leaves_the_old_model_serving(world: World) -> None:

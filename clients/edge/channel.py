@@ -17,6 +17,7 @@ invalid    anything else the repository serves that TUF or fedgate cannot accept
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,18 +104,56 @@ def refusals(url: str) -> Iterator[None]:
         raise
 
 
+class NodeUpdater(Updater):
+    """tuf's ``Updater``, minus two disk writes a sync repeated for nothing: on every start it
+    rewrote ``root_history/<v>.root.json`` with the bootstrap root and re-made the ``root.json``
+    symlink (twice a sync), even when both already were what it was about to write. Now each
+    is written only when it differs; what is trusted, and every check, are tuf's own."""
+
+    def _persist_root(self, version: int, data: bytes) -> None:
+        path = Path(self._dir, "root_history", f"{version}.root.json")
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        super()._persist_root(version, data)
+
+    def _update_root_symlink(self) -> None:
+        current = os.path.join("root_history", f"{self._trusted_set.root.version}.root.json")
+        try:
+            if os.readlink(os.path.join(self._dir, "root.json")) == current:
+                return
+        except OSError:
+            pass
+        super()._update_root_symlink()
+
+    def fetch_target(self, targetinfo: TargetFile) -> bytes:
+        """``download_target`` into memory: the target's bytes, once tuf has checked their
+        length and digests (the URL formed as ``download_target`` forms it). The node loads
+        the very bytes that were verified and writes them to disk itself."""
+        if self._target_base_url is None:
+            raise ValueError("target_base_url must be set in the constructor")
+        path = targetinfo.path
+        if self._trusted_set.root.consistent_snapshot and self.config.prefix_targets_with_hash:
+            dirname, sep, basename = path.rpartition("/")
+            path = f"{dirname}{sep}{next(iter(targetinfo.hashes.values()))}.{basename}"
+        data = self._fetcher.download_bytes(f"{self._target_base_url}{path}", targetinfo.length)
+        targetinfo.verify_length_and_hashes(data)
+        return data
+
+
 @contextmanager
-def open_updater(home: EdgeHome, config: EdgeConfig) -> Iterator[Updater]:
-    """An ``Updater`` bootstrapped from the provisioned root; downloads go to ``staging/``
+def open_updater(home: EdgeHome, config: EdgeConfig) -> Iterator[NodeUpdater]:
+    """An ``Updater`` bootstrapped from the provisioned root; it downloads (into memory)
     through one kept-alive connection (``fetcher.py``), closed when the block ends."""
     home.metadata.mkdir(parents=True, exist_ok=True)
-    home.staging.mkdir(parents=True, exist_ok=True)
     base = config.url.rstrip("/")
     fetcher = fetcher_for(base, USER_AGENT)
     try:
         with refusals(config.url):  # a damaged trust anchor or cache is refused, in one line
-            updater = Updater(
-                str(home.metadata), f"{base}/metadata/", str(home.staging), f"{base}/targets/",
+            updater = NodeUpdater(
+                str(home.metadata), f"{base}/metadata/", None, f"{base}/targets/",
                 fetcher=fetcher, config=UpdaterConfig(app_user_agent=USER_AGENT),
                 bootstrap=home.trust_root.read_bytes(),
             )  # fmt: skip
@@ -125,7 +164,7 @@ def open_updater(home: EdgeHome, config: EdgeConfig) -> Iterator[Updater]:
             close()
 
 
-def newest_release(updater: Updater, config: EdgeConfig) -> tuple[TargetFile, ReleaseTarget]:
+def newest_release(updater: NodeUpdater, config: EdgeConfig) -> tuple[TargetFile, ReleaseTarget]:
     """Refresh the metadata and return this node's target and its checked custom fields."""
     with refusals(config.url):
         updater.refresh()
@@ -147,7 +186,7 @@ def newest_release(updater: Updater, config: EdgeConfig) -> tuple[TargetFile, Re
     return target, release
 
 
-def download(updater: Updater, target: TargetFile, dest: Path, url: str) -> Path:
-    """Download ``target`` to ``dest``; TUF checks its length and digest as it arrives."""
+def download(updater: NodeUpdater, target: TargetFile, url: str) -> bytes:
+    """The bytes of ``target``; TUF checks their length and digest as they arrive."""
     with refusals(url):
-        return Path(updater.download_target(target, str(dest)))
+        return updater.fetch_target(target)

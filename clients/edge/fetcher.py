@@ -4,9 +4,12 @@
 A sync makes five requests (the next root, which is usually a 404, the timestamp, snapshot,
 targets and the student). tuf's default ``Urllib3Fetcher`` closes its connection after the 404
 and spends about as long in urllib3's pool and retry layers per request as the server takes to
-answer; this fetcher sends them all on one keep-alive connection. It only moves bytes: lengths,
-digests, signatures and versions are checked by ``tuf.ngclient`` exactly as before
-(``FetcherInterface.download_bytes`` / ``download_file`` enforce the maximum length).
+answer; this fetcher sends them all on one keep-alive connection. The bytes are kept in memory
+(tuf's own ``download_file`` writes every download, even a metadata file of a few hundred
+bytes, to a temporary file first): up to ``SPOOL_BYTES`` for a file, spilled to a temporary
+file beyond. It only moves bytes: lengths, digests, signatures and versions are checked by
+``tuf.ngclient`` exactly as before, and the maximum length is enforced as tuf's
+``FetcherInterface`` enforces it (``DownloadLengthMismatchError`` once it is exceeded).
 
 Errors keep tuf's meaning: an HTTP status >= 400 is ``DownloadHTTPError``; a connection that
 cannot be made, or a server silent for ``socket_timeout`` seconds, is ``SlowRetrievalError``
@@ -17,8 +20,11 @@ own ``Urllib3Fetcher`` is used instead, so proxies work as they did.
 from __future__ import annotations
 
 import http.client
+import tempfile
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
 from urllib.parse import urlsplit
 
 from tuf.api import exceptions as tuf_errors
@@ -26,6 +32,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 CHUNK = 400_000  # tuf's default chunk size
 MAX_ERROR_BODY = 64 * 1024  # an error body longer than this closes the connection instead
+SPOOL_BYTES = 32 * 1024 * 1024  # a download up to this size stays in memory
 
 
 class ConnectionFetcher(FetcherInterface):
@@ -42,6 +49,7 @@ class ConnectionFetcher(FetcherInterface):
         self._conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
+        # http.client sets TCP_NODELAY on connecting: a request is one write, sent at once
         if self._scheme == "https":
             return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
@@ -103,6 +111,31 @@ class ConnectionFetcher(FetcherInterface):
         finally:
             if response.will_close or not response.isclosed():
                 self.close()  # unread data or a server that closes: start afresh next time
+
+    def _limited(self, url: str, max_length: int) -> Iterator[bytes]:
+        """The chunks of ``url``; ``DownloadLengthMismatchError`` past ``max_length`` bytes."""
+        received = 0
+        for chunk in self.fetch(url):
+            received += len(chunk)
+            if received > max_length:
+                raise tuf_errors.DownloadLengthMismatchError(
+                    f"Downloaded {received} bytes exceeding the maximum allowed length of "
+                    f"{max_length}"
+                )
+            yield chunk
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO]:
+        """As ``FetcherInterface.download_file``, the content in memory up to ``SPOOL_BYTES``."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            for chunk in self._limited(url, max_length):
+                spool.write(chunk)
+            spool.seek(0)
+            yield spool
+
+    def download_bytes(self, url: str, max_length: int) -> bytes:
+        """As ``FetcherInterface.download_bytes``, with no temporary file."""
+        return b"".join(self._limited(url, max_length))
 
 
 def fetcher_for(base_url: str, user_agent: str) -> FetcherInterface:

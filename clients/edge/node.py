@@ -1,13 +1,15 @@
 """The edge node: provision, sync the newest release for its region and profile, roll back,
 predict.
 
-An install never interrupts the model that serves: the new release is downloaded to
-``staging/`` (TUF checks length and digest), moved into its own ``models/`` directory, loaded in
-onnxruntime and made to answer the release's probe; only then does one atomic replace of
-``state.json`` make it current. A failure or a kill at any step (``INSTALL_STEPS``) leaves the
-old one current; the next sync sweeps what was left half-done. ``rollback`` makes the previous
-install current again (after the same load and probe), records it locally and keeps ``sync``
-from re-installing the version rolled back from; the next sync reports it.
+An install never interrupts the model that serves: the new release is downloaded into memory
+(TUF checks length and digest), those verified bytes are loaded in onnxruntime and made to
+answer the release's probe, then written into their own ``models/`` directory; the commit
+fsyncs that directory's files, the directory and ``models/`` together with the new
+``state.json``, and only then does one atomic replace of ``state.json`` make it current. A
+failure or a kill at any step (``INSTALL_STEPS``) leaves the old one current; the next sync
+sweeps what was left half-done. ``rollback`` makes the previous install current again (after
+the same load and probe), records it locally and keeps ``sync`` from re-installing the version
+rolled back from; the next sync reports it.
 """
 
 from __future__ import annotations
@@ -25,17 +27,17 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedgate.atomic_file import PUBLIC, fsync_dir, write_atomic
+from fedgate.atomic_file import PUBLIC, fsync_together, written_dir
 from fedgate.crash_points import pause
 from fedgate.crypto import sha256_hex
 from fedgate.errors import FedgateError, UnavailableError, UsageError, VerificationError
 from fedgate.release_targets import Probe, ReleaseTarget, check_name
 
-from .channel import ReleaseRefused, download, newest_release, open_updater
+from .channel import NodeUpdater, ReleaseRefused, download, newest_release, open_updater
 from .runtime import Prediction, Student
 from .state import EdgeConfig, EdgeHome, EdgeState, EdgeStateError, Installed, now_iso
 
-INSTALL_STEPS = ("downloaded", "unpacked", "loaded", "probed", "committed")
+INSTALL_STEPS = ("downloaded", "loaded", "probed", "unpacked", "committed")
 KEEP_PREVIOUS = 2  # earlier installs kept on disk for rollback
 
 
@@ -84,12 +86,8 @@ class Status:
         }  # fmt: skip
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _keeps(serving: Installed | None) -> str:
+    return f"v{serving.global_version} keeps serving" if serving else "nothing was installed"
 
 
 def _empty(directory: Path) -> None:
@@ -172,8 +170,10 @@ class EdgeNode:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _sweep(self) -> None:
-        """Remove what an interrupted install left: downloads and half-moved model dirs."""
-        _empty(self.home.staging)
+        """Remove what an interrupted install left: half-written model directories (and
+        downloads in ``staging/``, where an earlier version of the node kept them)."""
+        if self.home.staging.is_dir():
+            _empty(self.home.staging)
         if self.home.models.is_dir():
             for tmp in self.home.models.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -209,15 +209,21 @@ class EdgeNode:
                         self.home.save_state(state)
                     return SyncResult(action, state.current, None, release.global_version,
                                       release.channel, reported)  # fmt: skip
-                new = self._install(updater, target, release, config)
-                if current is not None:
-                    state.history.append(current)
-                state.current = new
-                state.add_event("installed", version=new.global_version,
-                                previous=current.global_version if current else None)  # fmt: skip
-                state.events[-1]["reported"] = True
-                del state.history[:-KEEP_PREVIOUS]
-                self.home.save_state(state)
+                with self._install(updater, target, release, config, current) as (new, fsync):
+                    if current is not None:
+                        state.history.append(current)
+                    state.current = new
+                    previous = current.global_version if current else None
+                    state.add_event("installed", version=new.global_version, previous=previous)
+                    state.events[-1]["reported"] = True
+                    del state.history[:-KEEP_PREVIOUS]
+                    try:  # the model and state.json's new content made durable together
+                        self.home.save_state(state, fsync=fsync)
+                    except OSError as exc:
+                        raise InstallFailed(
+                            f"install of v{new.global_version} failed at commit: "
+                            f"{exc.strerror or exc}; {_keeps(current)}"
+                        ) from None
                 self._step("committed")
                 self._prune(state)
                 return SyncResult("installed", new, current, release.global_version,
@@ -243,40 +249,46 @@ class EdgeNode:
             return "skipped"
         return "install"
 
+    @contextmanager
     def _install(
-        self, updater: Any, target: Any, release: ReleaseTarget, config: EdgeConfig
-    ) -> Installed:
+        self,
+        updater: NodeUpdater,
+        target: Any,
+        release: ReleaseTarget,
+        config: EdgeConfig,
+        serving: Installed | None,
+    ) -> Iterator[tuple[Installed, Callable[[int], None]]]:
+        """Download, load, probe and write the release; yields its record and the ``fsync``
+        for the new ``state.json`` that makes the model's files and directory durable with it
+        (``fsync_together``), so that the commit waits on one round of device flushes, not
+        one after another. Nothing names the new directory before that fsync returns."""
         digest = target.hashes["sha256"]
         name = f"v{release.global_version}-{digest[:16]}"
-        serving = self.home.state().current
-        keeps = f"v{serving.global_version} keeps serving" if serving else "nothing was installed"
+        keeps = _keeps(serving)
         step = "download"
         try:
-            staged = download(updater, target, self.home.staging / f"{digest}.onnx", config.url)
+            data = download(updater, target, config.url)  # in memory, length and digest checked
             self._step("downloaded")
-            step = "unpack"
-            final = self.home.models / name
-            if (
-                not (final / "model.onnx").is_file()
-                or sha256_hex((final / "model.onnx").read_bytes()) != digest
-            ):
-                shutil.rmtree(final, ignore_errors=True)
-                tmp = self.home.models / f".{name}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                os.replace(staged, tmp / "model.onnx")
-                _fsync(tmp / "model.onnx")  # durable before state.json may name it
-                write_atomic(tmp / "release.json", json.dumps(release.to_custom(), indent=2),
-                             mode=PUBLIC)  # fmt: skip
-                os.replace(tmp, final)
-                fsync_dir(self.home.models)  # the rename durable before state.json names it
-            self._step("unpacked")
             step = "load"
-            student = Student(final / "model.onnx", release.input_name, release.input_shape)
+            student = Student(data, release.input_name, release.input_shape)  # the verified bytes
             self._step("loaded")
             step = "probe"
             student.answer_probe(release.probe)
             self._step("probed")
+            step = "unpack"
+            with self._model_dir(name, data, digest, release) as fds:
+                self._step("unpacked")
+                final = self.home.models / name
+
+                def fsync(fd: int) -> None:
+                    fsync_together([fd, *fds], [final, self.home.models])
+
+                step = "commit"
+                yield Installed(
+                    release.global_version, digest, target.length, release.lineage_digest,
+                    name, release.input_name, tuple(release.input_shape), release.channel,
+                    now_iso(),
+                ), fsync  # fmt: skip
         except ReleaseRefused:
             raise
         except VerificationError as exc:
@@ -286,12 +298,37 @@ class EdgeNode:
                 f"install of v{release.global_version} failed at {step}: "
                 f"{exc.strerror or exc}; {keeps}"
             ) from None
-        finally:
-            _empty(self.home.staging)
-        return Installed(
-            release.global_version, digest, target.length, release.lineage_digest, name,
-            release.input_name, tuple(release.input_shape), release.channel, now_iso(),
-        )  # fmt: skip
+
+    @contextmanager
+    def _model_dir(
+        self, name: str, data: bytes, digest: str, release: ReleaseTarget
+    ) -> Iterator[list[int]]:
+        """``models/<name>/`` holding ``model.onnx`` and ``release.json`` (``written_dir``);
+        yields their open descriptors, for the commit to fsync. One already there from a sync
+        that stopped before its commit is kept if both files are exactly what would be
+        written (and is fsynced all the same: it may never have been)."""
+        final = self.home.models / name
+        release_json = json.dumps(release.to_custom(), indent=2)
+        files = (final / "model.onnx", final / "release.json")
+        try:
+            intact = (
+                sha256_hex(files[0].read_bytes()) == digest and files[1].read_text() == release_json
+            )
+        except (OSError, UnicodeDecodeError):
+            intact = False
+        if intact:
+            fds = [os.open(f, os.O_RDONLY) for f in files]
+            try:
+                yield fds
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(self.home.models / f".{name}.tmp", ignore_errors=True)
+        files_data = {"model.onnx": data, "release.json": release_json}
+        with written_dir(final, files_data, mode=PUBLIC) as fds:
+            yield fds
 
     def _prune(self, state: EdgeState) -> None:
         """Drop model directories no longer current nor among the last ``KEEP_PREVIOUS``."""

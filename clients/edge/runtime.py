@@ -49,18 +49,25 @@ def _distribution(out: np.ndarray) -> np.ndarray:
 class Student:
     """A loaded student: one onnxruntime session on a model file."""
 
-    def __init__(self, path: Path, input_name: str, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, model: Path | bytes, input_name: str, input_shape: tuple[int, ...]) -> None:
+        """Load ``model``: a file, or the bytes of one (a verified download, loaded before it is
+        written to disk)."""
         import onnxruntime as ort  # heavy: only when a model is loaded
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # batch 1, tiny model
+        # basic (semantics-preserving) graph rewrites only: the extended fusions cost more to
+        # plan at load than they save on a student; no memory arena or pattern planning for
+        # allocations of a few kilobytes
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = False
+        source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             first = (str(exc).strip().splitlines() or ["?"])[0]
-            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first}") from None
+            what = "the downloaded model" if isinstance(model, bytes) else Path(model).name
+            raise ModelLoadError(f"onnxruntime cannot load {what}: {first}") from None
         names = [i.name for i in self.session.get_inputs()]
         if names != [input_name]:
             raise ModelLoadError(f"the model's inputs are {names}, the release names {input_name}")

@@ -6,7 +6,8 @@ Layout under the edge home (``--edge-home``, ``$FEDGATE_EDGE_HOME``, else ``~/.f
 * ``trust/root.json`` the root metadata it was provisioned with (read-only): its trust anchor;
 * ``metadata/`` TUF's trusted metadata cache (``tuf.ngclient``);
 * ``models/v<N>-<sha16>/model.onnx`` + ``release.json`` each installed release;
-* ``staging/`` downloads in flight (emptied at the start of every sync);
+* ``models/.v<N>-<sha16>.tmp/`` a model directory being written (removed by the next sync; an
+  earlier version of the node also kept downloads in ``staging/``, emptied the same way);
 * ``state.json`` the current install, the ones before it, versions rolled back from, and local
   events (installs, rollbacks) with whether a sync has reported them yet.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,8 +145,9 @@ class EdgeHome:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def save_state(self, state: EdgeState) -> None:
-        write_atomic(self.state_path, state.to_json(), mode=PUBLIC)
+    def save_state(self, state: EdgeState, *, fsync: Callable[[int], None] | None = None) -> None:
+        """Replace ``state.json`` atomically (``fsync`` as ``write_atomic``'s)."""
+        write_atomic(self.state_path, state.to_json(), mode=PUBLIC, fsync=fsync)
 
     def model_path(self, installed: Installed) -> Path:
         return self.models / installed.model_dir / "model.onnx"
