@@ -44,6 +44,7 @@ from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
     AggregatorConfigError,
+    DelegatesToInner,
     Updates,
     as_float_matrix,
     make_diagnostics,
@@ -209,48 +210,26 @@ class SybilHistory:
         )
 
 
-_OWN = frozenset({"inner", "sybils"})
-
-
 @dataclass
-class FoolsGold:
+class FoolsGold(DelegatesToInner):
     """``inner`` on the FoolsGold-weighted updates; ``foolsgold+<inner>`` (see module doc)."""
 
+    OWN = frozenset({"inner", "min_similarity", "clip", "sybils"})
     inner: Aggregator
     min_similarity: float = 0.99
     clip: bool = False
     sybils: SybilHistory = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sybils", SybilHistory(self.min_similarity, self.clip))
+        self.sybils = SybilHistory(self.min_similarity, self.clip)
 
     @property
     def name(self) -> str:
         return f"foolsgold+{self.inner.name}"
 
-    @property
-    def f(self) -> int:
-        return self.inner.f
-
-    def __getattr__(self, item: str):
-        """Delegate the inner rule's extras (``set_scorer``, ``center``...)."""
-        if item in _OWN:
-            raise AttributeError(item)
-        return getattr(self.inner, item)
-
-    def __setattr__(self, item: str, value) -> None:
-        """Own fields are set here; anything else is the inner rule's (a CC ``center``)."""
-        if item in _OWN or item in ("min_similarity", "clip"):
-            object.__setattr__(self, item, value)
-        else:
-            setattr(self.inner, item, value)
-
     def set_clients(self, ids: Sequence[Hashable]) -> None:
         """The client ids of the next aggregation's rows (their histories are summed)."""
         self.sybils.set_clients(ids)
-
-    def check(self, n: int) -> None:
-        self.inner.check(n)
 
     @serial_blas
     def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
