@@ -48,6 +48,17 @@ def test_paper_weights_are_relative_and_logit_shaped():
     assert foolsgold_weights(x, min_similarity=0.9).weight.tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_majority_alike_is_the_consensus_not_sybils():
+    # IID shards: every honest gradient nearly the same (cosine > 0.99), four colluders
+    # identical; the relative weights alone would drop most of the honest majority
+    rng = RNG(7)
+    common = rng.standard_normal(80)
+    x = common + 0.02 * rng.standard_normal((20, 80))
+    x[16:] = x[16]
+    assert np.all(foolsgold_weights(x, min_similarity=0.99).weight == 1)
+    assert foolsgold_weights(x, min_similarity=0.0).weight[:16].min() < 1  # the paper's form
+
+
 def test_pardoning_spares_a_row_that_only_resembles_a_sybil():
     # rows 0, 1 identical Sybils; row 2 resembles them a little (cos ~0.45); row 3 distinct
     x = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0, 0, 0, 1.0]])

@@ -21,7 +21,8 @@ round:
    gets 0. Only clients whose (pardoned) similarity reaches ``min_similarity`` are weighed
    at all (the rest keep 1): strongly skewed honest shards holding the same class are alike
    too (their per-round cosine reaches 0.95 on the digits protocol), near-identical crafted
-   vectors reach 1;
+   vectors reach 1. With that floor, when more than half of the clients reach it nobody is
+   weighed: Sybils are a minority, a majority so alike is the honest consensus (IID shards);
 4. rows of weight 0 are **dropped**, rows below 1 scaled by their weight (**down-weighted**);
    optionally (``clip``) every kept row is clipped to the round's median norm (flame's clip,
    ``norm_bound.clip_factors``); the ``inner`` rule (or an ensemble's members) runs on the rest.
@@ -93,7 +94,12 @@ def foolsgold_weights(
     with np.errstate(divide="ignore"):
         logit = np.log(w) - np.log1p(-w) + LOGIT_SHIFT
     weight = np.clip(logit, 0.0, 1.0)
-    weight[similarity < min_similarity] = 1.0
+    alike = similarity >= min_similarity
+    if min_similarity > 0 and 2 * int(alike.sum()) > n:
+        # Sybils are a minority (f < n / 2): a majority this alike is the honest consensus
+        # (IID shards, near-identical gradients), and relative weights would drop part of it
+        return FoolsGoldDecision(np.ones(n), similarity, np.ones(n), 0.0)
+    weight[~alike] = 1.0
     return FoolsGoldDecision(weight, similarity, np.ones(n), 0.0)
 
 
