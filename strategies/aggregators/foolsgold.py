@@ -115,6 +115,8 @@ class SybilHistory:
 
     ``set_clients(ids)`` names the next aggregation's rows (used once, like a scorer); a
     round without names is judged on its own residuals and leaves the history untouched.
+    Memory: two float32 vectors of the model's size per device ever seen (8 bytes per
+    parameter and device: 0.8 GB for 1,000 devices of a 100k-parameter model).
     """
 
     min_similarity: float = 0.99
@@ -143,7 +145,7 @@ class SybilHistory:
         for row, cid in enumerate(ids):
             total = self.history.get(cid)
             total = now[row] if total is None else total + now[row]
-            self.history[cid] = total
+            self.history[cid] = total.astype(np.float32)  # 8 bytes per parameter and device
             feats[row] = total
         return [feats[:, 0], feats[:, 1]], "history"
 
