@@ -226,3 +226,17 @@ def test_inputs_are_never_modified(seed, d, clip):
         np.testing.assert_array_equal(x, before)
     make_aggregator("ensemble", 1, filter="foolsgold", clip=clip)(x)
     np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("name", ["alie-adaptive-jitter", "min-max-adaptive-jitter"])
+def test_jittered_sybils_look_as_unlike_as_honest_devices(name):
+    from fedgate.clients.sim.attacks import get_attack
+
+    rng = RNG(8)
+    honest = 0.02 + 0.01 * rng.standard_normal((16, 200))
+    crafted = get_attack(name).craft(honest[:4], honest, 4, rng, n=20)
+    plain = get_attack(name.removesuffix("-jitter")).craft(honest[:4], honest, 4, rng, n=20)
+    x = np.vstack([honest, crafted])
+    decision = foolsgold_weights(median_residuals(x), min_similarity=0.99)
+    assert np.all(decision.weight == 1)  # the floor no longer finds them
+    assert np.all(foolsgold_weights(np.vstack([honest, plain]), 0.99).weight[16:] == 0)
