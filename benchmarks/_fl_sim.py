@@ -286,6 +286,8 @@ def fedgate_step(name: str, pre: str | None = None, **params) -> Callable[[Setti
                 agg.set_reference(server.root_delta)  # FLTrust: the server's root update
             if hasattr(agg, "set_scorer"):
                 agg.set_scorer(lambda delta: server.losses(glob + delta))
+            if hasattr(agg, "set_clients"):
+                agg.set_clients(range(len(deltas)))  # every client, in a fixed order, each round
             return glob + np.asarray(agg(deltas, counts).vector, dtype=np.float32)
 
         def preview(deltas, glob, counts, server):

@@ -67,6 +67,13 @@ EXTRA_RULES = ["nnm+cc", "ensemble-nofilter", "flame+cc", "flame+mean"]
 VARIANTS: dict[str, tuple[str, str | None, dict]] = {
     "ensemble-nofilter": ("ensemble", None, {"filter": ""}),
     "ensemble-noise": ("ensemble", None, {"noise": 0.001}),
+    "ensemble-foolsgold": ("ensemble", None, {"filter": "foolsgold"}),
+    "ensemble-foolsgold-paper": (
+        "ensemble",
+        None,
+        {"filter": "foolsgold", "sybil_similarity": 0.0},
+    ),
+    "ensemble-foolsgold-clip": ("ensemble", None, {"filter": "foolsgold", "clip": True}),
 }
 """Labels for rules built with parameters other than the region defaults: (rule, pre, params)."""
 TARGETS = {(0.5, 4): 0.93, (0.5, 6): 0.92, (0.1, 4): 0.88, (0.1, 6): 0.80}

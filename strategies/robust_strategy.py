@@ -395,6 +395,8 @@ class RobustStrategy(Strategy):
 
         updates = round_updates(current, accepted, self.median_cap)
         self._offer_scorer(updates.base, current)
+        if hasattr(self.aggregator, "set_clients"):  # FoolsGold: per-device update history
+            self.aggregator.set_clients([a.fate.node_id for a in accepted])
         result = self.aggregator(updates.deltas, updates.weights)
         if result.note:
             record.note = result.note

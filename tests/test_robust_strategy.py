@@ -90,3 +90,14 @@ def test_rejected_updates_do_not_rate_the_model() -> None:
     good = _reply(1, 1.0, **{"eval-loss": 1.0, "eval-acc": 0.4, "eval-examples": 5})
     strategy.aggregate_train(1, [good, bad])
     assert reported == [(0, {"fed-eval-loss": 1.0, "fed-eval-acc": 0.4, "fed-eval-devices": 1.0})]
+
+
+def test_foolsgold_filter_keeps_each_device_history_by_node_id() -> None:
+    ensemble = make_aggregator("ensemble", 1, members=("mean", "median"), filter="foolsgold")
+    strategy = RobustStrategy(ensemble, clients_per_round=5, min_clients=3)
+    strategy._current = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+    replies = [_reply(n, float(n)) for n in (11, 12, 13, 14, 15)]
+    assert strategy.aggregate_train(1, replies)[0] is not None
+    assert set(ensemble._sybils.history) == {11, 12, 13, 14, 15}
+    assert "foolsgold: dropped 0/5" in strategy.rounds[-1].note
+    assert "from history" in strategy.rounds[-1].note

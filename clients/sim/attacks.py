@@ -79,6 +79,10 @@ Attacks
                 **defended aggregate** (``craft(..., defence=...)``: what the server's rule
                 would apply) lands farthest from the honest mean. Without a ``defence``
                 (a real device) they send the agnostic form.
+``alie-adaptive-jitter``,  the same, aware of a FoolsGold-style Sybil filter: each
+``min-max-adaptive-jitter``  attacker adds its own ``N(0, honest std^2)`` noise per
+                coordinate (one draw a round), so that the attackers are as unlike each
+                other as honest devices are.
 """
 
 from __future__ import annotations
@@ -452,6 +456,7 @@ class Adaptive(Attack):
     kind: str = "alie"  # "alie" | "min-max" | "min-sum"
     factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
     adaptive: bool = True
+    jitter: float = 0.0  # each attacker adds its own N(0, (jitter * honest std)^2) noise
 
     def _direction(self, own, honest, f, n) -> tuple[np.ndarray, np.ndarray, float]:
         """Honest mean, perturbation and the agnostic scale."""
@@ -469,9 +474,12 @@ class Adaptive(Attack):
         own = _rows(own)
         mu, p, scale = self._direction(own, honest, f, n)
         rows = len(own)
+        # FoolsGold-aware: rows as unlike each other as honest updates are (one draw a round)
+        spread = self.jitter * reference_statistics(own, honest).std(axis=0)
+        noise = rng.normal(size=(rows, len(mu))) * spread if self.jitter > 0 else 0.0
 
         def crafted(s: float) -> np.ndarray:
-            return np.repeat((mu + s * p)[None, :], rows, axis=0).astype(np.float32)
+            return (np.repeat((mu + s * p)[None, :], rows, axis=0) + noise).astype(np.float32)
 
         if defence is None:
             return crafted(scale)
@@ -499,6 +507,8 @@ ATTACKS: dict[str, Attack] = {
         Adaptive(name="alie-adaptive", kind="alie"),
         Adaptive(name="min-max-adaptive", kind="min-max"),
         Adaptive(name="min-sum-adaptive", kind="min-sum"),
+        Adaptive(name="alie-adaptive-jitter", kind="alie", jitter=1.0),
+        Adaptive(name="min-max-adaptive-jitter", kind="min-max", jitter=1.0),
     )
 }
 

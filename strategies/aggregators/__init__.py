@@ -19,6 +19,8 @@ nnm+<rule>    nearest-neighbour mixing first (Allouah     n > f and the rule's  
               2023), as the ``pre`` pre-aggregator
 flame+<rule>  cosine HDBSCAN cluster, median-norm clip  the rule's needs      the rule's
               (Nguyen 2022), as ``pre`` = flame
+foolsgold+<r> FoolsGold Sybil weights: max cosine of the   the rule's needs      the rule's
+              update histories (Fung 2020), ``pre``
 zeno+<rule>   drop the f worst validation descents, then  a server scorer, the  the rule's
               the rule on the rest (``pre`` = zeno)        rule's bound on n - f
 ============  ==========================================  ====================  =============

@@ -78,6 +78,35 @@ class Aggregator(Protocol):
         """Aggregate ``n`` updates; ``weights`` are example counts (``None``: all equal)."""
 
 
+class DelegatesToInner:
+    """A pre-aggregator's plumbing (``flame+<rule>``, ``foolsgold+<rule>``): ``f`` and
+    ``check`` are the inner rule's, and so is every attribute not named in ``OWN`` (the inner
+    rule's extras: ``set_scorer``, ``set_reference``, a CC ``center``...)."""
+
+    OWN: frozenset[str] = frozenset({"inner"})
+    inner: Aggregator
+
+    @property
+    def f(self) -> int:
+        return self.inner.f
+
+    def __getattr__(self, item: str):
+        """Delegate the inner rule's extras (``set_scorer``, ``center``...)."""
+        if item in type(self).OWN:
+            raise AttributeError(item)
+        return getattr(self.inner, item)
+
+    def __setattr__(self, item: str, value) -> None:
+        """Own fields are set here; anything else is the inner rule's (a CC ``center``)."""
+        if item in type(self).OWN:
+            object.__setattr__(self, item, value)
+        else:
+            setattr(self.inner, item, value)
+
+    def check(self, n: int) -> None:
+        self.inner.check(n)
+
+
 def stack_layers(layers: Sequence[np.ndarray]) -> np.ndarray:
     """Per-layer arrays ``(n, *shape_l)`` as one ``(n, sum_l prod(shape_l))`` matrix.
 

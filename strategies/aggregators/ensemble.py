@@ -47,10 +47,11 @@ from fedgate.strategies.aggregators.base import (
     require_f,
 )
 from fedgate.strategies.aggregators.flame import filtered, smallest_n
+from fedgate.strategies.aggregators.foolsgold import SybilHistory
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
 from fedgate.strategies.aggregators.registry import make_aggregator
 
-FILTERS = ("", "flame")
+FILTERS = ("", "flame", "foolsgold")
 """Pre-filters an ensemble can run once, before all of its members ('' for none)."""
 
 
@@ -99,6 +100,8 @@ class Ensemble:
     confidence: float = 2.0
     filter: str = ""
     noise: float = 0.0
+    sybil_similarity: float = 0.99
+    clip: bool = False
     scorer_fn: Scorer | None = field(default=None, repr=False)
     name: ClassVar[str] = "ensemble"
 
@@ -121,6 +124,9 @@ class Ensemble:
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise AggregatorConfigError(f"{self.name}: noise must be >= 0, got {self.noise}")
         self._rng = np.random.default_rng(0)
+        self._sybils = (
+            SybilHistory(self.sybil_similarity, self.clip) if self.filter == "foolsgold" else None
+        )
         self.rules: list[Aggregator] = []
         for spec in self.members:
             pre, name = parse_member(spec)
@@ -157,6 +163,11 @@ class Ensemble:
         (per validation example, or one number), for the next aggregation only."""
         self._scorer = fn
 
+    def set_clients(self, ids) -> None:
+        """The client ids of the next aggregation's rows (the foolsgold filter's history)."""
+        if self._sybils is not None:
+            self._sybils.set_clients(ids)
+
     def set_reference(self, vector: np.ndarray) -> None:
         """Hand the server's root-data update to the members that use one (FLTrust)."""
         for rule in self.rules:
@@ -181,6 +192,11 @@ class Ensemble:
                 need,
                 self.noise,
                 self._rng,
+            )
+        elif self._sybils is not None:
+            need = max(smallest_n(rule, len(x)) for rule in self.rules)
+            result = self._sybils.apply(
+                lambda sub, w: self._choose(sub, w, scorer), x, weights, need
             )
         else:
             result = self._choose(x, weights, scorer)

@@ -33,6 +33,7 @@ from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
     AggregatorConfigError,
+    DelegatesToInner,
     Updates,
     as_float_matrix,
     make_diagnostics,
@@ -120,17 +121,15 @@ def smallest_n(rule: Aggregator, n: int) -> int:
     return n
 
 
-_OWN = frozenset({"inner", "noise", "seed", "_rng", "last_note"})
-
-
 @dataclass
-class Flame:
+class Flame(DelegatesToInner):
     """``inner`` on the FLAME-filtered, clipped updates, plus optional noise; ``flame+<inner>``.
 
     ``noise`` is FLAME's lambda (the noise's std over the clipping bound); ``seed`` seeds
     the noise. Needs what ``inner`` needs (the filter never keeps fewer rows than that).
     """
 
+    OWN = frozenset({"inner", "noise", "seed", "_rng", "last_note"})
     inner: Aggregator
     noise: float = 0.0
     seed: int = 0
@@ -145,26 +144,6 @@ class Flame:
     @property
     def name(self) -> str:
         return f"flame+{self.inner.name}"
-
-    @property
-    def f(self) -> int:
-        return self.inner.f
-
-    def __getattr__(self, item: str):
-        """Delegate the inner rule's extras (``set_scorer``, ``center``...)."""
-        if item in _OWN:
-            raise AttributeError(item)
-        return getattr(self.inner, item)
-
-    def __setattr__(self, item: str, value) -> None:
-        """Own fields are set here; anything else is the inner rule's (a CC ``center``)."""
-        if item in _OWN:
-            object.__setattr__(self, item, value)
-        else:
-            setattr(self.inner, item, value)
-
-    def check(self, n: int) -> None:
-        self.inner.check(n)
 
     @serial_blas
     def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from fedgate.strategies.aggregators.base import Aggregator, AggregatorConfigError
 from fedgate.strategies.aggregators.flame import Flame
+from fedgate.strategies.aggregators.foolsgold import FoolsGold
 from fedgate.strategies.aggregators.nnm import NNM
 from fedgate.strategies.aggregators.zeno import ZenoFilter
 
@@ -32,6 +33,7 @@ _PRE: dict[str, Callable[[Aggregator], Aggregator]] = {
     "nnm": NNM,
     "zeno": ZenoFilter,
     "flame": Flame,
+    "foolsgold": FoolsGold,
 }
 PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 
