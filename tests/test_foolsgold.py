@@ -150,8 +150,9 @@ def test_ensemble_filter_and_its_client_ids():
     res = rule(x)
     assert "; foolsgold: dropped 4/20" in res.note and "from history" in res.note
     assert all(res.diagnostics[i].fate == "dropped" for i in bad)
-    assert "foolsgold" not in make_aggregator("ensemble", 4)(x).note  # opt-in
-    make_aggregator("ensemble", 4).set_clients(range(20))  # harmless without the filter
+    assert "; foolsgold: " in make_aggregator("ensemble", 4)(x).note  # the region default
+    assert "foolsgold" not in make_aggregator("ensemble", 4, filter="")(x).note
+    make_aggregator("ensemble", 4, filter="").set_clients(range(20))  # harmless without it
     with pytest.raises(AggregatorConfigError, match="foolsgold"):
         make_aggregator("ensemble", 4, filter="fools")
     with pytest.raises(AggregatorConfigError, match="min_similarity"):

@@ -22,7 +22,7 @@ RULE_DEFAULTS: dict[str, dict] = {
     # the FLAME backdoor filter is opt-in (``filter = "flame"``): measured, it misses its
     # backdoor targets in three of four settings, costs the skewed worst case (docs/backdoor.md)
     # and drops honest shards in small non-IID fleets
-    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0, "filter": ""},
+    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0, "filter": "foolsgold"},
     "cc": {"tau": None, "iterations": 3},
     "zeno": {"step": 0.1, "rho": 0.0},
 }
