@@ -67,17 +67,19 @@ def reduce_sorted(
     out = np.empty(d, dtype=x.dtype)
 
     def work(a: int, b: int) -> np.ndarray:
-        blk = x[:, a:b] if rows is None else x[rows, a:b]
-        cols = blk.T.copy()  # (B, k), C-ordered: x is read once, the rest stays in cache
-        srt = cols.copy()
+        blk = x[:, a:b] if rows is None else x[rows, a:b]  # (k, B)
+        srt = blk.T.copy()  # (B, k), C-ordered: x is read once, the rest stays in cache
         srt.sort(axis=1)
         out[a:b], lo, hi = kernel(srt)
-        inside = cols >= lo[:, None]
-        inside &= cols <= hi[:, None]
-        return np.add.reduce(inside.view(np.uint8), axis=0, dtype=np.int64)
+        # kept counts in x's own layout: contiguous comparisons against contiguous bounds
+        # (the kernel's are often strided columns of srt), then one float32 GEMV (exact: a
+        # block's count is at most B < 2**24)
+        inside = blk >= np.ascontiguousarray(lo)
+        inside &= blk <= np.ascontiguousarray(hi)
+        return inside.astype(np.float32) @ np.ones(b - a, dtype=np.float32)
 
     with single_blas():
-        kept = np.sum(map_columns(work, d, block, k * d), axis=0)
+        kept = np.sum(map_columns(work, d, block, k * d), axis=0, dtype=np.int64)
     return CoordinateResult(out, kept)
 
 
