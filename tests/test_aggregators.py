@@ -164,14 +164,17 @@ def test_coordinate_engine_kept_counts_match_their_definition_across_blocks():
     from fedgate.strategies.aggregators.coordinate import reduce_sorted, trimmed_kernel
 
     rng = np.random.default_rng(3)
-    for dtype in (np.float32, np.float64):
-        x = rng.integers(-3, 4, (11, 1000)).astype(dtype)  # many ties with the kept bounds
+    # (1000, 96): plain transposed copies; (2048, 1024): rows 4 KiB apart, copied 8 at a time
+    for dtype, (d, block) in itertools.product(
+        (np.float32, np.float64), ((1000, 96), (2048, 1024))
+    ):
+        x = rng.integers(-3, 4, (11, d)).astype(dtype)  # many ties with the kept bounds
         for kernel, rows in (
             (trimmed_kernel(5), None),
             (trimmed_kernel(2), None),
             (closest_to_median_kernel(3), np.array([0, 2, 3, 5, 8, 9, 10])),
         ):
-            res = reduce_sorted(x, kernel, rows=rows, block=96)
+            res = reduce_sorted(x, kernel, rows=rows, block=block)
             sub = x if rows is None else x[rows]
             vector, lo, hi = kernel(np.sort(sub.T, axis=1))
             np.testing.assert_allclose(res.vector, vector, rtol=1e-5, atol=1e-6)  # BLAS order
