@@ -157,6 +157,32 @@ def test_bulyan_kernel_takes_a_smallest_radius_window():
                     assert (lo[r], hi[r]) == (s[r, best[0]], s[r, best[0] + beta - 1])
 
 
+def test_coordinate_engine_kept_counts_match_their_definition_across_blocks():
+    """Per client, the coordinates where its value lies in the kernel's kept range, ties
+    included, counted over many blocks (and a last partial one), with and without a row subset."""
+    from fedgate.strategies.aggregators.bulyan import closest_to_median_kernel
+    from fedgate.strategies.aggregators.coordinate import reduce_sorted, trimmed_kernel
+
+    rng = np.random.default_rng(3)
+    # (1000, 96): plain transposed copies; (2048, 1024): rows 4 KiB apart, copied 8 at a time
+    for dtype, (d, block) in itertools.product(
+        (np.float32, np.float64), ((1000, 96), (2048, 1024))
+    ):
+        x = rng.integers(-3, 4, (11, d)).astype(dtype)  # many ties with the kept bounds
+        for kernel, rows in (
+            (trimmed_kernel(5), None),
+            (trimmed_kernel(2), None),
+            (closest_to_median_kernel(3), np.array([0, 2, 3, 5, 8, 9, 10])),
+        ):
+            res = reduce_sorted(x, kernel, rows=rows, block=block)
+            sub = x if rows is None else x[rows]
+            vector, lo, hi = kernel(np.sort(sub.T, axis=1))
+            np.testing.assert_allclose(res.vector, vector, rtol=1e-5, atol=1e-6)  # BLAS order
+            expected = ((sub >= lo) & (sub <= hi)).sum(axis=1)
+            assert res.kept.dtype == np.int64
+            np.testing.assert_array_equal(res.kept, expected)
+
+
 def test_geomed_hand_cases():
     tri = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, np.sqrt(3.0)]])  # equilateral: centroid
     res = make_aggregator("geomed", 1, nu=1e-9, tol=1e-12, max_iter=1000)(tri)

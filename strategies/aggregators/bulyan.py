@@ -62,10 +62,11 @@ def closest_to_median_kernel(beta: int) -> Kernel:
         for j in range(starts):
             band[j, j : j + beta] = 1.0
         sums = band @ t  # (starts, B)
+        at = start * len(cols) + cols  # flat positions: one gather each, no 2-D fancy index
         return (
-            sums[start, cols] / np.asarray(beta, s.dtype),
-            t[start, cols],
-            t[start + beta - 1, cols],
+            sums.ravel().take(at) / np.asarray(beta, s.dtype),
+            t.ravel().take(at),
+            t.ravel().take(at + (beta - 1) * len(cols)),
         )
 
     return kernel
