@@ -55,6 +55,8 @@ def test_registry_names_and_clear_errors():
         "alie-adaptive",
         "min-max-adaptive",
         "min-sum-adaptive",
+        "alie-adaptive-jitter",
+        "min-max-adaptive-jitter",
     }
     assert set(ATTACKS) == expected
     assert get_attack(None).name == get_attack("").name == "none"

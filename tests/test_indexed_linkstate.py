@@ -74,6 +74,21 @@ def test_the_index_follows_every_insertion_and_deletion(ops) -> None:
         assert list(store.ids_for(node)) == expected_index(store).get(node, [])
 
 
+def test_replacing_a_message_keeps_its_place() -> None:
+    """As a dict keeps a replaced key's place, so does the index (CI found the index moving
+    it to the end), also when the replacement is for another node."""
+    store = MessagesByNode()
+    for msg_id, node in (("m0", 0), ("m1", 0), ("m2", 1)):
+        store[msg_id] = message(node)
+    store["m0"] = message(0)
+    assert list(store.ids_for(0)) == ["m0", "m1"]
+    store["m2"] = message(0)  # m2 moves to node 0, after m0 and m1 as in the dict
+    store["m0"] = message(1)
+    assert list(store.ids_for(0)) == ["m1", "m2"]
+    assert list(store.ids_for(1)) == ["m0"]
+    assert {n: list(ids) for n, ids in store.by_node.items()} == expected_index(store)
+
+
 def test_merging_operations_are_refused() -> None:
     store = MessagesByNode()
     with pytest.raises(TypeError, match="supports item assignment"):

@@ -37,10 +37,20 @@ class MessagesByNode(dict):
         self.by_node: dict[int, dict[str, None]] = {}
 
     def __setitem__(self, message_id: str, message: Any) -> None:
-        if message_id in self:
+        node = message.metadata.dst_node_id
+        if message_id not in self:
+            super().__setitem__(message_id, message)
+            self.by_node.setdefault(node, {})[message_id] = None
+            return
+        # replacing keeps the key's place in the dict, so its place among its node's ids too
+        moved = self[message_id].metadata.dst_node_id != node
+        if moved:
             self._forget(message_id)
         super().__setitem__(message_id, message)
-        self.by_node.setdefault(message.metadata.dst_node_id, {})[message_id] = None
+        if moved:  # rare: rebuild the new node's ids in dict order
+            self.by_node[node] = {
+                k: None for k, m in self.items() if m.metadata.dst_node_id == node
+            }
 
     def __delitem__(self, message_id: str) -> None:
         self._forget(message_id)
