@@ -79,9 +79,9 @@ class Aggregator(Protocol):
 
 
 class DelegatesToInner:
-    """A pre-aggregator's plumbing (``flame+<rule>``, ``foolsgold+<rule>``): ``f`` and
-    ``check`` are the inner rule's, and so is every attribute not named in ``OWN`` (the inner
-    rule's extras: ``set_scorer``, ``set_reference``, a CC ``center``...)."""
+    """A pre-aggregator's plumbing (``nnm+<rule>``, ``flame+<rule>``, ``foolsgold+<rule>``):
+    ``f`` and ``check`` are the inner rule's, and so is every attribute not named in ``OWN``
+    (the inner rule's extras: ``set_scorer``, ``set_reference``, a CC ``center``...)."""
 
     OWN: frozenset[str] = frozenset({"inner"})
     inner: Aggregator

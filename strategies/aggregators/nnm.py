@@ -9,6 +9,7 @@ import numpy as np
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
+    DelegatesToInner,
     Updates,
     as_float_matrix,
     make_diagnostics,
@@ -123,7 +124,7 @@ def nearest_neighbor_mixing(updates: np.ndarray, f: int) -> tuple[np.ndarray, Ne
 
 
 @dataclass
-class NNM:
+class NNM(DelegatesToInner):
     """``inner`` applied to nearest-neighbour-mixed updates; named ``nnm+<inner>``.
 
     Needs ``n > f`` plus whatever ``inner`` needs. Diagnostics stay per original client:
@@ -138,23 +139,6 @@ class NNM:
     @property
     def name(self) -> str:
         return f"nnm+{self.inner.name}"
-
-    @property
-    def f(self) -> int:
-        return self.inner.f
-
-    def __getattr__(self, item: str):
-        """Delegate the inner rule's extras (``set_reference``, ``reset``, ``center``...)."""
-        if item == "inner":
-            raise AttributeError(item)
-        return getattr(self.inner, item)
-
-    def __setattr__(self, item: str, value) -> None:
-        """Attributes other than ``inner`` are the inner rule's (e.g. a CC ``center``)."""
-        if item == "inner":
-            object.__setattr__(self, item, value)
-        else:
-            setattr(self.inner, item, value)
 
     def check(self, n: int) -> None:
         require_clients(self.name, n, self.f + 1, f"n > f (f={self.f})")
