@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedgate.atomic_file import write_atomic
-from fedgate.errors import UnavailableError
+from fedgate.errors import UnavailableError, UsageError
 from fedgate.procenv import flower_env
 
 _TABLE_LOCK = threading.Lock()
@@ -52,6 +52,10 @@ def port_range(start: int, end: int) -> tuple[int, int]:
     (a machine shared by several test or benchmark sessions, each given a range)."""
     if text := os.environ.get("FEDGATE_PORT_RANGE", ""):
         low, _, high = text.partition("-")
+        if not (low.isdigit() and high.isdigit() and 0 < int(low) < int(high) < 65536):
+            raise UsageError(
+                f"FEDGATE_PORT_RANGE must be LOW-HIGH, 0 < LOW < HIGH < 65536: {text!r}"
+            )
         return int(low), int(high)
     return start, end
 
@@ -60,6 +64,8 @@ def free_port_block(size: int, start: int = 20000, end: int = 60000) -> int:
     """A base port with ``size`` consecutive free loopback ports after it (within
     ``port_range``)."""
     start, end = port_range(start, end)
+    if end - start - size <= 0:
+        raise TopologyError(f"no block of {size} loopback ports fits in {start}-{end}")
     base = start + (os.getpid() * 97) % (end - start - size)
     for _ in range(2000):
         if all(port_free(p) for p in range(base, base + size)):
