@@ -39,6 +39,7 @@ from fedgate.procenv import flower_env, port_open
 
 STOP_GRACE = 2.0  # seconds between SIGTERMs while the SuperNode has not ended
 THREADS_GRACE = 0.5  # seconds the view, watcher and worker threads get, all together
+SIGNAL_CHECK = 3.0  # seconds a SIGINT waits for the region's word on this device
 
 
 class JoinError(UnavailableError, RuntimeError):
@@ -247,6 +248,13 @@ def join(
                  f"region {enrollment.region} at {spec.superlink}; log: {log}")  # fmt: skip
         if not outcome.stop.is_set():
             end = run_supernode(args, log)
+            if end.signal == signal.SIGINT and networked and not outcome.stop.is_set():
+                # Flower's SuperNode sends itself SIGINT when the SuperLink refuses its
+                # authentication (a revoked node): ask the region, briefly, before taking it
+                # for the owner's Ctrl-C
+                asker = _thread(_ask_region, spec, view, outcome)
+                asker.start()
+                asker.join(SIGNAL_CHECK)
             if end.signal is not None:
                 _stop(end.signal, None)
             elif not outcome.stop.is_set():
