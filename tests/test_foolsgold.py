@@ -124,6 +124,43 @@ def test_ids_are_used_once_and_bad_ids_fall_back_to_the_round():
     assert sybils.history.keys() == set(range(5))
 
 
+def test_history_keeps_to_its_budget_evicting_the_least_recently_seen():
+    d = 10
+    per_device = 2 * d * 4  # two float32 vectors
+    sybils = SybilHistory(max_bytes=5 * per_device)
+    rng = RNG(4)
+    sybils.set_clients(["a", "b", "c"])
+    assert sybils.decide(rng.standard_normal((3, d)))[1] == "history"
+    sybils.set_clients(["d", "e", "a"])  # a seen again: now more recent than b and c
+    assert sybils.decide(rng.standard_normal((3, d)))[1] == "history"
+    assert list(sybils.history) == ["b", "c", "d", "e", "a"]
+    sybils.set_clients(["f", "g"])
+    _, basis = sybils.decide(rng.standard_normal((2, d)))
+    assert basis == "history, 2 least recently seen evicted"
+    assert list(sybils.history) == ["d", "e", "a", "f", "g"]
+    assert sum(v.nbytes for v in sybils.history.values()) == 5 * per_device
+    # a returning evicted device starts over: its feature is this round's alone
+    before = sybils.history["a"].copy()
+    x = rng.standard_normal((2, d))
+    sybils.set_clients(["b", "a"])
+    sybils.decide(x)
+    assert np.allclose(sybils.history["b"][0], x[0], atol=1e-6)
+    assert np.allclose(sybils.history["a"][0], before[0] + x[1], atol=1e-6)
+
+
+def test_a_round_larger_than_the_budget_keeps_all_of_its_own():
+    sybils = SybilHistory(max_bytes=0)
+    x = RNG(5).standard_normal((4, 6))
+    sybils.set_clients(range(4))
+    _, basis = sybils.decide(x)
+    assert basis == "history" and set(sybils.history) == set(range(4))
+    sybils.set_clients([7, 8, 9, 10])
+    assert sybils.decide(x)[1] == "history, 4 least recently seen evicted"
+    assert set(sybils.history) == {7, 8, 9, 10}
+    with pytest.raises(AggregatorConfigError, match="max_bytes"):
+        SybilHistory(max_bytes=-1)
+
+
 def test_too_few_left_readmits_sybils_at_weight_zero():
     # cc with f = 4 needs 9 of 9; four Sybils of nine sit on the median (tiny residuals):
     # their raw updates still give them away

@@ -55,6 +55,8 @@ from fedgate.strategies.aggregators.linalg import serial_blas
 from fedgate.strategies.aggregators.norm_bound import clip_factors
 
 LOGIT_SHIFT = 0.5  # the paper's confidence shift of the logit (kappa = 1)
+HISTORY_BYTES = 1 << 30
+"""The history's default memory budget (1 GiB: 1,342 devices of a 100k-parameter model)."""
 
 
 @dataclass(frozen=True)
@@ -115,20 +117,26 @@ class SybilHistory:
 
     ``set_clients(ids)`` names the next aggregation's rows (used once, like a scorer); a
     round without names is judged on its own residuals and leaves the history untouched.
-    Memory: two float32 vectors of the model's size per device ever seen (8 bytes per
-    parameter and device: 0.8 GB for 1,000 devices of a 100k-parameter model).
+    Memory: two float32 vectors of the model's size per device (8 bytes per parameter and
+    device: 0.8 GB for 1,000 devices of a 100k-parameter model), kept within ``max_bytes`` by
+    evicting the devices seen least recently (never one of the round being judged); an evicted
+    device that returns starts a new history. The round's note counts the evictions.
     """
 
     min_similarity: float = 0.99
     clip: bool = False
+    max_bytes: int = HISTORY_BYTES
     history: dict[Hashable, np.ndarray] = field(default_factory=dict, repr=False)
     _ids: list[Hashable] | None = field(default=None, repr=False)
+    _bytes: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_similarity) and -1.0 <= self.min_similarity <= 1.0):
             raise AggregatorConfigError(
                 f"foolsgold: min_similarity must be in [-1, 1], got {self.min_similarity}"
             )
+        if self.max_bytes < 0:
+            raise AggregatorConfigError(f"foolsgold: max_bytes must be >= 0, got {self.max_bytes}")
 
     def set_clients(self, ids: Sequence[Hashable]) -> None:
         """The client ids of the next aggregation's rows, in row order."""
@@ -143,11 +151,27 @@ class SybilHistory:
             return [now[:, 0], now[:, 1]], "this round"
         feats = np.empty_like(now)
         for row, cid in enumerate(ids):
-            total = self.history.get(cid)
+            total = self.history.pop(cid, None)  # re-inserted last: most recently seen
+            if total is not None:
+                self._bytes -= total.nbytes
             total = now[row] if total is None else total + now[row]
-            self.history[cid] = total.astype(np.float32)  # 8 bytes per parameter and device
+            kept = total.astype(np.float32)  # 8 bytes per parameter and device
+            self.history[cid] = kept
+            self._bytes += kept.nbytes
             feats[row] = total
-        return [feats[:, 0], feats[:, 1]], "history"
+        evicted = self._evict(len(self.history) - len(ids))
+        return [feats[:, 0], feats[:, 1]], "history" + (
+            f", {evicted} least recently seen evicted" if evicted else ""
+        )
+
+    def _evict(self, evictable: int) -> int:
+        """Drop the ``evictable`` least recently seen at most, oldest first, until the history
+        fits ``max_bytes``; how many were dropped."""
+        dropped = 0
+        while self._bytes > self.max_bytes and dropped < evictable:
+            self._bytes -= self.history.pop(next(iter(self.history))).nbytes
+            dropped += 1
+        return dropped
 
     def decide(self, x: np.ndarray) -> tuple[FoolsGoldDecision, str]:
         feats, basis = self.features(x)
