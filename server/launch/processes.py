@@ -146,16 +146,20 @@ class ProcessTable:
     def stop_all(self, grace: float = 4.0) -> list[str]:
         """Stop every recorded process and everything it started; returns the names stopped.
 
-        Clients go first (workers, SuperNodes), then the executors with their ServerApps,
-        then the SuperLinks the others would otherwise keep retrying: each wave gets SIGTERM
+        Clients go first (workers, SuperNodes), while the fleet proxies they reach the
+        SuperLink through still run: a SuperNode stopped gracefully deactivates its node
+        there, so the next ``up`` need not wait a minute for Flower to expire the session.
+        Then the proxies and enrollment services, the executors with their ServerApps, and
+        last the SuperLinks the others would otherwise keep retrying: each wave gets SIGTERM
         and ``grace`` seconds, then SIGKILL. Descendants are collected before anything is
         signalled, so a helper that started its own session (Flower's SuperExec, Ray) is
         stopped too.
         """
         procs = [p for p in self.load() if alive(p.pid) and self._is_ours(p)]
-        order = ("superlink", "executor")
+        later = ("proxy-", "enroll-", "executor", "superlink")
         waves = [
-            [p for p in procs if not p.name.startswith(order)],
+            [p for p in procs if not p.name.startswith(later)],
+            [p for p in procs if p.name.startswith(("proxy-", "enroll-"))],
             [p for p in procs if p.name.startswith("executor")],
             [p for p in procs if p.name.startswith("superlink")],
         ]
@@ -237,12 +241,17 @@ def stop_trees(pids: list[int], grace: float) -> None:
     """SIGTERM each process, its process group and every descendant; SIGKILL what is left
     after ``grace`` seconds; reap what are our children; return once all are gone."""
     targets = {pid for root in pids for pid in (root, *descendants(root))}
+    groups = set()
     for root in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
+            groups.add(os.getpgid(root))
             os.killpg(os.getpgid(root), signal.SIGTERM)
+    # one SIGTERM each: Flower's processes restore the default handler on the first, so a
+    # second one kills them before their graceful exit (a SuperNode's node deactivation)
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
+            if os.getpgid(pid) not in groups:
+                os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p) for p in targets):
         for pid in targets:
