@@ -17,6 +17,8 @@ import pytest
 from fedgate.server.launch.superlink_main import (
     DEFAULT_BUSY_TIMEOUT_MS,
     busy_timeout_ms,
+    database_arg,
+    expire_left_sessions,
     patched_pragmas,
 )
 
@@ -70,3 +72,37 @@ def test_flower_state_connections_get_the_timeout(tmp_path, adapt: str, expected
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == expected
+
+
+def test_database_arg_reads_both_spellings() -> None:
+    assert database_arg(["--insecure", "--database", "/x/state.db", "--x"]) == "/x/state.db"
+    assert database_arg(["--database=/y.db"]) == "/y.db"
+    assert database_arg(["--database"]) is None and database_arg([]) is None
+
+
+def _state(path: str):
+    from flwr.superlink.config_loader import get_objectstore_linkstate_factories
+    from flwr.superlink.federation import NoOpFederationManager
+
+    return get_objectstore_linkstate_factories(path, NoOpFederationManager())[1].state()
+
+
+def test_sessions_left_online_are_ended_and_nothing_else(tmp_path) -> None:
+    from flwr.supercore.constant import NodeStatus
+
+    db = str(tmp_path / "state.db")
+    state = _state(db)
+    online = state.create_node("owner", "owner", b"key-1", 30.0)
+    assert state.activate_node(online, 30.0)  # a SuperNode connected, then its SuperLink died
+    registered = state.create_node("owner", "owner", b"key-2", 30.0)  # never connected
+    assert expire_left_sessions(db) == 1
+    status = {i.node_id: i.status for i in _state(db).get_node_info()}
+    assert status == {online: NodeStatus.OFFLINE, registered: NodeStatus.REGISTERED}
+    assert _state(db).activate_node(online, 30.0)  # the restarted SuperNode is let in at once
+    assert expire_left_sessions(db) == 1 and expire_left_sessions(db) == 0
+
+
+def test_no_state_yet_is_left_alone(tmp_path) -> None:
+    assert expire_left_sessions(str(tmp_path / "none.db")) == 0
+    assert not (tmp_path / "none.db").exists()
+    assert expire_left_sessions(":flwr-in-memory:") == 0

@@ -1,9 +1,10 @@
 """Flower's SuperLink with a SQLite busy timeout that holds on a busy machine.
 
 ``python -m fedgate.server.launch.superlink_main ARGS`` runs exactly ``flower-superlink ARGS``, with
-one documented adaptation made before Flower opens its state database: the
-``busy_timeout`` of every SQLite connection is raised from Flower's 5 s to
-``FEDGATE_SUPERLINK_BUSY_TIMEOUT_MS`` (default 120,000 ms).
+two documented adaptations made before Flower serves: the ``busy_timeout`` of every SQLite
+connection is raised from Flower's 5 s to ``FEDGATE_SUPERLINK_BUSY_TIMEOUT_MS`` (default
+120,000 ms); and the node sessions that a previous SuperLink process left online in its state
+database are ended (``expire_left_sessions``, below).
 
 Why: Flower 1.41's SQL LinkState runs ``_cleanup_expired_task_tokens`` (two UPDATEs) inside
 every read of run state (``get_run_info``, ``get_run_status``, task polling), so each
@@ -50,8 +51,45 @@ def adapt_flower() -> None:
     sql_mixin.SQLITE_PRAGMAS = patched_pragmas(sql_mixin.SQLITE_PRAGMAS, busy_timeout_ms())
 
 
+def database_arg(argv: list[str]) -> str | None:
+    """The ``--database`` value of a ``flower-superlink`` command line, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--database" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--database="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def expire_left_sessions(database: str) -> int:
+    """End every node session a previous SuperLink process left online in ``database``;
+    returns how many. Why: a SuperLink that was killed (or whose SuperNodes were) keeps their
+    nodes online in its state until their heartbeat patience runs out, up to a minute, and
+    refuses to activate a node it thinks online, so a restarted SuperNode waits that long.
+    A SuperLink process that has not started serving has no live session: each such node is
+    deactivated with Flower's own ``deactivate_node`` (what a SuperNode's graceful exit asks
+    for); a device still running elsewhere is online again at its next heartbeat."""
+    if database.startswith(":") or not os.path.exists(database):
+        return 0  # in-memory, or a fresh state: nothing was left
+    # heavy imports (Flower): only the SuperLink process needs them
+    from flwr.supercore.constant import NodeStatus
+    from flwr.superlink.config_loader import get_objectstore_linkstate_factories
+    from flwr.superlink.federation import NoOpFederationManager
+
+    _, factory = get_objectstore_linkstate_factories(database, NoOpFederationManager())
+    state = factory.state()
+    left = state.get_node_info(statuses=[NodeStatus.ONLINE])
+    return sum(bool(state.deactivate_node(info.node_id)) for info in left)
+
+
 def main() -> None:
     adapt_flower()
+    database = database_arg(sys.argv[1:])
+    if database:
+        expired = expire_left_sessions(database)
+        if expired:
+            print(f"fedgate: ended {expired} node session(s) left online by an earlier "
+                  "SuperLink process", flush=True)  # fmt: skip
     # heavy import (Flower): only the SuperLink process needs it
     from flwr.superlink.cli import flower_superlink
 
