@@ -232,10 +232,12 @@ class TriggerScanFilter(DelegatesToInner):
 
 def parse_filters(spec: str, known: Sequence[str]) -> tuple[str, ...]:
     """``"trigger-scan+foolsgold"`` -> its filters in order (outermost first); ``""`` -> ()."""
-    parts = tuple(p for p in spec.split("+")) if spec else ()
-    bad = [p for p in parts if p not in known or not p]
-    if bad or len(set(parts)) != len(parts):
-        raise AggregatorConfigError(
-            f"unknown or repeated filter in {spec!r}; known: " + ", ".join(map(repr, known))
-        )
+    parts = tuple(spec.split("+")) if spec else ()
+    for part in parts:
+        if part not in known:
+            raise AggregatorConfigError(
+                f"unknown filter {part!r} in {spec!r}; known: " + ", ".join(map(repr, known))
+            )
+    if len(set(parts)) != len(parts):
+        raise AggregatorConfigError(f"filter {spec!r} names a filter twice")
     return parts
