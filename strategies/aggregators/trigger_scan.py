@@ -38,6 +38,7 @@ from fedgate.strategies.aggregators.base import (
     Updates,
     as_float_matrix,
     make_diagnostics,
+    readmit,
 )
 from fedgate.strategies.aggregators.flame import smallest_n
 from fedgate.strategies.aggregators.linalg import serial_blas
@@ -175,13 +176,7 @@ class TriggerScan:
             return AggregationResult(res.vector, res.diagnostics, _join(res.note, note))
         score = self.scores(x, probe)
         kept = score <= self.threshold
-        readmitted = 0
-        if kept.sum() < min_kept:
-            for i in [i for i in np.argsort(score, kind="stable") if not kept[i]]:
-                if kept.sum() >= min_kept:
-                    break
-                kept[i] = True
-                readmitted += 1
+        readmitted = readmit(kept, score, min_kept)
         rows = np.flatnonzero(kept)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
         res = run(x[rows], w)
