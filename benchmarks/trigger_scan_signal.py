@@ -5,7 +5,8 @@ Runs one cell of the robustness protocol (``_fl_sim``: digits, n = 20, the ``--r
 trajectory, the region default unless told) and at round 1, 2 and every ``--every`` rounds
 prints min / median / max over clients of the scan's score (threshold: the scan's, 3.5) for
 honest clients and attackers, ``sep`` when every attacker scores above every honest client,
-and the scan's wall time. ``--boost k`` scans ``global + k * delta`` instead.
+and the scan's wall time. ``--boost k`` scans ``global + k * delta`` instead; ``--history``
+scans the mean of each client's deltas so far in place of its delta (times ``--boost``).
 
     python benchmarks/trigger_scan_signal.py --alpha 0.5 --f 4 --attack backdoor
 """
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--boost", type=float, default=1.0)
+    ap.add_argument("--history", action="store_true", help="scan the mean delta so far")
     ap.add_argument("--rule", default="ensemble", help="the trajectory (a robustness label)")
     args = ap.parse_args(argv)
     setting = Setting(alpha=args.alpha, f=args.f, rounds=args.rounds, seed=args.seed)
@@ -46,14 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     scan = TriggerScan()
 
     def make(s: Setting):
-        step, rnd = inner(s), [0]
+        step, rnd, total = inner(s), [0], [np.zeros(0)]
 
         def watched(deltas, glob, counts, server):
             rnd[0] += 1
+            now = deltas.astype(np.float64)
+            total[0] = now if rnd[0] == 1 else total[0] + now
+            scanned = total[0] / rnd[0] if args.history else now
             if rnd[0] in (1, 2) or rnd[0] % args.every == 0:
                 probe = ScanProbe(glob, server.root.x, server.root.y, SHAPES)
                 start = time.perf_counter()
-                score = scan.scores(args.boost * deltas.astype(np.float64), probe)
+                score = scan.scores(args.boost * scanned, probe)
                 took = time.perf_counter() - start
                 sep = "sep" if score[byz].min() > score[honest].max() else "-"
                 print(
