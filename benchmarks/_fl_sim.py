@@ -56,6 +56,7 @@ from fedgate.models.data import (
 )
 from fedgate.models.nets import build_model, get_weights
 from fedgate.models.train import flatten
+from fedgate.strategies.aggregators.trigger_scan import ScanProbe
 
 MODEL_ID = "mlp-64-32-10"
 HIDDEN, FEATURES, CLASSES = 32, 64, 10
@@ -286,6 +287,8 @@ def fedgate_step(name: str, pre: str | None = None, **params) -> Callable[[Setti
                 agg.set_reference(server.root_delta)  # FLTrust: the server's root update
             if hasattr(agg, "set_scorer"):
                 agg.set_scorer(lambda delta: server.losses(glob + delta))
+            if hasattr(agg, "set_probe"):  # the trigger scan: global weights, server data
+                agg.set_probe(ScanProbe(glob, server.root.x, server.root.y, SHAPES))
             if hasattr(agg, "set_clients"):
                 agg.set_clients(range(len(deltas)))  # every client, in a fixed order, each round
             return glob + np.asarray(agg(deltas, counts).vector, dtype=np.float32)

@@ -74,6 +74,17 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
         {"filter": "foolsgold", "sybil_similarity": 0.0},
     ),
     "ensemble-foolsgold-clip": ("ensemble", None, {"filter": "foolsgold", "clip": True}),
+    "ensemble-scan": ("ensemble", None, {"filter": "trigger-scan+foolsgold"}),
+    "ensemble-scan-2.5": (
+        "ensemble",
+        None,
+        {"filter": "trigger-scan+foolsgold", "scan_threshold": 2.5},
+    ),
+    "ensemble-scan-5": (
+        "ensemble",
+        None,
+        {"filter": "trigger-scan+foolsgold", "scan_threshold": 5.0},
+    ),
 }
 """Labels for rules built with parameters other than the region defaults: (rule, pre, params)."""
 TARGETS = {(0.5, 4): 0.93, (0.5, 6): 0.92, (0.1, 4): 0.88, (0.1, 6): 0.80}

@@ -23,6 +23,9 @@ foolsgold+<r> FoolsGold Sybil weights: max cosine of the   the rule's needs     
               update histories (Fung 2020), ``pre``
 zeno+<rule>   drop the f worst validation descents, then  a server scorer, the  the rule's
               the rule on the rest (``pre`` = zeno)        rule's bound on n - f
+trigger-scan  drop clients whose reverse-engineered        a server probe        the rule's
++<rule>       trigger mask is anomalously small (Neural    (``set_probe``), the
+              Cleanse, Wang 2019), ``pre`` = trigger-scan  rule's needs
 ============  ==========================================  ====================  =============
 
 Every rule checks its bound in ``check(n)`` (``AggregatorConfigError``), so a region fails at

@@ -192,6 +192,15 @@ def make_diagnostics(
     return tuple(ClientDiagnostic(i, fates[i], sc[i], float(weights[i])) for i in range(n))
 
 
+def readmit(kept: np.ndarray, score: np.ndarray, min_kept: int) -> int:
+    """Set ``kept`` (in place) for the rows not kept with the lowest ``score`` until
+    ``min_kept`` are kept (a filter must leave its inner rule enough rows); how many came back."""
+    back = [i for i in np.argsort(score, kind="stable") if not kept[i]]
+    back = back[: max(0, min_kept - int(kept.sum()))]
+    kept[back] = True
+    return len(back)
+
+
 def share(values: np.ndarray) -> np.ndarray:
     """``values`` normalized to sum to one (uniform when they sum to zero)."""
     v = np.asarray(values, dtype=np.float64)

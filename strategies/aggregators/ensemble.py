@@ -31,6 +31,7 @@ chosen member's; ``note`` names the choice and every member's loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -50,9 +51,13 @@ from fedgate.strategies.aggregators.flame import filtered, smallest_n
 from fedgate.strategies.aggregators.foolsgold import SybilHistory
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
 from fedgate.strategies.aggregators.registry import make_aggregator
+from fedgate.strategies.aggregators.trigger_scan import ScanProbe, TriggerScan, parse_filters
 
-FILTERS = ("", "flame", "foolsgold")
-"""Pre-filters an ensemble can run once, before all of its members ('' for none)."""
+Stage = Callable[[np.ndarray, np.ndarray | None], AggregationResult]
+
+FILTERS = ("", "flame", "foolsgold", "trigger-scan")
+"""Pre-filters an ensemble can run once, before all of its members ('' for none); several
+joined by ``+`` run in that order, the first outermost (``"trigger-scan+foolsgold"``)."""
 
 
 def parse_member(spec: str) -> tuple[str | None, str]:
@@ -102,6 +107,7 @@ class Ensemble:
     noise: float = 0.0
     sybil_similarity: float = 0.99
     clip: bool = False
+    scan_threshold: float = 3.5
     scorer_fn: Scorer | None = field(default=None, repr=False)
     name: ClassVar[str] = "ensemble"
 
@@ -116,17 +122,14 @@ class Ensemble:
             raise AggregatorConfigError(
                 f"{self.name}: confidence must be >= 0, got {self.confidence}"
             )
-        if self.filter not in FILTERS:
-            raise AggregatorConfigError(
-                f"{self.name}: unknown filter {self.filter!r}; known: "
-                + ", ".join(repr(k) for k in FILTERS)
-            )
+        self._filters = parse_filters(self.filter, FILTERS[1:])
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise AggregatorConfigError(f"{self.name}: noise must be >= 0, got {self.noise}")
         self._rng = np.random.default_rng(0)
         self._sybils = (
-            SybilHistory(self.sybil_similarity, self.clip) if self.filter == "foolsgold" else None
+            SybilHistory(self.sybil_similarity, self.clip) if "foolsgold" in self._filters else None
         )
+        self._scan = TriggerScan(self.scan_threshold) if "trigger-scan" in self._filters else None
         self.rules: list[Aggregator] = []
         for spec in self.members:
             pre, name = parse_member(spec)
@@ -168,6 +171,11 @@ class Ensemble:
         if self._sybils is not None:
             self._sybils.set_clients(ids)
 
+    def set_probe(self, probe: ScanProbe) -> None:
+        """The global weights and validation data for the trigger scan (next aggregation)."""
+        if self._scan is not None:
+            self._scan.set_probe(probe)
+
     def set_reference(self, vector: np.ndarray) -> None:
         """Hand the server's root-data update to the members that use one (FLTrust)."""
         for rule in self.rules:
@@ -183,27 +191,22 @@ class Ensemble:
         x = as_float_matrix(updates)
         self.check(len(x))
         scorer, self._scorer = self._scorer or self.scorer_fn, None
-        if self.filter == "flame":
-            need = max(smallest_n(rule, len(x)) for rule in self.rules)
-            result = filtered(
-                lambda sub, w: self._choose(sub, w, scorer),
-                x,
-                weights,
-                need,
-                self.noise,
-                self._rng,
-            )
-        elif self._sybils is not None:
-            need = max(smallest_n(rule, len(x)) for rule in self.rules)
-            result = self._sybils.apply(
-                lambda sub, w: self._choose(sub, w, scorer), x, weights, need
-            )
-        else:
-            result = self._choose(x, weights, scorer)
+        need = max(smallest_n(rule, len(x)) for rule in self.rules)
+        run: Stage = lambda sub, w: self._choose(sub, w, scorer)  # noqa: E731
+        for name in reversed(self._filters):  # the first filter runs first, outermost
+            run = self._stage(name, run, need)
+        result = run(x, weights)
         for rule in self.rules:
             if hasattr(rule, "center"):  # follow the model the server applies
                 rule.center = np.array(result.vector, copy=True)
         return result
+
+    def _stage(self, name: str, run: Stage, need: int) -> Stage:
+        """``run`` behind the filter ``name``."""
+        if name == "flame":
+            return lambda sub, w: filtered(run, sub, w, need, self.noise, self._rng)
+        screen = self._sybils if name == "foolsgold" else self._scan
+        return lambda sub, w: screen.apply(run, sub, w, need)
 
     def _choose(
         self, x: np.ndarray, weights: np.ndarray | None, scorer: Scorer | None

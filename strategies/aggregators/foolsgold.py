@@ -49,6 +49,7 @@ from fedgate.strategies.aggregators.base import (
     Updates,
     as_float_matrix,
     make_diagnostics,
+    readmit,
 )
 from fedgate.strategies.aggregators.flame import cosine_distances, smallest_n
 from fedgate.strategies.aggregators.linalg import serial_blas
@@ -194,12 +195,7 @@ class SybilHistory:
         n = len(x)
         decision, basis = self.decide(x)
         kept = decision.weight > 0
-        readmitted = 0
-        if kept.sum() < min_kept:
-            order = [i for i in np.argsort(decision.similarity, kind="stable") if not kept[i]]
-            for i in order[: min_kept - int(kept.sum())]:
-                kept[i] = True
-                readmitted += 1
+        readmitted = readmit(kept, decision.similarity, min_kept)
         rows = np.flatnonzero(kept)
         factor = decision.weight * decision.scale
         sub = (x[rows] * factor[rows, None]).astype(x.dtype, copy=False)
