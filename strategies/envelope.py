@@ -333,6 +333,33 @@ def build_envelope(
     metrics: Mapping[str, int | float] | None = None,
 ) -> Envelope:
     """An envelope for ``arrays``; raises ``ValueError`` if any field is out of spec."""
+    env, _ = _checked_envelope(
+        region=region,
+        run_id=run_id,
+        server_round=server_round,
+        nonce=nonce,
+        base_digest=base_digest,
+        device_id=device_id,
+        num_examples=num_examples,
+        arrays=arrays,
+        metrics=metrics,
+    )
+    return env
+
+
+def _checked_envelope(
+    *,
+    region: str,
+    run_id: str,
+    server_round: int,
+    nonce: str,
+    base_digest: str,
+    device_id: str,
+    num_examples: int,
+    arrays: ArrayRecord | Mapping[str, Any],
+    metrics: Mapping[str, int | float] | None = None,
+) -> tuple[Envelope, bytes]:
+    """``build_envelope`` with the canonical bytes it checked (the bytes a device signs)."""
     env = Envelope(
         region=region,
         run_id=run_id,
@@ -344,8 +371,9 @@ def build_envelope(
         arrays_digest=arrayrecord_digest(arrays),
         metrics=dict(metrics or {}),
     )
-    decode_envelope(env.canonical().decode("utf-8"))  # exactly what the server will check
-    return env
+    signed = env.canonical()
+    decode_envelope(signed.decode("utf-8"))  # exactly what the server will check
+    return env, signed
 
 
 def sign_envelope(key: Ed25519PrivateKey, envelope: Envelope) -> tuple[dict[str, Any], bytes]:
@@ -358,9 +386,12 @@ def sign_envelope(key: Ed25519PrivateKey, envelope: Envelope) -> tuple[dict[str,
 def pack_envelope(envelope: Envelope | Mapping[str, Any], signature: bytes) -> ConfigRecord:
     """The ``ConfigRecord`` that travels beside the update."""
     obj = envelope.to_dict() if isinstance(envelope, Envelope) else dict(envelope)
-    return ConfigRecord(
-        {ENVELOPE_FIELD: canonical_json(obj).decode("utf-8"), SIGNATURE_FIELD: signature.hex()}
-    )
+    return _packed(canonical_json(obj), signature)
+
+
+def _packed(signed: bytes, signature: bytes) -> ConfigRecord:
+    """The record of an envelope's canonical bytes and their signature."""
+    return ConfigRecord({ENVELOPE_FIELD: signed.decode("utf-8"), SIGNATURE_FIELD: signature.hex()})
 
 
 def sign_update(
@@ -373,24 +404,27 @@ def sign_update(
     base: ArrayRecord,
     arrays: ArrayRecord,
     metrics: Mapping[str, int | float],
+    base_digest: str | None = None,
 ) -> ConfigRecord:
     """Client side in one call: envelope for ``arrays`` trained from ``base``, signed, packed.
 
     ``metrics`` must be exactly what goes into the reply's ``MetricRecord`` and hold
-    ``num-examples``.
+    ``num-examples``. ``base_digest``: ``base``'s digest when the device already computed it
+    (it did, to verify the round's instruction); else it is computed here. The envelope's
+    canonical bytes are made once: checked as the server will check them, signed, packed.
     """
-    envelope = build_envelope(
+    _, signed = _checked_envelope(
         region=region,
         run_id=run_id,
         server_round=server_round,
         nonce=nonce,
-        base_digest=arrayrecord_digest(base),
+        base_digest=arrayrecord_digest(base) if base_digest is None else base_digest,
         device_id=fingerprint(key),
         num_examples=metrics["num-examples"],  # type: ignore[arg-type]
         arrays=arrays,
         metrics=metrics,
     )
-    return pack_envelope(*sign_envelope(key, envelope))
+    return _packed(signed, sign(key, signed))  # what pack_envelope(sign_envelope(...)) gives
 
 
 def _reject_constant(name: str) -> None:
