@@ -345,33 +345,6 @@ def build_envelope(
     metrics: Mapping[str, int | float] | None = None,
 ) -> Envelope:
     """An envelope for ``arrays``; raises ``ValueError`` if any field is out of spec."""
-    env, _ = _checked_envelope(
-        region=region,
-        run_id=run_id,
-        server_round=server_round,
-        nonce=nonce,
-        base_digest=base_digest,
-        device_id=device_id,
-        num_examples=num_examples,
-        arrays=arrays,
-        metrics=metrics,
-    )
-    return env
-
-
-def _checked_envelope(
-    *,
-    region: str,
-    run_id: str,
-    server_round: int,
-    nonce: str,
-    base_digest: str,
-    device_id: str,
-    num_examples: int,
-    arrays: ArrayRecord | Mapping[str, Any],
-    metrics: Mapping[str, int | float] | None = None,
-) -> tuple[Envelope, bytes]:
-    """``build_envelope`` with the canonical bytes it checked (the bytes a device signs)."""
     env = Envelope(
         region=region,
         run_id=run_id,
@@ -383,9 +356,8 @@ def _checked_envelope(
         arrays_digest=arrayrecord_digest(arrays),
         metrics=dict(metrics or {}),
     )
-    signed = env.canonical()
-    decode_envelope(signed.decode("utf-8"))  # exactly what the server will check
-    return env, signed
+    decode_envelope(env.canonical().decode("utf-8"))  # exactly what the server will check
+    return env
 
 
 def sign_envelope(key: Ed25519PrivateKey, envelope: Envelope) -> tuple[dict[str, Any], bytes]:
@@ -423,9 +395,9 @@ def sign_update(
     ``metrics`` must be exactly what goes into the reply's ``MetricRecord`` and hold
     ``num-examples``. ``base_digest``: ``base``'s digest when the device already computed it
     (it did, to verify the round's instruction); else it is computed here. The envelope's
-    canonical bytes are made once: checked as the server will check them, signed, packed.
+    canonical bytes are signed and packed as they are (``pack_envelope`` would remake them).
     """
-    _, signed = _checked_envelope(
+    envelope = build_envelope(
         region=region,
         run_id=run_id,
         server_round=server_round,
@@ -436,6 +408,7 @@ def sign_update(
         arrays=arrays,
         metrics=metrics,
     )
+    signed = envelope.canonical()
     return _packed(signed, sign(key, signed))  # what pack_envelope(sign_envelope(...)) gives
 
 
