@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedgate.clients.device import Device, load_device
-from fedgate.clients.device_view import emit
+from fedgate.clients.device_view import emit, listening
 from fedgate.clients.profiles import DeviceProfile, get_profile
 from fedgate.models.data import Dataset, DigitsShardLoader, NpzDirectoryLoader
 from fedgate.models.defaults import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_SEED
@@ -137,10 +137,13 @@ def sign_reply(
     metrics: dict[str, int | float],
 ) -> ConfigRecord:
     """The envelope an honest device attaches to its reply: the update, bound to this round's
-    facts and the model it started from, signed with the device's enrolled key."""
+    facts and the model it started from, signed with the device's enrolled key. ``base`` is
+    the model the instruction came with: its digest is the one the device computed over it
+    to verify the instruction (``instruction.model_digest``), not computed a second time."""
     return sign_update(
         device.key,
         base=base,
+        base_digest=instruction.model_digest,
         arrays=arrays,
         metrics=metrics,
         region=device.region,
@@ -223,6 +226,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     if envelope is not None:
         content["envelope"] = envelope
+    if envelope is not None and listening():  # the digest is for a device owner's view only
         emit(
             "signed", run=instruction.run_id, round=instruction.server_round,
             digest=arrayrecord_digest(arrays),

@@ -30,7 +30,13 @@ class Device:
     anchor: Ed25519PublicKey  # the region server's key, stored at enrollment
 
 
-@lru_cache(maxsize=32)
+DEVICE_CACHE = 16384
+"""Devices kept loaded per process: one per SuperNode's device directory. A simulation's
+ClientApp worker acts as every virtual device in turn (5,000 at the largest scale run), and
+reading a key, an enrollment and a trust anchor from disk costs more than signing."""
+
+
+@lru_cache(maxsize=DEVICE_CACHE)
 def _load(device_dir: str) -> Device:
     identity = load_identity(Path(device_dir))
     enrollment = read_enrollment(Path(device_dir))

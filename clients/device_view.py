@@ -24,6 +24,11 @@ def emit(kind: str, **facts: Any) -> None:
         listener(kind, facts)
 
 
+def listening() -> bool:
+    """Whether anyone listens: a caller may skip computing facts nobody would see."""
+    return bool(_listeners)
+
+
 def listen(callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
     """Add a listener; returns the function that removes it."""
     _listeners.append(callback)

@@ -10,6 +10,7 @@ beside the update as a ``ConfigRecord`` holding ``envelope`` (the canonical JSON
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -251,24 +252,35 @@ _NPY_HEADER = re.compile(
 _NPY_LENGTH = {(1, 0): 2, (2, 0): 4}  # bytes of the header length field per version
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_header(text: str) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran_order, dtype)`` of a header ``_NPY_HEADER`` matches, else None
+    (a model's updates repeat the same few headers: each is parsed once)."""
+    match = _NPY_HEADER.fullmatch(text)
+    if not match:
+        return None
+    descr, fortran, dims = match.groups()
+    try:
+        dtype = np.dtype(descr)
+    except TypeError:  # e.g. '<b8'
+        raise CanonicalArraysError(f"array payload has dtype {descr!r}") from None
+    return tuple(int(n) for n in dims.split(",") if n.strip()), fortran == "True", dtype
+
+
 def _npy_layout(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` v1.0/v2.0 payload."""
-    head = bytes(memoryview(data)[: NPY_MAX_HEADER + 16])
-    size = _NPY_LENGTH.get((head[6], head[7]) if len(head) >= 8 else (0, 0))
-    if head[:6] != npy_format.MAGIC_PREFIX or size is None:
+    view = memoryview(data)
+    prefix = bytes(view[:12])
+    size = _NPY_LENGTH.get((prefix[6], prefix[7]) if len(prefix) >= 8 else (0, 0))
+    if prefix[:6] != npy_format.MAGIC_PREFIX or size is None:
         raise CanonicalArraysError("array payload is not a .npy v1.0/v2.0 array")
-    length = int.from_bytes(head[8 : 8 + size], "little")
+    length = int.from_bytes(prefix[8 : 8 + size], "little")
     start = 8 + size + length
-    match = _NPY_HEADER.fullmatch(head[8 + size : start].decode("latin1"))
-    if match and length <= NPY_MAX_HEADER and len(head) >= start:
-        descr, fortran, dims = match.groups()
-        try:
-            dtype = np.dtype(descr)
-        except TypeError:  # e.g. '<b8'
-            raise CanonicalArraysError(f"array payload has dtype {descr!r}") from None
-        shape = tuple(int(n) for n in dims.split(",") if n.strip())
-        return shape, fortran == "True", dtype, start
-    fp = io.BytesIO(head)
+    if length <= NPY_MAX_HEADER and len(view) >= start:
+        plain = _plain_header(bytes(view[8 + size : start]).decode("latin1"))
+        if plain is not None:
+            return *plain, start
+    fp = io.BytesIO(bytes(view[: NPY_MAX_HEADER + 16]))
     try:
         version = npy_format.read_magic(fp)
         reader = npy_format.read_array_header_1_0
@@ -358,9 +370,12 @@ def sign_envelope(key: Ed25519PrivateKey, envelope: Envelope) -> tuple[dict[str,
 def pack_envelope(envelope: Envelope | Mapping[str, Any], signature: bytes) -> ConfigRecord:
     """The ``ConfigRecord`` that travels beside the update."""
     obj = envelope.to_dict() if isinstance(envelope, Envelope) else dict(envelope)
-    return ConfigRecord(
-        {ENVELOPE_FIELD: canonical_json(obj).decode("utf-8"), SIGNATURE_FIELD: signature.hex()}
-    )
+    return _packed(canonical_json(obj), signature)
+
+
+def _packed(signed: bytes, signature: bytes) -> ConfigRecord:
+    """The record of an envelope's canonical bytes and their signature."""
+    return ConfigRecord({ENVELOPE_FIELD: signed.decode("utf-8"), SIGNATURE_FIELD: signature.hex()})
 
 
 def sign_update(
@@ -373,24 +388,28 @@ def sign_update(
     base: ArrayRecord,
     arrays: ArrayRecord,
     metrics: Mapping[str, int | float],
+    base_digest: str | None = None,
 ) -> ConfigRecord:
     """Client side in one call: envelope for ``arrays`` trained from ``base``, signed, packed.
 
     ``metrics`` must be exactly what goes into the reply's ``MetricRecord`` and hold
-    ``num-examples``.
+    ``num-examples``. ``base_digest``: ``base``'s digest when the device already computed it
+    (it did, to verify the round's instruction); else it is computed here. The envelope's
+    canonical bytes are signed and packed as they are (``pack_envelope`` would remake them).
     """
     envelope = build_envelope(
         region=region,
         run_id=run_id,
         server_round=server_round,
         nonce=nonce,
-        base_digest=arrayrecord_digest(base),
+        base_digest=arrayrecord_digest(base) if base_digest is None else base_digest,
         device_id=fingerprint(key),
         num_examples=metrics["num-examples"],  # type: ignore[arg-type]
         arrays=arrays,
         metrics=metrics,
     )
-    return pack_envelope(*sign_envelope(key, envelope))
+    signed = envelope.canonical()
+    return _packed(signed, sign(key, signed))  # what pack_envelope(sign_envelope(...)) gives
 
 
 def _reject_constant(name: str) -> None:

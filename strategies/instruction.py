@@ -24,13 +24,15 @@ specification is ``docs/signing.md``.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedgate.crypto import SignatureError, canonical_json, sign, verify
+from fedgate.crypto import SignatureError, canonical_json, public_bytes, sign, verify
 from fedgate.errors import VerificationError
 from fedgate.formats import (
     HEX64_RE,
@@ -192,6 +194,47 @@ def sign_instruction(
     return sign(key, instruction_bytes(kind, model_digest, config)).hex()
 
 
+class VerifiedInstructions:
+    """The instructions whose signature already verified in this process, exactly as given.
+
+    Every virtual device of a simulation, and every device a ClientApp worker serves, gets
+    the round's one instruction with the same model: the canonical form and the Ed25519
+    check are the same computation on the same inputs each time. An entry is the whole
+    input (kind, model digest, trust anchor, every config entry with its type and exact
+    ``repr``, so ``1``/``1.0``/``True`` and ``0.0``/``-0.0`` stay apart): only an identical
+    instruction skips the recomputation, and only one that verified is remembered. The
+    other checks (fields, region) still run every time.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(
+        config: Mapping[str, Any], kind: str, model_digest: str, anchor: Ed25519PublicKey
+    ) -> tuple:
+        entries = tuple((k, type(k), type(v), repr(v)) for k, v in config.items())
+        return kind, model_digest, public_bytes(anchor), entries
+
+    def __contains__(self, key: tuple) -> bool:
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return True
+            return False
+
+    def add(self, key: tuple) -> None:
+        with self._lock:
+            self._seen[key] = None
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+
+_VERIFIED = VerifiedInstructions()
+
+
 def verify_instruction(
     config: Mapping[str, Any],
     *,
@@ -215,13 +258,16 @@ def verify_instruction(
     if not isinstance(sig, str) or not SIGNATURE_RE.fullmatch(sig):
         raise InstructionError(f"{SIGNATURE_KEY} must be 128 lowercase hex digits")
     _check_fields(config)
-    try:
-        verify(anchor, bytes.fromhex(sig), instruction_bytes(kind, model_digest, config))
-    except SignatureError:
-        raise InstructionError(
-            "instruction signature does not verify against the region's trust anchor",
-            InstructionReason.BAD_SIGNATURE,
-        ) from None
+    memo = VerifiedInstructions.key(config, kind, model_digest, anchor)
+    if memo not in _VERIFIED:
+        try:
+            verify(anchor, bytes.fromhex(sig), instruction_bytes(kind, model_digest, config))
+        except SignatureError:
+            raise InstructionError(
+                "instruction signature does not verify against the region's trust anchor",
+                InstructionReason.BAD_SIGNATURE,
+            ) from None
+        _VERIFIED.add(memo)
     if config["region"] != region:
         raise InstructionError(
             f"instruction is for region {config['region']!r}; this device belongs to {region!r}",

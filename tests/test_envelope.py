@@ -266,3 +266,27 @@ def test_build_and_sign_refuse_out_of_spec_values(world: World) -> None:
             )
     with pytest.raises(ValueError, match="fingerprint"):
         sign_envelope(generate_key(), world.envelope())
+
+
+def test_sign_update_is_pack_of_sign_envelope(world: World) -> None:
+    """``sign_update``'s one-pass record is the record of ``build_envelope``,
+    ``sign_envelope`` and ``pack_envelope``; a base digest given is the base's digest."""
+    facts = dict(region="eu", run_id=RUN, server_round=3, nonce=world.nonces(3))
+    one_pass = sign_update(
+        world.key, base=world.base, arrays=world.update, metrics=METRICS, **facts
+    )
+    given = sign_update(
+        world.key, base=world.base, arrays=world.update, metrics=METRICS,
+        base_digest=arrayrecord_digest(world.base), **facts,
+    )  # fmt: skip
+    apart = pack_envelope(*sign_envelope(world.key, world.envelope()))
+    assert dict(one_pass) == dict(given) == dict(apart)
+    assert verify_envelope(given, world.update, **world.kwargs()) == fingerprint(world.key)
+
+
+def test_sign_update_refuses_out_of_spec_values_too(world: World) -> None:
+    with pytest.raises(ValueError):
+        sign_update(
+            world.key, region="eu", run_id=RUN, server_round=3, nonce="not-hex",
+            base=world.base, arrays=world.update, metrics=METRICS,
+        )  # fmt: skip

@@ -241,3 +241,41 @@ def test_signing_refuses_what_the_device_would_refuse() -> None:
         sign_instruction(SERVER, "predict", DIGEST, base_config())
     with pytest.raises(InstructionError):
         sign_instruction(SERVER, "train", DIGEST, {"region": "eu"})
+
+
+def test_a_verified_instruction_is_remembered_only_as_given(monkeypatch) -> None:
+    """The second identical instruction skips the Ed25519 check; any change (a value's
+    type or sign, the model, the kind, the anchor, the signature) is checked again."""
+    from fedgate.strategies import instruction as module
+
+    calls: list[bytes] = []
+    real = module.verify
+
+    def counting(key: Any, signature: bytes, message: bytes) -> None:
+        calls.append(message)
+        real(key, signature, message)
+
+    monkeypatch.setattr(module, "_VERIFIED", module.VerifiedInstructions(size=4))
+    monkeypatch.setattr(module, "verify", counting)
+    config = signed(**{"lr": 0.0, "local-epochs": 1})
+    first, again = check(config), check(dict(config))
+    assert first == again and len(calls) == 1
+    again.config["lr"] = 9.0  # a caller's copy: the remembered instruction is not shared
+    assert check(config).config["lr"] == 0.0
+    for changed in ({"lr": -0.0}, {"local-epochs": True}, {"local-epochs": 1.0}):
+        assert refusal({**config, **changed}) in (
+            InstructionReason.BAD_SIGNATURE,
+            InstructionReason.MALFORMED,
+        )
+    assert refusal(config, model_digest="ef" * 32) == InstructionReason.BAD_SIGNATURE
+    assert refusal(config, kind="evaluate") == InstructionReason.BAD_SIGNATURE
+    assert refusal(config, anchor=OTHER_SERVER.public_key()) == InstructionReason.BAD_SIGNATURE
+    forged = {**config, SIGNATURE_KEY: signed(key=OTHER_SERVER, **{"lr": 0.0})[SIGNATURE_KEY]}
+    assert refusal(forged) == InstructionReason.BAD_SIGNATURE
+    assert refusal(config, region="us") == InstructionReason.WRONG_REGION  # checked every time
+    # every changed input was checked again (-0.0 refused before the signature), none kept
+    assert len(calls) == 1 + 6
+    for i in range(5):  # the memory is bounded: the oldest entry goes
+        check(signed(**{"local-epochs": 10 + i}))
+    check(config)
+    assert len(calls) == 1 + 6 + 5 + 1

@@ -42,3 +42,19 @@ def test_the_strategy_scores_candidates_through_the_flat_form(judged: RegionMode
     losses = ensemble._scorer(np.zeros_like(base))
     assert calls == ["flat"]
     np.testing.assert_allclose(losses, judged.losses(current), rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_id", ["mlp-64-32-10", "cnn-small-v1"])
+def test_the_flat_scorer_is_the_record_scorer_exactly(model_id: str) -> None:
+    """Bit for bit, for both architectures, also when a float64 vector is given."""
+    judged = RegionModel(
+        build_model(model_id, seed=0),
+        region_validation("eu", ("eu", "us"), 0),
+        common_test_split(0),
+    )
+    for seed in (3, 4):
+        arrays = ArrayRecord(build_model(model_id, seed=seed).state_dict())
+        vector = flatten_record(arrays)
+        want = judged.losses(arrays)
+        assert np.array_equal(judged.losses_of_vector(vector), want)
+        assert np.array_equal(judged.losses_of_vector(vector.astype(np.float64)), want)

@@ -198,18 +198,18 @@ class RegionModel:
     def losses_of_vector(self, vector: np.ndarray) -> np.ndarray:
         """``losses`` of the model given as one flat float32 vector, in the order of the
         model's state dict (the order of the ArrayRecords the strategy flattens)."""
-        shapes = {name: tensor.shape for name, tensor in self.model.state_dict().items()}
-        total = sum(int(np.prod(shape)) for shape in shapes.values())
+        state = self.model.state_dict()  # the model's own tensors (views, no copy)
+        total = sum(tensor.numel() for tensor in state.values())
         if total != len(vector):
             raise ValueError(f"a vector of {len(vector)} values for a model of {total}")
-        state, pos = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            part = np.ascontiguousarray(vector[pos : pos + size], dtype=np.float32)
-            state[name] = torch.from_numpy(part).reshape(shape)
-            pos += size
+        flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
         with one_torch_thread():
-            self.model.load_state_dict(state)
+            with torch.no_grad():  # what load_state_dict does, without its per-call checks
+                pos = 0
+                for tensor in state.values():
+                    size = tensor.numel()
+                    tensor.copy_(flat[pos : pos + size].view(tensor.shape))
+                    pos += size
             return example_losses(self.model, self.validation)
 
     def scorer(self) -> Scorer:
