@@ -8,6 +8,7 @@ PostgreSQL binaries FAIL the PostgreSQL cases with a clear message; run
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,13 @@ from fedgate.server.db.pgcluster import PgCluster, PgClusterError
 
 if TYPE_CHECKING:
     from flwr.app import Message, RecordDict
+
+# A suite started in the background of a non-interactive shell (`( make test & )`) inherits
+# SIGINT ignored, and so would every process it starts: the tests of Ctrl-C (a run stopped at
+# its SuperLink, `release serve` stopping) would then wait out their timeouts. Ctrl-C is
+# what they test, so the suite restores Python's own handler, which its children inherit.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def running_pg_cluster() -> Iterator[PgCluster]:
