@@ -244,8 +244,9 @@ def stop_trees(pids: list[int], grace: float) -> None:
     groups = set()
     for root in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            groups.add(os.getpgid(root))
-            os.killpg(os.getpgid(root), signal.SIGTERM)
+            group = os.getpgid(root)
+            groups.add(group)
+            os.killpg(group, signal.SIGTERM)
     # one SIGTERM each: Flower's processes restore the default handler on the first, so a
     # second one kills them before their graceful exit (a SuperNode's node deactivation)
     for pid in targets:
