@@ -75,6 +75,29 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
     ),
     "ensemble-foolsgold-clip": ("ensemble", None, {"filter": "foolsgold", "clip": True}),
     "ensemble-scan": ("ensemble", None, {"filter": "trigger-scan+foolsgold"}),
+    "ensemble-repair": ("ensemble", None, {"filter": "trigger-repair+foolsgold"}),
+    "ensemble-repair-only": ("ensemble", None, {"filter": "trigger-repair"}),
+    # the repair's tuning runs (docs/backdoor.md, "The trigger repair")
+    "ensemble-repair-30": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 30}},
+    ),
+    "ensemble-repair-100": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 100}},
+    ),
+    "ensemble-repair-lr02": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_lr": 0.02}},
+    ),
+    "ensemble-repair-k3": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"remembered": 3}},
+    ),
     "ensemble-scan-2.5": (
         "ensemble",
         None,

@@ -25,7 +25,8 @@ from flwr.supercore import log
 
 from fedgate.canonical_arrays import CanonicalArraysError
 from fedgate.errors import UnavailableError, VerificationError
-from fedgate.strategies.aggregators import Aggregator
+from fedgate.strategies.aggregators import Aggregator, AggregatorConfigError
+from fedgate.strategies.aggregators.trigger_scan import ScanProbe
 from fedgate.strategies.arrival import ArrivalScreening, exchange, stateless
 from fedgate.strategies.envelope import OversizePayload, Reason, array_view, arrayrecord_digest
 from fedgate.strategies.fates import ClientFate, TransportError
@@ -395,6 +396,7 @@ class RobustStrategy(Strategy):
 
         updates = round_updates(current, accepted, self.median_cap)
         self._offer_scorer(updates.base, current)
+        self._offer_probe(updates.base, current)
         if hasattr(self.aggregator, "set_clients"):  # FoolsGold: per-device update history
             self.aggregator.set_clients([a.fate.node_id for a in accepted])
         result = self.aggregator(updates.deltas, updates.weights)
@@ -419,6 +421,21 @@ class RobustStrategy(Strategy):
             self.aggregator.set_scorer(lambda delta: flat(base + delta))
             return
         self.aggregator.set_scorer(lambda delta: scorer(unflatten_record(base + delta, like)))
+
+    def _offer_probe(self, base: np.ndarray, like: ArrayRecord) -> None:
+        """Hand a filter that probes candidate models with the server's validation data (the
+        trigger scan, the trigger repair) the global weights and that data. A model the
+        probe cannot handle (not the two-layer MLP) gets none: the filter says it is off."""
+        data = getattr(self.scorer, "data", None)
+        if data is None or not hasattr(self.aggregator, "set_probe"):
+            return
+        shapes = tuple(tuple(arr.shape) for arr in like.values())
+        try:
+            probe = ScanProbe(np.asarray(base, dtype=np.float64), data[0], data[1], shapes)
+        except AggregatorConfigError as exc:
+            log(WARNING, "no probe for the backdoor filters: %s", exc)
+            return
+        self.aggregator.set_probe(probe)
 
     def _finish(self, record: RoundRecord) -> None:
         self.rounds.append(record)

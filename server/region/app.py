@@ -220,6 +220,9 @@ class RegionModel:
             return fn(arrays)
 
         scorer.of_vector = self.losses_of_vector  # type: ignore[attr-defined]
+        # the validation split itself, for filters that probe a candidate model with it
+        # (the trigger scan and the trigger repair)
+        scorer.data = (self.validation.x, self.validation.y)  # type: ignore[attr-defined]
         return scorer
 
     def metrics(self, arrays: ArrayRecord) -> dict[str, float]:

@@ -26,6 +26,9 @@ zeno+<rule>   drop the f worst validation descents, then  a server scorer, the  
 trigger-scan  drop clients whose reverse-engineered        a server probe        the rule's
 +<rule>       trigger mask is anomalously small (Neural    (``set_probe``), the
               Cleanse, Wang 2019), ``pre`` = trigger-scan  rule's needs
+trigger-      find a trigger in the aggregate, unlearn    a server probe, the   the rule's
+repair+<rule> it, drop devices that push one found        rule's needs; acts
+              before (``pre`` = trigger-repair)           from 8 updates
 ============  ==========================================  ====================  =============
 
 Every rule checks its bound in ``check(n)`` (``AggregatorConfigError``), so a region fails at

@@ -51,11 +51,12 @@ from fedgate.strategies.aggregators.flame import filtered, smallest_n
 from fedgate.strategies.aggregators.foolsgold import SybilHistory
 from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
 from fedgate.strategies.aggregators.registry import make_aggregator
+from fedgate.strategies.aggregators.trigger_repair import TriggerRepair
 from fedgate.strategies.aggregators.trigger_scan import ScanProbe, TriggerScan, parse_filters
 
 Stage = Callable[[np.ndarray, np.ndarray | None], AggregationResult]
 
-FILTERS = ("", "flame", "foolsgold", "trigger-scan")
+FILTERS = ("", "flame", "foolsgold", "trigger-scan", "trigger-repair")
 """Pre-filters an ensemble can run once, before all of its members ('' for none); several
 joined by ``+`` run in that order, the first outermost (``"trigger-scan+foolsgold"``)."""
 
@@ -108,6 +109,7 @@ class Ensemble:
     sybil_similarity: float = 0.99
     clip: bool = False
     scan_threshold: float = 3.5
+    repair: dict = field(default_factory=dict)  # TriggerRepair's parameters
     scorer_fn: Scorer | None = field(default=None, repr=False)
     name: ClassVar[str] = "ensemble"
 
@@ -130,6 +132,7 @@ class Ensemble:
             SybilHistory(self.sybil_similarity, self.clip) if "foolsgold" in self._filters else None
         )
         self._scan = TriggerScan(self.scan_threshold) if "trigger-scan" in self._filters else None
+        self._repair = TriggerRepair(**self.repair) if "trigger-repair" in self._filters else None
         self.rules: list[Aggregator] = []
         for spec in self.members:
             pre, name = parse_member(spec)
@@ -172,9 +175,11 @@ class Ensemble:
             self._sybils.set_clients(ids)
 
     def set_probe(self, probe: ScanProbe) -> None:
-        """The global weights and validation data for the trigger scan (next aggregation)."""
-        if self._scan is not None:
-            self._scan.set_probe(probe)
+        """The global weights and validation data for the trigger scan and the trigger repair
+        (next aggregation)."""
+        for screen in (self._scan, self._repair):
+            if screen is not None:
+                screen.set_probe(probe)
 
     def set_reference(self, vector: np.ndarray) -> None:
         """Hand the server's root-data update to the members that use one (FLTrust)."""
@@ -205,6 +210,9 @@ class Ensemble:
         """``run`` behind the filter ``name``."""
         if name == "flame":
             return lambda sub, w: filtered(run, sub, w, need, self.noise, self._rng)
+        if name == "trigger-repair":  # drops at most f: the rows an attacker can hold
+            repair = self._repair
+            return lambda sub, w: repair.apply(run, sub, w, max(need, len(sub) - self.f))
         screen = self._sybils if name == "foolsgold" else self._scan
         return lambda sub, w: screen.apply(run, sub, w, need)
 

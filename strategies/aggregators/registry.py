@@ -13,6 +13,7 @@ from fedgate.strategies.aggregators.base import Aggregator, AggregatorConfigErro
 from fedgate.strategies.aggregators.flame import Flame
 from fedgate.strategies.aggregators.foolsgold import FoolsGold
 from fedgate.strategies.aggregators.nnm import NNM
+from fedgate.strategies.aggregators.trigger_repair import TriggerRepairFilter
 from fedgate.strategies.aggregators.trigger_scan import TriggerScanFilter
 from fedgate.strategies.aggregators.zeno import ZenoFilter
 
@@ -36,6 +37,7 @@ _PRE: dict[str, Callable[[Aggregator], Aggregator]] = {
     "flame": Flame,
     "foolsgold": FoolsGold,
     "trigger-scan": TriggerScanFilter,
+    "trigger-repair": TriggerRepairFilter,
 }
 PRE_AGGREGATORS: tuple[str, ...] = tuple(_PRE)
 

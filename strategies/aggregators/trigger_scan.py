@@ -69,7 +69,19 @@ class ScanProbe:
             raise AggregatorConfigError("trigger-scan: the weights do not match the shapes")
 
 
-def mask_norms(
+def mlp_parameters(weights, probe: ScanProbe) -> list:
+    """The torch tensors W1 (n, H, F), b1 (n, H), W2 (n, C, H), b2 (n, C) of flat ``weights``
+    (an (n, d) tensor) laid out as ``probe.shapes``."""
+    import torch
+
+    sizes = [math.prod(s) for s in probe.shapes]
+    return [
+        p.reshape(len(weights), *s)
+        for p, s in zip(torch.split(weights, sizes, 1), probe.shapes, strict=True)
+    ]
+
+
+def reverse_engineer(
     models: np.ndarray,
     probe: ScanProbe,
     steps: int = 30,
@@ -77,18 +89,15 @@ def mask_norms(
     examples: int = 64,
     lr: float = 0.15,
     start: float = -2.0,
-) -> np.ndarray:
-    """The reverse-engineered mask's L1 norm (n, C) per model row (flat weights) and class."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per model row (flat weights) and class, the reverse-engineered mask and pattern, each
+    (n, C, F) in [0, 1]: Neural Cleanse's optimisation, all pairs batched."""
     import torch
 
     (_, f), _, (c, _), _ = probe.shapes
     n = len(models)
-    w = torch.from_numpy(np.ascontiguousarray(models, dtype=np.float32))
-    w1, b1, w2, b2 = (
-        p.reshape(n, *s)
-        for p, s in zip(
-            torch.split(w, [math.prod(s) for s in probe.shapes], 1), probe.shapes, strict=True
-        )
+    w1, b1, w2, b2 = mlp_parameters(
+        torch.from_numpy(np.ascontiguousarray(models, dtype=np.float32)), probe
     )
     x = torch.from_numpy(np.ascontiguousarray(probe.x[:examples], dtype=np.float32))
     y = torch.from_numpy(np.asarray(probe.y[:examples], dtype=np.int64))
@@ -121,7 +130,17 @@ def mask_norms(
                 opt.step()
     finally:
         torch.set_num_threads(threads)
-    return torch.sigmoid(mask_logit).sum(-1).detach().numpy().astype(np.float64)
+    return (
+        torch.sigmoid(mask_logit).detach().numpy().astype(np.float64),
+        torch.sigmoid(pattern_logit).detach().numpy().astype(np.float64),
+    )
+
+
+def mask_norms(
+    models: np.ndarray, probe: ScanProbe, steps: int = 30, lam: float = 0.05, examples: int = 64
+) -> np.ndarray:
+    """The reverse-engineered mask's L1 norm (n, C) per model row (flat weights) and class."""
+    return reverse_engineer(models, probe, steps, lam, examples)[0].sum(-1)
 
 
 def anomaly_scores(norms: np.ndarray) -> np.ndarray:

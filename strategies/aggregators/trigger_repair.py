@@ -1,0 +1,279 @@
+"""Trigger repair: find a patch backdoor in the round's aggregate, unlearn it, and keep out
+the devices that push the trigger found (Neural Cleanse's detection and unlearning, Wang et
+al., S&P 2019, run by the server on the aggregate every round, with a memory of triggers).
+
+Each round, with the server's validation data and the global weights (the probe):
+
+1. **attribute**: for every trigger remembered from earlier rounds (target class ``t``,
+   mask ``m``, pattern ``p``), every row's candidate model ``global + row`` is scored by how
+   much it raises the mean log-probability of ``t`` on the validation inputs not of class
+   ``t`` carrying the trigger, beyond what it does to the same inputs without it (relative to
+   the global model); a score's anomaly index against the rows' median and MAD above
+   ``attribution_threshold`` **drops** the row (at most ``max_dropped``, the highest first;
+   the rule behind keeps the rows it needs);
+2. the rule behind aggregates the rows kept;
+3. **detect**: on the candidate ``global + aggregate``, the smallest mask and pattern that
+   turn validation inputs into each class are reverse-engineered
+   (:func:`~fedgate.strategies.aggregators.trigger_scan.reverse_engineer`); a class whose
+   mask norm is anomalously small against the other classes' (median/MAD index above
+   ``detect_threshold``) is a found trigger, remembered with the last ``remembered - 1``
+   found for its class (by default it replaces the class's older one);
+4. **unlearn**: if a trigger was found, the candidate is fine-tuned on the validation data
+   plus its copy carrying each found trigger, with the true labels (``unlearn_steps`` SGD
+   steps), and the aggregate becomes the repaired model minus the global weights.
+
+Every decision is in the round record: a dropped row's score is its anomaly index, the note
+says what was dropped, found and unlearned. Without a probe or below ``MIN_REPAIRED`` updates
+the filter stands aside and says so. Deterministic given the probe and its memory.
+The model must be the two-layer MLP the scan handles (:class:`ScanProbe` checks the shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedgate.strategies.aggregators.base import (
+    AggregationResult,
+    Aggregator,
+    AggregatorConfigError,
+    DelegatesToInner,
+    Updates,
+    as_float_matrix,
+    make_diagnostics,
+    readmit,
+)
+from fedgate.strategies.aggregators.flame import smallest_n
+from fedgate.strategies.aggregators.linalg import serial_blas
+from fedgate.strategies.aggregators.trigger_scan import (
+    ScanProbe,
+    mlp_parameters,
+    reverse_engineer,
+)
+
+MIN_REPAIRED = 8
+"""Fewest updates a round for the filter to run: the median/MAD attribution needs a crowd, and
+in the demo's rounds of four or five skewed devices a false detection would fine-tune the
+model on the validation split the approval gate judges it by (as FLAME's cut-off)."""
+MAD_FLOOR = 0.02
+MAD_SCALE = 1.4826
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A reverse-engineered trigger: inputs ``(1 - mask) x + mask pattern`` go to ``target``."""
+
+    target: int
+    mask: np.ndarray  # (F,) in [0, 1]
+    pattern: np.ndarray  # (F,) in [0, 1]
+    anomaly: float  # how far below the other classes' its mask norm was when found
+
+    def stamp(self, x: np.ndarray) -> np.ndarray:
+        return (1.0 - self.mask) * x + self.mask * self.pattern
+
+
+def robust_index(values: np.ndarray) -> np.ndarray:
+    """``(v - median) / (1.4826 MAD)``, the MAD floored at 2 % of the median's size."""
+    med = float(np.median(values))
+    mad = MAD_SCALE * float(np.median(np.abs(values - med)))
+    mad = max(mad, MAD_FLOOR * abs(med), 1e-9)
+    return (values - med) / mad
+
+
+def _log_probs(models: np.ndarray, probe: ScanProbe, x: np.ndarray):
+    """Log-probabilities (n, k, C) of the flat MLP ``models`` (n, d) on inputs ``x`` (k, F)."""
+    import torch
+
+    w1, b1, w2, b2 = mlp_parameters(torch.from_numpy(np.asarray(models, np.float32)), probe)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    hid = torch.relu(torch.matmul(xt, w1.transpose(1, 2)) + b1[:, None, :])
+    return torch.log_softmax(torch.matmul(hid, w2.transpose(1, 2)) + b2[:, None, :], -1)
+
+
+def attribution(rows: np.ndarray, probe: ScanProbe, triggers: list[Trigger]) -> np.ndarray:
+    """Per row, the highest anomaly index over ``triggers`` of how much ``global + row``
+    raises the trigger's class on triggered validation inputs beyond on clean ones."""
+    import torch
+
+    glob = np.asarray(probe.weights, dtype=np.float32)
+    models = np.concatenate([glob[None, :], glob[None, :] + rows]).astype(np.float32)
+    score = np.full(len(rows), -np.inf)
+    with torch.no_grad():
+        for trig in triggers:
+            other = probe.x[probe.y != trig.target]
+            if len(other) == 0:
+                continue
+            both = np.concatenate([other, trig.stamp(other)])
+            lp = _log_probs(models, probe, both)[:, :, trig.target].numpy().astype(np.float64)
+            clean, marked = lp[:, : len(other)].mean(1), lp[:, len(other) :].mean(1)
+            rise = (marked - clean)[1:] - (marked - clean)[0]
+            score = np.maximum(score, robust_index(rise))
+    return score
+
+
+def unlearn(
+    model: np.ndarray, probe: ScanProbe, triggers: list[Trigger], steps: int, lr: float
+) -> np.ndarray:
+    """``model`` fine-tuned on the validation data and its copies carrying ``triggers``,
+    true labels throughout (SGD with momentum 0.9, full batch)."""
+    import torch
+
+    params = [
+        p[0].clone().requires_grad_(True)
+        for p in mlp_parameters(torch.from_numpy(np.asarray(model, np.float32)[None]), probe)
+    ]
+    x = np.asarray(probe.x, dtype=np.float32)
+    inputs = torch.from_numpy(
+        np.concatenate([x] + [t.stamp(x) for t in triggers]).astype(np.float32)
+    )
+    labels = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), 1 + len(triggers)))
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    w1, b1, w2, b2 = params
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = torch.relu(inputs @ w1.T + b1) @ w2.T + b2
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float64)
+
+
+@dataclass
+class TriggerRepair:
+    """The filter's parameters, its probe for the next round and its memory (module doc)."""
+
+    detect_threshold: float = 2.0
+    attribution_threshold: float = 3.0
+    unlearn_steps: int = 60
+    unlearn_lr: float = 0.05
+    search_steps: int = 100
+    lam: float = 0.05
+    remembered: int = 1
+    _probe: ScanProbe | None = field(default=None, repr=False)
+    memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("detect_threshold", "attribution_threshold", "unlearn_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise AggregatorConfigError(f"trigger-repair: {name} must be > 0, got {value}")
+        counts = (self.unlearn_steps, self.search_steps, self.remembered)
+        if min(counts) < 1 or not self.lam >= 0:
+            raise AggregatorConfigError(
+                "trigger-repair: unlearn_steps, search_steps, remembered must be >= 1, lam >= 0"
+            )
+
+    def set_probe(self, probe: ScanProbe) -> None:
+        """The global weights and validation data for the next aggregation only."""
+        self._probe = probe
+
+    def remember(self, trigger: Trigger) -> None:
+        """Keep ``trigger`` with the last ``remembered - 1`` found for its class."""
+        kept = self.memory.get(trigger.target, ())
+        self.memory[trigger.target] = (*kept, trigger)[-self.remembered :]
+
+    def remembered_triggers(self) -> list[Trigger]:
+        return [t for triggers in self.memory.values() for t in triggers]
+
+    def detect(self, candidate: np.ndarray, probe: ScanProbe) -> tuple[list[Trigger], str]:
+        """Triggers found in ``candidate`` (flat weights) and a note on the class masks."""
+        masks, patterns = reverse_engineer(
+            candidate[None, :], probe, steps=self.search_steps, lam=self.lam, examples=len(probe.x)
+        )
+        norms = masks[0].sum(-1)
+        index = -robust_index(norms)
+        found = [
+            Trigger(int(t), masks[0, t], patterns[0, t], float(index[t]))
+            for t in np.flatnonzero(index > self.detect_threshold)
+        ]
+        return found, f"median mask {float(np.median(norms)):.1f}"
+
+    def apply(
+        self,
+        run: Callable[[np.ndarray, np.ndarray | None], AggregationResult],
+        x: np.ndarray,
+        weights: np.ndarray | None,
+        min_kept: int,
+    ) -> AggregationResult:
+        """``run`` on the rows not attributed to a remembered trigger, then detection and
+        unlearning on the aggregate; diagnostics per client."""
+        n = len(x)
+        probe, self._probe = self._probe, None
+        if probe is None or n < MIN_REPAIRED:
+            res = run(x, weights)
+            why = "no probe" if probe is None else f"{n} updates; repairs from {MIN_REPAIRED}"
+            return AggregationResult(
+                res.vector, res.diagnostics, _join(res.note, f"trigger-repair: off ({why})")
+            )
+        notes = []
+        score = np.zeros(n)
+        kept = np.ones(n, dtype=bool)
+        if self.memory:
+            score = attribution(x, probe, self.remembered_triggers())
+            kept = score <= self.attribution_threshold
+            back = readmit(kept, score, min_kept)
+            flagged = int(n - kept.sum())
+            notes.append(
+                f"dropped {flagged}/{n} (raise a remembered trigger's class, index above "
+                f"{self.attribution_threshold:g}; highest {float(score.max()):.2f})"
+                + (f", re-admitted {back}" if back else "")
+            )
+        rows = np.flatnonzero(kept)
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
+        res = run(x[rows], w)
+        glob = np.asarray(probe.weights, dtype=np.float64)
+        candidate = glob + np.asarray(res.vector, dtype=np.float64)
+        found, summary = self.detect(candidate, probe)
+        for trig in found:
+            self.remember(trig)
+        vector = np.asarray(res.vector, dtype=np.float64)
+        if found:
+            repaired = unlearn(candidate, probe, found, self.unlearn_steps, self.unlearn_lr)
+            vector = repaired - glob
+            listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
+            notes.append(f"found and unlearned {listed}; {summary}")
+        else:
+            notes.append(f"no trigger found ({summary})")
+        fates, scores, share = ["dropped"] * n, [float(s) for s in score], np.zeros(n)
+        for diag in res.diagnostics:
+            i = int(rows[diag.index])
+            fates[i] = diag.fate
+            if diag.score is not None:
+                scores[i] = float(diag.score)
+            share[i] = diag.weight
+        note = "trigger-repair: " + "; ".join(notes)
+        return AggregationResult(
+            vector, make_diagnostics(fates, scores, share), _join(res.note, note)
+        )
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+@dataclass
+class TriggerRepairFilter(DelegatesToInner):
+    """``inner`` behind the trigger repair; ``trigger-repair+<inner>``."""
+
+    OWN = frozenset({"inner", "repair"})
+    inner: Aggregator
+    repair: TriggerRepair = field(default_factory=TriggerRepair)
+
+    @property
+    def name(self) -> str:
+        return f"trigger-repair+{self.inner.name}"
+
+    def set_probe(self, probe: ScanProbe) -> None:
+        """The global weights and validation data for the next aggregation."""
+        self.repair.set_probe(probe)
+
+    @serial_blas
+    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
+        x = as_float_matrix(updates)
+        self.check(len(x))
+        need = smallest_n(self.inner, len(x))
+        return self.repair.apply(self.inner, x, weights, max(need, len(x) - self.f))
