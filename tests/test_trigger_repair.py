@@ -16,8 +16,8 @@ from fedgate.strategies.aggregators.trigger_repair import (
     Trigger,
     TriggerRepair,
     attribution,
-    robust_index,
 )
+from fedgate.strategies.aggregators.trigger_scan import robust_index
 
 
 @pytest.fixture(scope="module")

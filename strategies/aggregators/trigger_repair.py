@@ -50,16 +50,16 @@ from fedgate.strategies.aggregators.flame import smallest_n
 from fedgate.strategies.aggregators.linalg import serial_blas
 from fedgate.strategies.aggregators.trigger_scan import (
     ScanProbe,
+    join_notes,
     mlp_parameters,
     reverse_engineer,
+    robust_index,
 )
 
 MIN_REPAIRED = 8
 """Fewest updates a round for the filter to run: the median/MAD attribution needs a crowd, and
 in the demo's rounds of four or five skewed devices a false detection would fine-tune the
 model on the validation split the approval gate judges it by (as FLAME's cut-off)."""
-MAD_FLOOR = 0.02
-MAD_SCALE = 1.4826
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,6 @@ class Trigger:
 
     def stamp(self, x: np.ndarray) -> np.ndarray:
         return (1.0 - self.mask) * x + self.mask * self.pattern
-
-
-def robust_index(values: np.ndarray) -> np.ndarray:
-    """``(v - median) / (1.4826 MAD)``, the MAD floored at 2 % of the median's size."""
-    med = float(np.median(values))
-    mad = MAD_SCALE * float(np.median(np.abs(values - med)))
-    mad = max(mad, MAD_FLOOR * abs(med), 1e-9)
-    return (values - med) / mad
 
 
 def _log_probs(models: np.ndarray, probe: ScanProbe, x: np.ndarray):
@@ -207,7 +199,7 @@ class TriggerRepair:
             res = run(x, weights)
             why = "no probe" if probe is None else f"{n} updates; repairs from {MIN_REPAIRED}"
             return AggregationResult(
-                res.vector, res.diagnostics, _join(res.note, f"trigger-repair: off ({why})")
+                res.vector, res.diagnostics, join_notes(res.note, f"trigger-repair: off ({why})")
             )
         notes = []
         score = np.zeros(n)
@@ -247,12 +239,8 @@ class TriggerRepair:
             share[i] = diag.weight
         note = "trigger-repair: " + "; ".join(notes)
         return AggregationResult(
-            vector, make_diagnostics(fates, scores, share), _join(res.note, note)
+            vector, make_diagnostics(fates, scores, share), join_notes(res.note, note)
         )
-
-
-def _join(first: str, second: str) -> str:
-    return f"{first}; {second}" if first else second
 
 
 @dataclass

@@ -143,12 +143,22 @@ def mask_norms(
     return reverse_engineer(models, probe, steps, lam, examples)[0].sum(-1)
 
 
+def robust_index(values: np.ndarray) -> np.ndarray:
+    """``(v - median) / (1.4826 MAD)`` along axis 0, the MAD floored at ``MAD_FLOOR`` of the
+    median's size (equal values index 0)."""
+    med = np.median(values, axis=0)
+    mad = MAD_SCALE * np.median(np.abs(values - med), axis=0)
+    return (values - med) / np.maximum(mad, MAD_FLOOR * np.abs(med) + 1e-9)
+
+
 def anomaly_scores(norms: np.ndarray) -> np.ndarray:
     """Per client, the largest small-side anomaly index of its mask norms (n, C) over classes."""
-    med = np.median(norms, axis=0)
-    mad = MAD_SCALE * np.median(np.abs(norms - med), axis=0)
-    mad = np.maximum(mad, MAD_FLOOR * np.abs(med) + 1e-9)
-    return np.max((med - norms) / mad, axis=1)
+    return np.max(-robust_index(norms), axis=1)
+
+
+def join_notes(first: str, second: str) -> str:
+    """Two round notes as one (``first; second``)."""
+    return f"{first}; {second}" if first else second
 
 
 @dataclass
@@ -192,7 +202,7 @@ class TriggerScan:
             res = run(x, weights)
             why = "no probe" if probe is None else f"{n} updates; scans from {MIN_SCANNED}"
             note = f"trigger-scan: off ({why})"
-            return AggregationResult(res.vector, res.diagnostics, _join(res.note, note))
+            return AggregationResult(res.vector, res.diagnostics, join_notes(res.note, note))
         score = self.scores(x, probe)
         kept = score <= self.threshold
         readmitted = readmit(kept, score, min_kept)
@@ -213,12 +223,8 @@ class TriggerScan:
             + (f", re-admitted {readmitted}" if readmitted else "")
         )
         return AggregationResult(
-            np.asarray(res.vector), make_diagnostics(fates, scores, share), _join(res.note, note)
+            np.asarray(res.vector), make_diagnostics(fates, scores, share), join_notes(res.note, note)
         )
-
-
-def _join(first: str, second: str) -> str:
-    return f"{first}; {second}" if first else second
 
 
 @dataclass
