@@ -36,10 +36,12 @@ fleet of tiny skewed shards (``tests/test_integration_defences.py``), where a si
 update looks as typical as an honest one to every distance-based rule. Without the server's
 scorer the ensemble runs NNM + centered clipping. ``f = 1`` suits the demo's 4-6 clients per
 round (every member needs ``n >= 2f + 1``). The server loss only sees clean data, so a
-backdoor's trigger is invisible to it. A FLAME-style filter (cosine HDBSCAN clustering,
-median-norm clipping) can run before the members (``filter = "flame"``, from eight updates a
-round); it is not the default: it stops the boosted and the norm-bounded backdoor at alpha 0.5,
-f 4 only, costs the worst case at alpha 0.1, f 6 (0.794 against 0.855), drops honest shards in
-small non-IID fleets, and let a boosted backdoor reach 0.40 in the live test
+backdoor's trigger is invisible to it; two filters run before the members: the **trigger
+repair** (from eight updates a round: Neural Cleanse's detection and unlearning on the
+aggregate, devices pushing a found trigger dropped) and **FoolsGold** (devices sending alike
+updates dropped), ``filter = "trigger-repair+foolsgold"``. A FLAME-style filter (cosine
+HDBSCAN clustering, median-norm clipping) is opt-in (``filter = "flame"``): it stops the
+boosted and the norm-bounded backdoor at alpha 0.5, f 4 only, costs the worst case at alpha
+0.1, f 6 (0.794 against 0.855) and drops honest shards in small non-IID fleets
 (``docs/backdoor.md``: measured, targets missed, and why).
 """

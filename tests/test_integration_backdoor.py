@@ -3,7 +3,7 @@
 One region, ten SuperNodes: nine honest devices and one attacker that trains on its data plus
 a copy carrying the corner trigger labelled 0 and boosts its update (model replacement). Run 1
 trains with all ten; then the operator revokes the attacker and run 2 trains the nine honest
-devices alone (attack-free). The region's rule (the ensemble behind the trigger repair) must
+devices alone (attack-free). The region default (the ensemble behind the trigger repair) must
 keep the attacked model's backdoor success on the common test split's triggered copy under
 0.05, keep its accuracy within three points of the attack-free run, and say in every round's
 record what the repair did.
@@ -32,7 +32,7 @@ ROUNDS = 8
 def region(local_topology):
     toml = region_toml(
         "eu", free_port_block(24), rounds=ROUNDS, clients_per_round=10, min_clients=8, f=1,
-        pre="trigger-repair", nodes=["phone", "pi"] * 5, attacks={str(BACKDOOR): "backdoor"},
+        nodes=["phone", "pi"] * 5, attacks={str(BACKDOOR): "backdoor"},
     )  # fmt: skip
     return local_topology(toml)
 

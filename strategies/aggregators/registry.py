@@ -21,10 +21,14 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {}
 """Every rule by name; filled, in a fixed order, when ``fedgate.strategies.aggregators`` loads."""
 
 RULE_DEFAULTS: dict[str, dict] = {
-    # the FLAME backdoor filter is opt-in (``filter = "flame"``): measured, it misses its
-    # backdoor targets in three of four settings, costs the skewed worst case (docs/backdoor.md)
-    # and drops honest shards in small non-IID fleets
-    "ensemble": {"members": ("cc", "nnm+cc", "zeno"), "confidence": 2.0, "filter": "foolsgold"},
+    # filters (docs/backdoor.md): the trigger repair (patch backdoors found in the aggregate,
+    # unlearned, their pushers dropped), then FoolsGold (alike crafted updates); the FLAME
+    # filter is opt-in (``filter = "flame"``): it misses its targets in three of four settings
+    "ensemble": {
+        "members": ("cc", "nnm+cc", "zeno"),
+        "confidence": 2.0,
+        "filter": "trigger-repair+foolsgold",
+    },
     "cc": {"tau": None, "iterations": 3},
     "zeno": {"step": 0.1, "rho": 0.0},
 }

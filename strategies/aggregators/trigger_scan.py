@@ -222,9 +222,8 @@ class TriggerScan:
             f"{self.threshold:g}; highest {float(score.max()):.2f})"
             + (f", re-admitted {readmitted}" if readmitted else "")
         )
-        return AggregationResult(
-            np.asarray(res.vector), make_diagnostics(fates, scores, share), join_notes(res.note, note)
-        )
+        diagnostics = make_diagnostics(fates, scores, share)
+        return AggregationResult(np.asarray(res.vector), diagnostics, join_notes(res.note, note))
 
 
 @dataclass
