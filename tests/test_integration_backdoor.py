@@ -75,11 +75,13 @@ def test_the_repair_keeps_the_backdoor_out(region, attacked) -> None:
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     assert all("trigger-repair: " in r["note"] for r in rounds), rounds[0]["note"]
     rate = _backdoor_success(home, done["model_sha256"])
+    print(f"backdoor success {rate:.3f}, test accuracy {done['test_acc']:.3f}")  # -rP shows it
     assert rate < 0.05, (rate, [r["note"] for r in rounds])
     device = json.loads((device_dir(home, "eu", BACKDOOR) / "enrollment.json").read_text())
     fates = [
         c["fate"] for r in rounds for c in r["clients"] if c["device_id"] == device["device_id"]
     ]
+    print("the attacker's fate per round:", fates)
     assert len(fates) == ROUNDS and "dropped" in fates, fates
 
 
@@ -90,6 +92,7 @@ def test_attacked_accuracy_within_three_points_of_attack_free(region, attacked) 
     fedgate("region", "revoke", device["device_id"][:12], "--region", "eu", "--home", home)
     clean_done, rounds = _run(home, fed)
     assert all(r["accepted"] == 9 for r in rounds), rounds
+    print(f"attacked {attacked_done['test_acc']:.3f}, attack-free {clean_done['test_acc']:.3f}")
     assert clean_done["test_acc"] > 0.8, clean_done
     assert attacked_done["test_acc"] >= clean_done["test_acc"] - 0.03, (
         attacked_done["test_acc"],
