@@ -9,9 +9,8 @@ complete, and the region's default rule must keep the attacked model within 3 po
 clean one. With ten small, label-skewed shards a sign-flipped update is as typical as an honest
 one, and only the server's validation data tells them apart: the default ensemble's Zeno
 member does (the distance-based members alone end 23 points below clean here; see the
-robustness notes in the README). A boosted backdoor among these devices is not stopped by
-the default (measured: 0.40 backdoor success with the opt-in FLAME filter on, this fleet;
-docs/backdoor.md), so no check here claims it is.
+robustness notes in the README). A boosted backdoor on a real fleet is
+``tests/test_integration_backdoor.py``.
 """
 
 from __future__ import annotations
