@@ -52,6 +52,7 @@ from fedgate.strategies.aggregators.trigger_scan import (
     ScanProbe,
     join_notes,
     mlp_parameters,
+    one_torch_thread,
     reverse_engineer,
     robust_index,
 )
@@ -93,7 +94,7 @@ def attribution(rows: np.ndarray, probe: ScanProbe, triggers: list[Trigger]) -> 
     glob = np.asarray(probe.weights, dtype=np.float32)
     models = np.concatenate([glob[None, :], glob[None, :] + rows]).astype(np.float32)
     score = np.full(len(rows), -np.inf)
-    with torch.no_grad():
+    with one_torch_thread(), torch.no_grad():
         for trig in triggers:
             other = probe.x[probe.y != trig.target]
             if len(other) == 0:
@@ -124,7 +125,7 @@ def unlearn(
     labels = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), 1 + len(triggers)))
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     w1, b1, w2, b2 = params
-    with torch.enable_grad():
+    with one_torch_thread(), torch.enable_grad():
         for _ in range(steps):
             logits = torch.relu(inputs @ w1.T + b1) @ w2.T + b2
             loss = torch.nn.functional.cross_entropy(logits, labels)

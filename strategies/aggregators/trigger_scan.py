@@ -25,7 +25,8 @@ permutation of the clients permutes the mask norms (up to float summation order)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,20 @@ class ScanProbe:
             )
         if sum(math.prod(s) for s in self.shapes) != len(self.weights):
             raise AggregatorConfigError("trigger-scan: the weights do not match the shapes")
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block (as ``serial_blas``: the products are tiny and
+    extra threads only spin on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def mlp_parameters(weights, probe: ScanProbe) -> list:
@@ -111,25 +126,20 @@ def reverse_engineer(
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=lr)
     w1t = w1.transpose(1, 2)  # (n, F, H)
     w2t = w2.transpose(1, 2)  # (n, H, C)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as serial_blas: tiny products, extra threads only spin
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                mask = torch.sigmoid(mask_logit)
-                pattern = torch.sigmoid(pattern_logit)
-                xs = (1 - mask)[:, :, None, :] * x[None, None] + (mask * pattern)[:, :, None, :]
-                hid = torch.relu(torch.bmm(xs.reshape(n, c * m, f), w1t) + b1[:, None, :])
-                logits = torch.bmm(hid, w2t) + b2[:, None, :]  # (n, C*m, C)
-                ce = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, c), labels.repeat(n), reduction="none"
-                ).reshape(n, c, m)
-                loss = (ce * keep[None]).sum() + lam * mask.sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    with one_torch_thread(), torch.enable_grad():
+        for _ in range(steps):
+            mask = torch.sigmoid(mask_logit)
+            pattern = torch.sigmoid(pattern_logit)
+            xs = (1 - mask)[:, :, None, :] * x[None, None] + (mask * pattern)[:, :, None, :]
+            hid = torch.relu(torch.bmm(xs.reshape(n, c * m, f), w1t) + b1[:, None, :])
+            logits = torch.bmm(hid, w2t) + b2[:, None, :]  # (n, C*m, C)
+            ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, c), labels.repeat(n), reduction="none"
+            ).reshape(n, c, m)
+            loss = (ce * keep[None]).sum() + lam * mask.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return (
         torch.sigmoid(mask_logit).detach().numpy().astype(np.float64),
         torch.sigmoid(pattern_logit).detach().numpy().astype(np.float64),
