@@ -60,9 +60,23 @@ def port_range(start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def free_port_block(size: int, start: int = 20000, end: int = 60000) -> int:
+def ephemeral_low(default: int = 32768) -> int:
+    """The lowest port the kernel hands out as an outgoing connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(size: int, start: int = 20000, end: int | None = None) -> int:
     """A base port with ``size`` consecutive free loopback ports after it (within
-    ``port_range``)."""
+    ``port_range``). By default the block lies below the kernel's ephemeral range: a port in
+    it can be free when picked and taken, before the service binds it, as the source port of
+    one of the many connections a starting fleet opens (seen: a SuperNode's port lost so)."""
+    if end is None:
+        end = min(60000, ephemeral_low())
+        if end - start - size <= 0:  # an unusual ephemeral range: the old default
+            end = 60000
     start, end = port_range(start, end)
     if end - start - size <= 0:
         raise TopologyError(f"no block of {size} loopback ports fits in {start}-{end}")
