@@ -4,6 +4,8 @@ not depend on the clients' order, and the filter composes with FoolsGold in the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from backdoor_kit import HONEST, planted_models, predict
@@ -15,7 +17,9 @@ from fedgate.strategies.aggregators import AggregatorConfigError, make_aggregato
 from fedgate.strategies.aggregators.trigger_repair import (
     Trigger,
     TriggerRepair,
+    TriggerRepairFilter,
     attribution,
+    unlearn,
 )
 from fedgate.strategies.aggregators.trigger_scan import robust_index
 
@@ -51,7 +55,7 @@ def test_a_backdoor_in_the_aggregate_is_found_and_unlearned(models):
     assert success(repaired, probe) < 0.1
     assert accuracy(repaired, probe) >= accuracy(evil, probe) - 0.03
     assert f"found and unlearned class {BACKDOOR_TARGET}" in res.note
-    assert BACKDOOR_TARGET in rule.repair.memory
+    assert BACKDOOR_TARGET in rule.screen.memory
     assert all(d.fate == "kept" for d in res.diagnostics)  # nothing remembered yet
 
 
@@ -71,13 +75,44 @@ def test_a_clean_aggregate_keeps_its_accuracy(models):
             assert accuracy(glob + res.vector, probe) >= accuracy(model, probe) - 0.02
 
 
+def test_unlearning_toward_its_own_outputs_reads_no_label(models):
+    """``unlearn_to="own"``: the trigger goes, the model keeps its clean answers, and the
+    labels are never read (shuffled labels give the very same model)."""
+    _, _, evil, probe = models
+    found, _ = TriggerRepair().detect(evil.astype(np.float64), probe)
+    assert [t.target for t in found][:1] == [BACKDOOR_TARGET]
+    shuffled = dataclasses.replace(probe, y=np.random.default_rng(0).permutation(probe.y))
+    repaired = unlearn(evil.astype(np.float64), probe, found, 60, 0.05, to="own")
+    np.testing.assert_array_equal(
+        repaired, unlearn(evil.astype(np.float64), shuffled, found, 60, 0.05, to="own")
+    )
+    assert success(evil, probe) > 0.9
+    assert success(repaired, probe) < 0.15
+    assert np.mean(predict(repaired, probe.x) == predict(evil, probe.x)) >= 0.9
+
+
+def test_a_false_detection_unlearned_toward_own_outputs_changes_few_answers(models):
+    """On clean models a class whose mask happens to be small is "found"; unlearning it
+    toward the model's own outputs leaves at least 95% of its validation answers as they
+    were (toward the labels it would fit the split instead)."""
+    glob, honest, _, probe = models
+    found_any = False
+    for model in honest[:4]:
+        rule = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(unlearn_to="own"))
+        rule.set_probe(probe)
+        res = rule(np.repeat((model - glob)[None], 8, axis=0))
+        found_any |= "found and unlearned" in res.note
+        assert np.mean(predict(glob + res.vector, probe.x) == predict(model, probe.x)) >= 0.95
+    assert found_any  # the planted honest models include false detections to test
+
+
 def test_a_remembered_trigger_keeps_out_the_device_that_pushes_it(models):
     glob, honest, evil, probe = models
     deltas = np.vstack([honest, evil[None]]) - glob
     score = attribution(deltas, probe, [corner_trigger()])
     assert score[-1] == score.max() and score[-1] > TriggerRepair().attribution_threshold
     rule = make_aggregator("mean", 2, pre="trigger-repair")  # it drops at most f rows
-    rule.repair.remember(corner_trigger())
+    rule.screen.remember(corner_trigger())
     rule.set_probe(probe)
     res = rule(deltas)
     assert res.diagnostics[-1].fate == "dropped" and res.diagnostics[-1].weight == 0
@@ -94,7 +129,7 @@ def test_the_clients_order_does_not_change_fates(models, order):
     fates = []
     for rows in (deltas, deltas[order]):
         rule = make_aggregator("mean", 2, pre="trigger-repair")
-        rule.repair.remember(corner_trigger())
+        rule.screen.remember(corner_trigger())
         rule.set_probe(probe)
         fates.append([d.fate for d in rule(rows).diagnostics])
     assert fates[1] == [fates[0][i] for i in order]
@@ -141,6 +176,8 @@ def test_robust_index_is_zero_for_equal_values_and_signed():
         {"search_steps": 0},
         {"lam": -1.0},
         {"unlearn_lr": -0.1},
+        {"unlearn_to": "labels-and-more"},
+        {"search_examples": 0},
     ],
 )
 def test_bad_parameters_are_refused(params):
@@ -152,7 +189,7 @@ def test_at_most_f_rows_are_dropped(models):
     glob, honest, evil, probe = models
     deltas = np.vstack([honest, evil[None], evil[None], evil[None]]) - glob
     rule = make_aggregator("mean", 1, pre="trigger-repair")
-    rule.repair.remember(corner_trigger())
+    rule.screen.remember(corner_trigger())
     rule.set_probe(probe)
     res = rule(deltas)
     assert sum(d.fate == "dropped" for d in res.diagnostics) <= 1

@@ -23,6 +23,10 @@ Updates = np.ndarray | Sequence[np.ndarray]
 """An ``(n, d)`` array, or per-layer arrays ``(n, *shape_l)`` sharing the client axis ``n``."""
 
 
+Stage = Callable[[np.ndarray, "np.ndarray | None"], "AggregationResult"]
+"""A rule as a filter sees it: rows and their weights (or ``None``) in, the result out."""
+
+
 Scorer = Callable[[np.ndarray], "float | np.ndarray"]
 """The server's judge of a candidate delta: the loss of ``global + delta`` on its own
 validation data, one number or one loss per validation example (lower is better)."""
@@ -190,6 +194,31 @@ def make_diagnostics(
     n = len(fates)
     sc = [None] * n if scores is None else [None if s is None else float(s) for s in scores]
     return tuple(ClientDiagnostic(i, fates[i], sc[i], float(weights[i])) for i in range(n))
+
+
+def filtered_diagnostics(
+    inner: Sequence[ClientDiagnostic],
+    rows: np.ndarray,
+    own_score: np.ndarray | Sequence[float],
+    fate_of: Callable[[int, str], str] | None = None,
+    inner_scores: Callable[[int, str], bool] | None = None,
+) -> tuple[list[str], list[float], np.ndarray]:
+    """A filter's fate, score and weight for each of its ``len(own_score)`` clients, from
+    ``inner``, the rule's diagnostics on the kept ``rows``: a client the filter left out is
+    ``dropped`` with its own score and weight 0; a kept one gets the rule's fate (refined by
+    ``fate_of(client, fate)``), the rule's score (where ``inner_scores(client, fate)`` allows
+    and the rule gives one; else its own) and the rule's weight (0 if its fate is ``dropped``)."""
+    fates = ["dropped"] * len(own_score)
+    scores = [float(s) for s in own_score]
+    weight = np.zeros(len(own_score))
+    for diag in inner:
+        i = int(rows[diag.index])
+        fate = diag.fate if fate_of is None else fate_of(i, diag.fate)
+        fates[i] = fate
+        if diag.score is not None and (inner_scores is None or inner_scores(i, fate)):
+            scores[i] = float(diag.score)
+        weight[i] = 0.0 if fate == "dropped" else diag.weight
+    return fates, scores, weight
 
 
 def readmit(kept: np.ndarray, score: np.ndarray, min_kept: int) -> int:

@@ -31,7 +31,6 @@ chosen member's; ``note`` names the choice and every member's loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,6 +41,7 @@ from fedgate.strategies.aggregators.base import (
     Aggregator,
     AggregatorConfigError,
     Scorer,
+    Stage,
     Updates,
     as_float_matrix,
     loss_summary,
@@ -53,8 +53,6 @@ from fedgate.strategies.aggregators.linalg import gram_cache, serial_blas
 from fedgate.strategies.aggregators.registry import make_aggregator
 from fedgate.strategies.aggregators.trigger_repair import TriggerRepair
 from fedgate.strategies.aggregators.trigger_scan import ScanProbe, TriggerScan, parse_filters
-
-Stage = Callable[[np.ndarray, np.ndarray | None], AggregationResult]
 
 FILTERS = ("", "flame", "foolsgold", "trigger-scan", "trigger-repair")
 """Pre-filters an ensemble can run once, before all of its members ('' for none); several

@@ -24,7 +24,6 @@ when its norm was cut and the inner rule kept it) and weight.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -34,8 +33,10 @@ from fedgate.strategies.aggregators.base import (
     Aggregator,
     AggregatorConfigError,
     DelegatesToInner,
+    Stage,
     Updates,
     as_float_matrix,
+    filtered_diagnostics,
     make_diagnostics,
 )
 from fedgate.strategies.aggregators.linalg import gram, serial_blas
@@ -170,7 +171,7 @@ MIN_CLUSTERED = 8
 
 
 def filtered(
-    run: Callable[[np.ndarray, np.ndarray | None], AggregationResult],
+    run: Stage,
     x: np.ndarray,
     weights: np.ndarray | None,
     min_kept: int,
@@ -212,16 +213,8 @@ def flame_fates(
     """Per original client: fate, score and weight from the filter and the inner rule's
     diagnostics on the kept rows (a dropped client's score is its cosine distance to the
     cluster; a kept one's is the inner rule's, or its distance when the rule gives none)."""
-    fates = ["dropped"] * n
-    scores = [float(s) for s in decision.distance]
-    weight = np.zeros(n)
-    for diag in inner:
-        i = int(decision.kept[diag.index])
-        fate = diag.fate
-        if fate == "kept" and decision.scale[i] < 1:
-            fate = "clipped"
-        fates[i] = fate
-        if diag.score is not None:
-            scores[i] = float(diag.score)
-        weight[i] = diag.weight
-    return fates, scores, weight
+
+    def fate_of(i: int, fate: str) -> str:
+        return "clipped" if fate == "kept" and decision.scale[i] < 1 else fate
+
+    return filtered_diagnostics(inner, decision.kept, decision.distance[:n], fate_of)

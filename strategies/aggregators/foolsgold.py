@@ -36,7 +36,7 @@ or down-weighted client's score is its pardoned maximum similarity.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,8 +46,10 @@ from fedgate.strategies.aggregators.base import (
     Aggregator,
     AggregatorConfigError,
     DelegatesToInner,
+    Stage,
     Updates,
     as_float_matrix,
+    filtered_diagnostics,
     make_diagnostics,
     readmit,
 )
@@ -186,7 +188,7 @@ class SybilHistory:
 
     def apply(
         self,
-        run: Callable[[np.ndarray, np.ndarray | None], AggregationResult],
+        run: Stage,
         x: np.ndarray,
         weights: np.ndarray | None,
         min_kept: int,
@@ -201,22 +203,21 @@ class SybilHistory:
         sub = (x[rows] * factor[rows, None]).astype(x.dtype, copy=False)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
         res = run(sub, w)
-        fates = ["dropped"] * n
-        scores = [float(s) for s in decision.similarity]
-        share = np.zeros(n)
-        for diag in res.diagnostics:
-            i = int(rows[diag.index])
-            fate = diag.fate
+
+        def fate_of(i: int, fate: str) -> str:
             if decision.weight[i] <= 0:
-                fate = "dropped"
-            elif fate == "kept" and decision.weight[i] < 1:
-                fate = "down-weighted"
-            elif fate == "kept" and decision.scale[i] < 1:
-                fate = "clipped"
-            fates[i] = fate
-            if diag.score is not None and fate not in ("dropped", "down-weighted"):
-                scores[i] = float(diag.score)
-            share[i] = diag.weight if decision.weight[i] > 0 else 0.0
+                return "dropped"
+            if fate == "kept" and decision.weight[i] < 1:
+                return "down-weighted"
+            return "clipped" if fate == "kept" and decision.scale[i] < 1 else fate
+
+        fates, scores, share = filtered_diagnostics(
+            res.diagnostics,
+            rows,
+            decision.similarity,
+            fate_of,
+            lambda i, fate: fate not in ("dropped", "down-weighted"),
+        )
         total = share.sum()
         share = share / total if total > 0 else share
         dropped = int(np.sum(decision.weight <= 0))

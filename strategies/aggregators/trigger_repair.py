@@ -31,24 +31,21 @@ The model must be the two-layer MLP the scan handles (:class:`ScanProbe` checks 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
-    Aggregator,
     AggregatorConfigError,
-    DelegatesToInner,
-    Updates,
-    as_float_matrix,
+    Stage,
+    filtered_diagnostics,
     make_diagnostics,
     readmit,
 )
 from fedgate.strategies.aggregators.flame import smallest_n
-from fedgate.strategies.aggregators.linalg import serial_blas
 from fedgate.strategies.aggregators.trigger_scan import (
+    ProbedFilter,
     ScanProbe,
     join_notes,
     mlp_parameters,
@@ -108,10 +105,18 @@ def attribution(rows: np.ndarray, probe: ScanProbe, triggers: list[Trigger]) -> 
 
 
 def unlearn(
-    model: np.ndarray, probe: ScanProbe, triggers: list[Trigger], steps: int, lr: float
+    model: np.ndarray,
+    probe: ScanProbe,
+    triggers: list[Trigger],
+    steps: int,
+    lr: float,
+    to: str = "labels",
 ) -> np.ndarray:
-    """``model`` fine-tuned on the validation data and its copies carrying ``triggers``,
-    true labels throughout (SGD with momentum 0.9, full batch)."""
+    """``model`` fine-tuned on the validation inputs and their copies carrying ``triggers``
+    (SGD with momentum 0.9, full batch). ``to="labels"``: toward the true labels throughout;
+    ``to="own"``: toward ``model``'s own output distribution on the clean input, for the clean
+    and the triggered copy alike (the labels are not used: the repair removes the trigger's
+    effect and keeps the model's behaviour elsewhere rather than fitting the split)."""
     import torch
 
     params = [
@@ -122,9 +127,16 @@ def unlearn(
     inputs = torch.from_numpy(
         np.concatenate([x] + [t.stamp(x) for t in triggers]).astype(np.float32)
     )
-    labels = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), 1 + len(triggers)))
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     w1, b1, w2, b2 = params
+    copies = 1 + len(triggers)
+    with one_torch_thread():
+        if to == "own":
+            with torch.no_grad():
+                own = torch.softmax(torch.relu(inputs[: len(x)] @ w1.T + b1) @ w2.T + b2, -1)
+            labels = own.repeat(copies, 1)  # soft targets: the model's own clean output
+        else:
+            labels = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), copies))
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     with one_torch_thread(), torch.enable_grad():
         for _ in range(steps):
             logits = torch.relu(inputs @ w1.T + b1) @ w2.T + b2
@@ -144,8 +156,10 @@ class TriggerRepair:
     unlearn_steps: int = 60
     unlearn_lr: float = 0.05
     search_steps: int = 100
+    search_examples: int | None = None  # the first so many validation inputs; None: all
     lam: float = 0.05
     remembered: int = 1
+    unlearn_to: str = "labels"  # "labels" | "own" (see :func:`unlearn`)
     _probe: ScanProbe | None = field(default=None, repr=False)
     memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
 
@@ -154,10 +168,17 @@ class TriggerRepair:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise AggregatorConfigError(f"trigger-repair: {name} must be > 0, got {value}")
+        if self.unlearn_to not in ("labels", "own"):
+            raise AggregatorConfigError(
+                f"trigger-repair: unlearn_to must be 'labels' or 'own', got {self.unlearn_to!r}"
+            )
         counts = (self.unlearn_steps, self.search_steps, self.remembered)
+        if self.search_examples is not None:
+            counts += (self.search_examples,)
         if min(counts) < 1 or not self.lam >= 0:
             raise AggregatorConfigError(
-                "trigger-repair: unlearn_steps, search_steps, remembered must be >= 1, lam >= 0"
+                "trigger-repair: unlearn_steps, search_steps, remembered, search_examples must be "
+                ">= 1, lam >= 0"
             )
 
     def set_probe(self, probe: ScanProbe) -> None:
@@ -175,7 +196,11 @@ class TriggerRepair:
     def detect(self, candidate: np.ndarray, probe: ScanProbe) -> tuple[list[Trigger], str]:
         """Triggers found in ``candidate`` (flat weights) and a note on the class masks."""
         masks, patterns = reverse_engineer(
-            candidate[None, :], probe, steps=self.search_steps, lam=self.lam, examples=len(probe.x)
+            candidate[None, :],
+            probe,
+            steps=self.search_steps,
+            lam=self.lam,
+            examples=self.search_examples or len(probe.x),
         )
         norms = masks[0].sum(-1)
         index = -robust_index(norms)
@@ -187,7 +212,7 @@ class TriggerRepair:
 
     def apply(
         self,
-        run: Callable[[np.ndarray, np.ndarray | None], AggregationResult],
+        run: Stage,
         x: np.ndarray,
         weights: np.ndarray | None,
         min_kept: int,
@@ -225,19 +250,15 @@ class TriggerRepair:
             self.remember(trig)
         vector = np.asarray(res.vector, dtype=np.float64)
         if found:
-            repaired = unlearn(candidate, probe, found, self.unlearn_steps, self.unlearn_lr)
+            repaired = unlearn(
+                candidate, probe, found, self.unlearn_steps, self.unlearn_lr, self.unlearn_to
+            )
             vector = repaired - glob
             listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
             notes.append(f"found and unlearned {listed}; {summary}")
         else:
             notes.append(f"no trigger found ({summary})")
-        fates, scores, share = ["dropped"] * n, [float(s) for s in score], np.zeros(n)
-        for diag in res.diagnostics:
-            i = int(rows[diag.index])
-            fates[i] = diag.fate
-            if diag.score is not None:
-                scores[i] = float(diag.score)
-            share[i] = diag.weight
+        fates, scores, share = filtered_diagnostics(res.diagnostics, rows, score)
         note = "trigger-repair: " + "; ".join(notes)
         return AggregationResult(
             vector, make_diagnostics(fates, scores, share), join_notes(res.note, note)
@@ -245,24 +266,11 @@ class TriggerRepair:
 
 
 @dataclass
-class TriggerRepairFilter(DelegatesToInner):
-    """``inner`` behind the trigger repair; ``trigger-repair+<inner>``."""
+class TriggerRepairFilter(ProbedFilter):
+    """``inner`` behind the trigger repair; ``trigger-repair+<inner>`` (drops at most ``f``)."""
 
-    OWN = frozenset({"inner", "repair"})
-    inner: Aggregator
-    repair: TriggerRepair = field(default_factory=TriggerRepair)
+    PREFIX = "trigger-repair"
+    screen: TriggerRepair = field(default_factory=TriggerRepair)
 
-    @property
-    def name(self) -> str:
-        return f"trigger-repair+{self.inner.name}"
-
-    def set_probe(self, probe: ScanProbe) -> None:
-        """The global weights and validation data for the next aggregation."""
-        self.repair.set_probe(probe)
-
-    @serial_blas
-    def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
-        x = as_float_matrix(updates)
-        self.check(len(x))
-        need = smallest_n(self.inner, len(x))
-        return self.repair.apply(self.inner, x, weights, max(need, len(x) - self.f))
+    def min_kept(self, n: int) -> int:
+        return max(smallest_n(self.inner, n), n - self.f)

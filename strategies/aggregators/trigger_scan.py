@@ -25,9 +25,10 @@ permutation of the clients permutes the mask norms (up to float summation order)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -36,8 +37,10 @@ from fedgate.strategies.aggregators.base import (
     Aggregator,
     AggregatorConfigError,
     DelegatesToInner,
+    Stage,
     Updates,
     as_float_matrix,
+    filtered_diagnostics,
     make_diagnostics,
     readmit,
 )
@@ -200,7 +203,7 @@ class TriggerScan:
 
     def apply(
         self,
-        run: Callable[[np.ndarray, np.ndarray | None], AggregationResult],
+        run: Stage,
         x: np.ndarray,
         weights: np.ndarray | None,
         min_kept: int,
@@ -219,13 +222,9 @@ class TriggerScan:
         rows = np.flatnonzero(kept)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
         res = run(x[rows], w)
-        fates, scores, share = ["dropped"] * n, [float(s) for s in score], np.zeros(n)
-        for diag in res.diagnostics:
-            i = int(rows[diag.index])
-            fates[i] = diag.fate
-            if diag.score is not None and score[i] <= self.threshold:
-                scores[i] = float(diag.score)
-            share[i] = diag.weight
+        fates, scores, share = filtered_diagnostics(
+            res.diagnostics, rows, score, inner_scores=lambda i, _: score[i] <= self.threshold
+        )
         flagged = int(np.sum(score > self.threshold))
         note = (
             f"trigger-scan: dropped {flagged - readmitted}/{n} (mask anomaly index above "
@@ -236,27 +235,56 @@ class TriggerScan:
         return AggregationResult(np.asarray(res.vector), diagnostics, join_notes(res.note, note))
 
 
-@dataclass
-class TriggerScanFilter(DelegatesToInner):
-    """``inner`` on the updates the trigger scan does not flag; ``trigger-scan+<inner>``."""
+class Screen(Protocol):
+    """A backdoor screen in front of a rule: it takes the probe for the next aggregation and
+    runs the rule on what it lets through (:class:`TriggerScan`, the trigger repair)."""
 
-    OWN = frozenset({"inner", "scan"})
+    def set_probe(self, probe: ScanProbe) -> None: ...
+
+    def apply(
+        self,
+        run: Stage,
+        x: np.ndarray,
+        weights: np.ndarray | None,
+        min_kept: int,
+    ) -> AggregationResult: ...
+
+
+@dataclass
+class ProbedFilter(DelegatesToInner):
+    """``<PREFIX>+<inner>``: ``inner`` behind a :class:`Screen` that needs the probe (the
+    global weights and the server's validation data)."""
+
+    OWN = frozenset({"inner", "screen"})
+    PREFIX: ClassVar[str]
     inner: Aggregator
-    scan: TriggerScan = field(default_factory=TriggerScan)
+    screen: Screen
+
+    def min_kept(self, n: int) -> int:
+        """Rows the screen must leave the rule (by default what the rule needs)."""
+        return smallest_n(self.inner, n)
 
     @property
     def name(self) -> str:
-        return f"trigger-scan+{self.inner.name}"
+        return f"{self.PREFIX}+{self.inner.name}"
 
     def set_probe(self, probe: ScanProbe) -> None:
         """The global weights and validation data for the next aggregation."""
-        self.scan.set_probe(probe)
+        self.screen.set_probe(probe)
 
     @serial_blas
     def __call__(self, updates: Updates, weights: np.ndarray | None = None) -> AggregationResult:
         x = as_float_matrix(updates)
         self.check(len(x))
-        return self.scan.apply(self.inner, x, weights, smallest_n(self.inner, len(x)))
+        return self.screen.apply(self.inner, x, weights, self.min_kept(len(x)))
+
+
+@dataclass
+class TriggerScanFilter(ProbedFilter):
+    """``inner`` on the updates the trigger scan does not flag; ``trigger-scan+<inner>``."""
+
+    PREFIX = "trigger-scan"
+    screen: TriggerScan = field(default_factory=TriggerScan)
 
 
 def parse_filters(spec: str, known: Sequence[str]) -> tuple[str, ...]:
