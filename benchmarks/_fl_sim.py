@@ -425,6 +425,7 @@ class RunResult:
     impl: str
     accuracy: float
     backdoor_asr: float | None = None
+    attack_free_asr: dict[str, float] | None = None  # per trigger, without an attacker
     diverged: bool = False
     error: str = ""
     curve: list[float] = field(default_factory=list)
@@ -505,13 +506,17 @@ def run_group(
             continue
         res.accuracy = float(acc[k])
         res.diverged = bool(not np.all(np.isfinite(glob[k])) or not res.accuracy >= 0.2)
-        if fed.attack.name in BACKDOORS:
-            w = torch.from_numpy(np.nan_to_num(glob[k : k + 1]))
-            res.backdoor_asr = backdoor_success_rate(
-                lambda x, w=w: batched_predict(w, x)[0].numpy(),
-                fed.test,
-                trigger=BACKDOORS[fed.attack.name],
+        w = torch.from_numpy(np.nan_to_num(glob[k : k + 1]))
+
+        def success(trigger: str, w=w) -> float:
+            return backdoor_success_rate(
+                lambda x: batched_predict(w, x)[0].numpy(), fed.test, trigger=trigger
             )
+
+        if fed.attack.name in BACKDOORS:
+            res.backdoor_asr = success(BACKDOORS[fed.attack.name])
+        elif fed.attack.name == "none":  # the floor: triggered inputs sent to the target anyway
+            res.attack_free_asr = {t: success(t) for t in sorted(set(BACKDOORS.values()))}
     return results
 
 

@@ -20,7 +20,9 @@ are not finite or its accuracy is below 0.2; it then counts as 0 in the worst ca
     python benchmarks/robustness.py --rules ensemble,cc --fs 4 --seeds 0,1,2
 
 Rows written with ``--json``: {alpha, f, attack, rule, impl, seed, accuracy} (+ diverged,
-client_momentum, backdoor_asr for the three backdoor forms, error when a run failed).
+client_momentum, backdoor_asr for the three backdoor forms, attack_free_asr per trigger for
+the attack-free run (the floor: triggered inputs its model sends to the target without any
+attacker), error when a run failed).
 Every figure is the **worst over seeds**; backdoor success is the fraction of the common
 test split's non-target images, carrying the form's trigger (corner patch; mirrored for the
 edge case), that the final model classifies as the target. ``--plot FILE`` draws the
@@ -227,6 +229,8 @@ def _group(args: tuple) -> tuple[list[dict], float]:
         }
         if r.backdoor_asr is not None:
             row["backdoor_asr"] = round(r.backdoor_asr, 4)
+        if r.attack_free_asr is not None:
+            row["attack_free_asr"] = {t: round(v, 4) for t, v in r.attack_free_asr.items()}
         if r.error:
             row["error"] = r.error
         rows.append(row)
@@ -312,6 +316,19 @@ def backdoor_cells(rows: list[dict]) -> dict[tuple, tuple[float, str]]:
         if key not in out or asr > out[key][0]:
             out[key] = (asr, r["attack"])
     return out
+
+
+def attack_free_floors(rows: list[dict]) -> dict[tuple, dict[str, float]]:
+    """(impl, rule, alpha, f) -> per trigger, the highest share over seeds of triggered test
+    inputs that the attack-free model sends to the target class: the floor a backdoor
+    defence is measured against (a mirrored digit can look like the target without any
+    attacker)."""
+    out: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        for trigger, v in (r.get("attack_free_asr") or {}).items():
+            key = (r["impl"], r["rule"], r["alpha"], r["f"])
+            out[key][trigger] = max(v, out[key].get(trigger, 0.0))
+    return dict(out)
 
 
 def summarize(rows: list[dict]) -> dict[tuple, tuple[float, str, float | None]]:
@@ -497,13 +514,21 @@ def verdict_lines(rows: list[dict]) -> list[str]:
                 f"by {worst - other[0]:+.3f}"
             )
     bd = backdoor_cells(rows)
+    floors = attack_free_floors(rows)
     for alpha, f in _settings(rows):
         hit = bd.get(("fedgate", default, alpha, f))
         if hit is not None:
             ok = "met" if hit[0] <= BACKDOOR_TARGET_ASR else "MISSED"
+            floor = floors.get(("fedgate", default, alpha, f))
             lines.append(
                 f"alpha={alpha} f={f}: default backdoor success {hit[0]:.3f} ({hit[1]}; "
                 f"highest over forms and seeds), target <= {BACKDOOR_TARGET_ASR}: {ok}"
+                + (
+                    "; without an attacker (highest over seeds): "
+                    + ", ".join(f"{t} {v:.3f}" for t, v in floor.items())
+                    if floor
+                    else ""
+                )
             )
     diverged = [r for r in rows if r["diverged"] and (r["impl"], r["rule"]) == ("fedgate", default)]
     lines.append(

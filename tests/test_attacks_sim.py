@@ -103,3 +103,16 @@ def test_ipm_100_breaks_fedavg_but_not_trimmed_mean():
     res = run_group(setting, "ipm-100", [FLOWER_RULES["fedavg"], fedgate_step_spec("trimmed-mean")])
     assert res[0].accuracy < 0.3
     assert res[1].accuracy > 0.6
+
+
+def test_the_attack_free_run_measures_the_backdoor_floor_per_trigger():
+    """Without an attacker the benchmark still measures, per trigger, the share of triggered
+    test inputs the model sends to the target: the floor a defence's backdoor success is
+    read against (the edge case's mirrored digits land on the target at a few percent)."""
+    setting = Setting(alpha=0.5, f=2, n=8, rounds=3, seed=1)
+    (res,) = run_group(setting, "none", [FLOWER_RULES["fedavg"]])
+    assert res.backdoor_asr is None
+    assert set(res.attack_free_asr) == {"corner", "mirror"}
+    assert all(0.0 <= v <= 1.0 for v in res.attack_free_asr.values())
+    (bd,) = run_group(setting, "backdoor", [FLOWER_RULES["fedavg"]])
+    assert bd.attack_free_asr is None and bd.backdoor_asr is not None
