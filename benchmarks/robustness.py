@@ -113,6 +113,27 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
             "repair": {"unlearn_to": "own", "detect_threshold": 3.0},
         },
     ),
+    "ensemble-repair-keep": (
+        "ensemble",
+        None,
+        {
+            "filter": "trigger-repair+foolsgold",
+            "repair": {"unlearn_to": "own", "unlearn_remembered": True},
+        },
+    ),
+    "ensemble-repair-keep-fast": (
+        "ensemble",
+        None,
+        {
+            "filter": "trigger-repair+foolsgold",
+            "repair": {
+                "unlearn_to": "own",
+                "unlearn_remembered": True,
+                "search_examples": 128,
+                "search_steps": 50,
+            },
+        },
+    ),
     "ensemble-repair-own-fast": (
         "ensemble",
         None,

@@ -54,7 +54,8 @@ def test_a_backdoor_in_the_aggregate_is_found_and_unlearned(models):
     assert success(evil, probe) > 0.9
     assert success(repaired, probe) < 0.1
     assert accuracy(repaired, probe) >= accuracy(evil, probe) - 0.03
-    assert f"found and unlearned class {BACKDOOR_TARGET}" in res.note
+    assert f"found class {BACKDOOR_TARGET}" in res.note
+    assert f"unlearned class {BACKDOOR_TARGET}" in res.note
     assert BACKDOOR_TARGET in rule.screen.memory
     assert all(d.fate == "kept" for d in res.diagnostics)  # nothing remembered yet
 
@@ -71,7 +72,7 @@ def test_a_clean_aggregate_keeps_its_accuracy(models):
         if "no trigger found" in res.note:
             np.testing.assert_allclose(res.vector, delta, rtol=1e-6, atol=1e-6)
         else:
-            assert "found and unlearned class" in res.note
+            assert "found class" in res.note and "unlearned class" in res.note
             assert accuracy(glob + res.vector, probe) >= accuracy(model, probe) - 0.02
 
 
@@ -101,9 +102,29 @@ def test_a_false_detection_unlearned_toward_own_outputs_changes_few_answers(mode
         rule = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(unlearn_to="own"))
         rule.set_probe(probe)
         res = rule(np.repeat((model - glob)[None], 8, axis=0))
-        found_any |= "found and unlearned" in res.note
+        found_any |= "unlearned class" in res.note
         assert np.mean(predict(glob + res.vector, probe.x) == predict(model, probe.x)) >= 0.95
     assert found_any  # the planted honest models include false detections to test
+
+
+def test_remembered_triggers_are_unlearned_every_round_when_asked(models):
+    """``unlearn_remembered``: a trigger found once stays unlearned in later rounds whose
+    search finds nothing (here: a detection threshold nothing reaches)."""
+    glob, _, evil, probe = models
+    repair = TriggerRepair(unlearn_to="own", unlearn_remembered=True, detect_threshold=100.0)
+    repair.remember(corner_trigger())
+    rule = TriggerRepairFilter(make_aggregator("mean", 0), repair)
+    rule.set_probe(probe)
+    res = rule(np.repeat((evil - glob)[None], 8, axis=0))
+    assert "no trigger found" in res.note
+    assert f"unlearned class {BACKDOOR_TARGET} (remembered)" in res.note
+    assert success(glob + res.vector, probe) < 0.15
+    rule = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(detect_threshold=100.0))
+    rule.screen.remember(corner_trigger())
+    rule.set_probe(probe)
+    res = rule(np.repeat((evil - glob)[None], 8, axis=0))
+    assert "unlearned" not in res.note  # by default only what this round found
+    np.testing.assert_allclose(res.vector, evil - glob, rtol=1e-6, atol=1e-6)
 
 
 def test_a_remembered_trigger_keeps_out_the_device_that_pushes_it(models):

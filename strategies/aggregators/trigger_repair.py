@@ -18,9 +18,12 @@ Each round, with the server's validation data and the global weights (the probe)
    mask norm is anomalously small against the other classes' (median/MAD index above
    ``detect_threshold``) is a found trigger, remembered with the last ``remembered - 1``
    found for its class (by default it replaces the class's older one);
-4. **unlearn**: if a trigger was found, the candidate is fine-tuned on the validation data
-   plus its copy carrying each found trigger, with the true labels (``unlearn_steps`` SGD
-   steps), and the aggregate becomes the repaired model minus the global weights.
+4. **unlearn**: if a trigger was found (with ``unlearn_remembered``: if any is remembered,
+   found this round or not), the candidate is fine-tuned on the validation inputs plus
+   their copies carrying each such trigger (``unlearn_steps`` SGD steps), toward the true
+   labels (``unlearn_to="labels"``) or toward the candidate's own output on the clean input
+   (``"own"``: no label is read, and the model keeps its behaviour away from the trigger);
+   the aggregate becomes the repaired model minus the global weights.
 
 Every decision is in the round record: a dropped row's score is its anomaly index, the note
 says what was dropped, found and unlearned. Without a probe or below ``MIN_REPAIRED`` updates
@@ -160,6 +163,7 @@ class TriggerRepair:
     lam: float = 0.05
     remembered: int = 1
     unlearn_to: str = "labels"  # "labels" | "own" (see :func:`unlearn`)
+    unlearn_remembered: bool = False  # every round, every remembered trigger, found or not
     _probe: ScanProbe | None = field(default=None, repr=False)
     memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
 
@@ -249,15 +253,19 @@ class TriggerRepair:
         for trig in found:
             self.remember(trig)
         vector = np.asarray(res.vector, dtype=np.float64)
-        if found:
+        listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
+        notes.append(f"found {listed}; {summary}" if found else f"no trigger found ({summary})")
+        triggers = self.remembered_triggers() if self.unlearn_remembered else found
+        if triggers:
             repaired = unlearn(
-                candidate, probe, found, self.unlearn_steps, self.unlearn_lr, self.unlearn_to
+                candidate, probe, triggers, self.unlearn_steps, self.unlearn_lr, self.unlearn_to
             )
             vector = repaired - glob
-            listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
-            notes.append(f"found and unlearned {listed}; {summary}")
-        else:
-            notes.append(f"no trigger found ({summary})")
+            notes.append(
+                "unlearned "
+                + ", ".join(f"class {t.target}" for t in triggers)
+                + (" (remembered)" if self.unlearn_remembered else "")
+            )
         fates, scores, share = filtered_diagnostics(res.diagnostics, rows, score)
         note = "trigger-repair: " + "; ".join(notes)
         return AggregationResult(
