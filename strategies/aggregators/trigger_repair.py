@@ -131,22 +131,24 @@ def unlearn(
         np.concatenate([x] + [t.stamp(x) for t in triggers]).astype(np.float32)
     )
     w1, b1, w2, b2 = params
+
+    def logits_of(batch):
+        return torch.relu(batch @ w1.T + b1) @ w2.T + b2
+
     copies = 1 + len(triggers)
     with one_torch_thread():
-        if to == "own":
+        if to == "own":  # soft targets: the model's own output on the clean input
             with torch.no_grad():
-                own = torch.softmax(torch.relu(inputs[: len(x)] @ w1.T + b1) @ w2.T + b2, -1)
-            labels = own.repeat(copies, 1)  # soft targets: the model's own clean output
+                target = torch.softmax(logits_of(inputs[: len(x)]), -1).repeat(copies, 1)
         else:
-            labels = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), copies))
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    with one_torch_thread(), torch.enable_grad():
-        for _ in range(steps):
-            logits = torch.relu(inputs @ w1.T + b1) @ w2.T + b2
-            loss = torch.nn.functional.cross_entropy(logits, labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            target = torch.from_numpy(np.tile(np.asarray(probe.y, dtype=np.int64), copies))
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = torch.nn.functional.cross_entropy(logits_of(inputs), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float64)
 
 
