@@ -105,14 +105,6 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
         None,
         {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_to": "own"}},
     ),
-    "ensemble-repair-own-d3": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {"unlearn_to": "own", "detect_threshold": 3.0},
-        },
-    ),
     "ensemble-repair-keep": (
         "ensemble",
         None,
@@ -133,19 +125,6 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
                 "search_steps": 50,
             },
         },
-    ),
-    "ensemble-repair-own-fast": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {"unlearn_to": "own", "search_examples": 128, "search_steps": 50},
-        },
-    ),
-    "ensemble-repair-own-lr": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_to": "own", "unlearn_lr": 0.1}},
     ),
     "ensemble-scan-2.5": (
         "ensemble",
