@@ -113,6 +113,11 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
             "repair": {"unlearn_to": "own", "unlearn_remembered": True},
         },
     ),
+    "ensemble-repair-keep-labels": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_remembered": True}},
+    ),
     "ensemble-repair-keep-fast": (
         "ensemble",
         None,
