@@ -110,13 +110,23 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
         None,
         {
             "filter": "trigger-repair+foolsgold",
-            "repair": {"unlearn_to": "own", "unlearn_remembered": True},
+            "repair": {"unlearn_to": "own", "unlearn_for": 1000},
         },
     ),
     "ensemble-repair-keep-labels": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_remembered": True}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 1000}},
+    ),
+    "ensemble-repair-keep-labels-5": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 5}},
+    ),
+    "ensemble-repair-keep-labels-15": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 15}},
     ),
     "ensemble-repair-keep-fast": (
         "ensemble",
@@ -125,7 +135,7 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
             "filter": "trigger-repair+foolsgold",
             "repair": {
                 "unlearn_to": "own",
-                "unlearn_remembered": True,
+                "unlearn_for": 1000,
                 "search_examples": 128,
                 "search_steps": 50,
             },

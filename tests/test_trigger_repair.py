@@ -107,24 +107,30 @@ def test_a_false_detection_unlearned_toward_own_outputs_changes_few_answers(mode
     assert found_any  # the planted honest models include false detections to test
 
 
-def test_remembered_triggers_are_unlearned_every_round_when_asked(models):
-    """``unlearn_remembered``: a trigger found once stays unlearned in later rounds whose
-    search finds nothing (here: a detection threshold nothing reaches)."""
+def test_a_found_trigger_is_unlearned_for_unlearn_for_rounds(models):
+    """``unlearn_for``: a trigger found once is still unlearned in the following rounds whose
+    search finds nothing (here: a detection threshold nothing reaches), then no longer."""
     glob, _, evil, probe = models
-    repair = TriggerRepair(unlearn_to="own", unlearn_remembered=True, detect_threshold=100.0)
-    repair.remember(corner_trigger())
+    repair = TriggerRepair(unlearn_for=2, detect_threshold=100.0)
+    repair.remember(corner_trigger())  # as if found in the round before the first
     rule = TriggerRepairFilter(make_aggregator("mean", 0), repair)
-    rule.set_probe(probe)
-    res = rule(np.repeat((evil - glob)[None], 8, axis=0))
-    assert "no trigger found" in res.note
-    assert f"unlearned class {BACKDOOR_TARGET} (remembered)" in res.note
-    assert success(glob + res.vector, probe) < 0.15
-    rule = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(detect_threshold=100.0))
-    rule.screen.remember(corner_trigger())
-    rule.set_probe(probe)
-    res = rule(np.repeat((evil - glob)[None], 8, axis=0))
-    assert "unlearned" not in res.note  # by default only what this round found
+    delta = np.repeat((evil - glob)[None], 8, axis=0)
+    notes = []
+    for _ in range(3):
+        rule.set_probe(probe)
+        res = rule(delta)
+        notes.append(res.note)
+        if len(notes) < 3:
+            assert success(glob + res.vector, probe) < 0.1
+    assert "no trigger found" in notes[0]
+    assert f"unlearned class {BACKDOOR_TARGET} (found 1 rounds ago)" in notes[0]
+    assert f"unlearned class {BACKDOOR_TARGET} (found 2 rounds ago)" in notes[1]
+    assert "unlearned" not in notes[2]  # three rounds after: no longer
     np.testing.assert_allclose(res.vector, evil - glob, rtol=1e-6, atol=1e-6)
+    default = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(detect_threshold=100.0))
+    default.screen.remember(corner_trigger())
+    default.set_probe(probe)
+    assert "unlearned" not in default(delta).note  # by default only what this round found
 
 
 def test_a_remembered_trigger_keeps_out_the_device_that_pushes_it(models):
@@ -199,6 +205,7 @@ def test_robust_index_is_zero_for_equal_values_and_signed():
         {"unlearn_lr": -0.1},
         {"unlearn_to": "labels-and-more"},
         {"search_examples": 0},
+        {"unlearn_for": -1},
     ],
 )
 def test_bad_parameters_are_refused(params):

@@ -18,8 +18,8 @@ Each round, with the server's validation data and the global weights (the probe)
    mask norm is anomalously small against the other classes' (median/MAD index above
    ``detect_threshold``) is a found trigger, remembered with the last ``remembered - 1``
    found for its class (by default it replaces the class's older one);
-4. **unlearn**: if a trigger was found (with ``unlearn_remembered``: if any is remembered,
-   found this round or not), the candidate is fine-tuned on the validation inputs plus
+4. **unlearn**: if a trigger was found this round, or (``unlearn_for``) a remembered one
+   in the last ``unlearn_for`` rounds, the candidate is fine-tuned on the validation inputs plus
    their copies carrying each such trigger (``unlearn_steps`` SGD steps), toward the true
    labels (``unlearn_to="labels"``) or toward the candidate's own output on the clean input
    (``"own"``: no label is read, and the model keeps its behaviour away from the trigger);
@@ -165,9 +165,11 @@ class TriggerRepair:
     lam: float = 0.05
     remembered: int = 1
     unlearn_to: str = "labels"  # "labels" | "own" (see :func:`unlearn`)
-    unlearn_remembered: bool = False  # every round, every remembered trigger, found or not
+    unlearn_for: int = 0  # rounds a found trigger is still unlearned after it was last found
     _probe: ScanProbe | None = field(default=None, repr=False)
     memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
+    rounds: int = field(default=0, repr=False)  # rounds repaired so far
+    found_in: dict[int, int] = field(default_factory=dict, repr=False)  # class -> last round
 
     def __post_init__(self) -> None:
         for name in ("detect_threshold", "attribution_threshold", "unlearn_lr"):
@@ -181,10 +183,10 @@ class TriggerRepair:
         counts = (self.unlearn_steps, self.search_steps, self.remembered)
         if self.search_examples is not None:
             counts += (self.search_examples,)
-        if min(counts) < 1 or not self.lam >= 0:
+        if min(counts) < 1 or not self.lam >= 0 or self.unlearn_for < 0:
             raise AggregatorConfigError(
                 "trigger-repair: unlearn_steps, search_steps, remembered, search_examples must be "
-                ">= 1, lam >= 0"
+                ">= 1, lam and unlearn_for >= 0"
             )
 
     def set_probe(self, probe: ScanProbe) -> None:
@@ -193,6 +195,7 @@ class TriggerRepair:
 
     def remember(self, trigger: Trigger) -> None:
         """Keep ``trigger`` with the last ``remembered - 1`` found for its class."""
+        self.found_in[trigger.target] = self.rounds
         kept = self.memory.get(trigger.target, ())
         self.memory[trigger.target] = (*kept, trigger)[-self.remembered :]
 
@@ -233,6 +236,7 @@ class TriggerRepair:
             return AggregationResult(
                 res.vector, res.diagnostics, join_notes(res.note, f"trigger-repair: off ({why})")
             )
+        self.rounds += 1
         notes = []
         score = np.zeros(n)
         kept = np.ones(n, dtype=bool)
@@ -257,16 +261,33 @@ class TriggerRepair:
         vector = np.asarray(res.vector, dtype=np.float64)
         listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
         notes.append(f"found {listed}; {summary}" if found else f"no trigger found ({summary})")
-        triggers = self.remembered_triggers() if self.unlearn_remembered else found
-        if triggers:
+        recent = [
+            t
+            for c, kept_triggers in self.memory.items()
+            if c not in {t.target for t in found}
+            and self.rounds - self.found_in[c] <= self.unlearn_for
+            for t in kept_triggers
+        ]
+        if found or recent:
             repaired = unlearn(
-                candidate, probe, triggers, self.unlearn_steps, self.unlearn_lr, self.unlearn_to
+                candidate,
+                probe,
+                found + recent,
+                self.unlearn_steps,
+                self.unlearn_lr,
+                self.unlearn_to,
             )
             vector = repaired - glob
             notes.append(
                 "unlearned "
-                + ", ".join(f"class {t.target}" for t in triggers)
-                + (" (remembered)" if self.unlearn_remembered else "")
+                + ", ".join(
+                    [f"class {t.target}" for t in found]
+                    + [
+                        f"class {t.target} (found {self.rounds - self.found_in[t.target]} "
+                        "rounds ago)"
+                        for t in recent
+                    ]
+                )
             )
         fates, scores, share = filtered_diagnostics(res.diagnostics, rows, score)
         note = "trigger-repair: " + "; ".join(notes)
