@@ -79,31 +79,37 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
     "ensemble-scan": ("ensemble", None, {"filter": "trigger-scan+foolsgold"}),
     "ensemble-repair": ("ensemble", None, {"filter": "trigger-repair+foolsgold"}),
     "ensemble-repair-only": ("ensemble", None, {"filter": "trigger-repair"}),
+    # the default until 3 December, late: unlearn only what the round found
+    "ensemble-repair-found-only": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 0}},
+    ),
     # the repair's tuning runs (docs/backdoor.md, "The trigger repair")
     "ensemble-repair-30": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 30}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 30, "unlearn_for": 0}},
     ),
     "ensemble-repair-100": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 100}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 100, "unlearn_for": 0}},
     ),
     "ensemble-repair-lr02": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_lr": 0.02}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_lr": 0.02, "unlearn_for": 0}},
     ),
     "ensemble-repair-k3": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"remembered": 3}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"remembered": 3, "unlearn_for": 0}},
     ),
     "ensemble-repair-own": (
         "ensemble",
         None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_to": "own"}},
+        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_to": "own", "unlearn_for": 0}},
     ),
     "ensemble-repair-keep": (
         "ensemble",

@@ -127,10 +127,11 @@ def test_a_found_trigger_is_unlearned_for_unlearn_for_rounds(models):
     assert f"unlearned class {BACKDOOR_TARGET} (found 2 rounds ago)" in notes[1]
     assert "unlearned" not in notes[2]  # three rounds after: no longer
     np.testing.assert_allclose(res.vector, evil - glob, rtol=1e-6, atol=1e-6)
-    default = TriggerRepairFilter(make_aggregator("mean", 0), TriggerRepair(detect_threshold=100.0))
-    default.screen.remember(corner_trigger())
-    default.set_probe(probe)
-    assert "unlearned" not in default(delta).note  # by default only what this round found
+    found_only = TriggerRepair(unlearn_for=0, detect_threshold=100.0)
+    found_only.remember(corner_trigger())
+    rule = TriggerRepairFilter(make_aggregator("mean", 0), found_only)
+    rule.set_probe(probe)
+    assert "unlearned" not in rule(delta).note  # unlearn_for=0: only what this round found
 
 
 def test_a_remembered_trigger_keeps_out_the_device_that_pushes_it(models):

@@ -165,7 +165,7 @@ class TriggerRepair:
     lam: float = 0.05
     remembered: int = 1
     unlearn_to: str = "labels"  # "labels" | "own" (see :func:`unlearn`)
-    unlearn_for: int = 0  # rounds a found trigger is still unlearned after it was last found
+    unlearn_for: int = 5  # rounds a found trigger is still unlearned after it was last found
     _probe: ScanProbe | None = field(default=None, repr=False)
     memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
     rounds: int = field(default=0, repr=False)  # rounds repaired so far
