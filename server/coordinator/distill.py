@@ -16,8 +16,7 @@ it sees files with the digests it names. The run is recorded in the coordinator'
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from fedgate.crypto import canonical_json, load_private_key, sha256_hex
 from fedgate.errors import UsageError, VerificationError
 from fedgate.models.distill import DistillConfig
 from fedgate.models.students import DEFAULT_PROFILES, StudentSpec, student_spec
+from fedgate.models.threads import one_torch_thread
 from fedgate.server.audit.keys import coordinator_key_path
 from fedgate.server.coordinator.service import coordinator_dir
 from fedgate.server.coordinator.store import CoordinatorStore
@@ -86,19 +86,6 @@ class StudentReport:
 
 def students_dir(home: Path, version: int) -> Path:
     return coordinator_dir(home) / "students" / f"v{version}"
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread (more only contend on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _open_store(home: Path, db: str | None) -> CoordinatorStore:
@@ -172,7 +159,7 @@ def distill_version(
     transfer, test = transfer_split(seed), common_test_split(seed)
     reports: list[StudentReport] = []
     files: dict[str, bytes] = {}
-    with _one_thread():
+    with one_torch_thread():
         teacher_acc = evaluate(teacher, test).accuracy
         teacher_params = parameter_count(teacher)
         say(f"teacher: global version {version} ({info.architecture}, {teacher_params} "

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from safetensors.numpy import save_file
 from fedgate.atomic_file import write_atomic
 from fedgate.models.data import Dataset, common_test_split, region_validation
 from fedgate.models.nets import build_model
+from fedgate.models.threads import one_torch_thread
 from fedgate.models.train import evaluate, example_losses
 from fedgate.server.audit.actors import LAUNCH_REQUEST_KEY, ActorError
 from fedgate.server.audit.keys import ensure_region_key
@@ -232,21 +232,6 @@ class RegionModel:
             stats = evaluate(self.model, self.validation)
             held_out = evaluate(self.model, self.test)
         return {"val-loss": stats.loss, "val-acc": stats.accuracy, "test-acc": held_out.accuracy}
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch on one thread inside the block: the server's models are small (a forward pass
-    over the validation split takes well under a millisecond), and torch's thread pool on a
-    busy host costs more than it saves (measured 0.57 ms median and 290 ms worst case on two
-    threads, 0.17 ms on one, with the round's clients training on the same cores). The
-    ensemble scores every update this way, so this is per client and per round."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedgate.models.threads import one_torch_thread
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     AggregatorConfigError,
@@ -52,7 +53,6 @@ from fedgate.strategies.aggregators.trigger_scan import (
     ScanProbe,
     join_notes,
     mlp_parameters,
-    one_torch_thread,
     reverse_engineer,
     robust_index,
 )

@@ -25,13 +25,13 @@ permutation of the clients permutes the mask norms (up to float summation order)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
 
+from fedgate.models.threads import one_torch_thread
 from fedgate.strategies.aggregators.base import (
     AggregationResult,
     Aggregator,
@@ -71,20 +71,6 @@ class ScanProbe:
             )
         if sum(math.prod(s) for s in self.shapes) != len(self.weights):
             raise AggregatorConfigError("trigger-scan: the weights do not match the shapes")
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch on one thread inside the block (as ``serial_blas``: the products are tiny and
-    extra threads only spin on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def mlp_parameters(weights, probe: ScanProbe) -> list:
