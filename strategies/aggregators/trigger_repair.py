@@ -254,18 +254,18 @@ class TriggerRepair:
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
         res = run(x[rows], w)
         glob = np.asarray(probe.weights, dtype=np.float64)
-        candidate = glob + np.asarray(res.vector, dtype=np.float64)
+        vector = np.asarray(res.vector, dtype=np.float64)
+        candidate = glob + vector
         found, summary = self.detect(candidate, probe)
         for trig in found:
             self.remember(trig)
-        vector = np.asarray(res.vector, dtype=np.float64)
         listed = ", ".join(f"class {t.target} (index {t.anomaly:.1f})" for t in found)
         notes.append(f"found {listed}; {summary}" if found else f"no trigger found ({summary})")
+        found_classes = {t.target for t in found}
         recent = [
             t
             for c, kept_triggers in self.memory.items()
-            if c not in {t.target for t in found}
-            and self.rounds - self.found_in[c] <= self.unlearn_for
+            if c not in found_classes and self.rounds - self.found_in[c] <= self.unlearn_for
             for t in kept_triggers
         ]
         if found or recent:
