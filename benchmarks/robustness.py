@@ -85,6 +85,39 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
         None,
         {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 0}},
     ),
+    # remembered triggers drop devices only for so many rounds after last found (0: never)
+    "ensemble-repair-attr-0": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 0}},
+    ),
+    "ensemble-repair-attr-5": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 5}},
+    ),
+    "ensemble-repair-attr-15": (
+        "ensemble",
+        None,
+        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 15}},
+    ),
+    # ... except a class found in two (three) rounds: for ever
+    "ensemble-repair-attr-5-2": (
+        "ensemble",
+        None,
+        {
+            "filter": "trigger-repair+foolsgold",
+            "repair": {"attribute_for": 5, "persistent_after": 2},
+        },
+    ),
+    "ensemble-repair-attr-5-3": (
+        "ensemble",
+        None,
+        {
+            "filter": "trigger-repair+foolsgold",
+            "repair": {"attribute_for": 5, "persistent_after": 3},
+        },
+    ),
     # the repair's tuning runs (docs/backdoor.md, "The trigger repair")
     "ensemble-repair-30": (
         "ensemble",

@@ -149,6 +149,48 @@ def test_a_remembered_trigger_keeps_out_the_device_that_pushes_it(models):
     assert "trigger-repair: dropped 1/9" in res.note
 
 
+def test_a_remembered_trigger_drops_devices_for_attribute_for_rounds(models):
+    """``attribute_for``: the device pushing a trigger found once is dropped in the next
+    ``attribute_for`` rounds whose search finds nothing, then kept; ``0`` never drops."""
+    glob, honest, evil, probe = models
+    deltas = np.vstack([honest, evil[None]]) - glob
+    repair = TriggerRepair(attribute_for=2, unlearn_for=0, detect_threshold=100.0)
+    repair.remember(corner_trigger())  # as if found in the round before the first
+    rule = TriggerRepairFilter(make_aggregator("mean", 2), repair)
+    fates = []
+    for _ in range(3):
+        rule.set_probe(probe)
+        res = rule(deltas)
+        fates.append(res.diagnostics[-1].fate)
+        assert all(d.fate == "kept" for d in res.diagnostics[:-1])
+    assert fates == ["dropped", "dropped", "kept"]
+    assert "dropped" not in res.note.split("trigger-repair")[-1]  # nothing attributed any more
+    never = TriggerRepair(attribute_for=0, detect_threshold=100.0)
+    never.remember(corner_trigger())
+    rule = TriggerRepairFilter(make_aggregator("mean", 2), never)
+    rule.set_probe(probe)
+    assert rule(deltas).diagnostics[-1].fate == "kept"
+
+
+def test_a_trigger_found_in_two_rounds_drops_devices_for_ever(models):
+    """``persistent_after``: a class found once drops nobody after its ``attribute_for``
+    window (here 0); found in a second round, its trigger drops the device every round."""
+    glob, honest, evil, probe = models
+    deltas = np.vstack([honest, evil[None]]) - glob
+    repair = TriggerRepair(
+        attribute_for=0, persistent_after=2, unlearn_for=0, detect_threshold=100.0
+    )
+    rule = TriggerRepairFilter(make_aggregator("mean", 2), repair)
+    repair.remember(corner_trigger())
+    repair.remember(corner_trigger())  # the same round again: still found once
+    rule.set_probe(probe)
+    assert rule(deltas).diagnostics[-1].fate == "kept"
+    repair.remember(corner_trigger())  # found in a second round
+    for _ in range(3):
+        rule.set_probe(probe)
+        assert rule(deltas).diagnostics[-1].fate == "dropped"
+
+
 @settings(max_examples=4, deadline=None)
 @given(st.permutations(list(range(HONEST + 1))))
 def test_the_clients_order_does_not_change_fates(models, order):
@@ -207,6 +249,8 @@ def test_robust_index_is_zero_for_equal_values_and_signed():
         {"unlearn_to": "labels-and-more"},
         {"search_examples": 0},
         {"unlearn_for": -1},
+        {"attribute_for": -1},
+        {"persistent_after": 0},
     ],
 )
 def test_bad_parameters_are_refused(params):

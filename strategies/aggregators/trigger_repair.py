@@ -5,7 +5,9 @@ al., S&P 2019, run by the server on the aggregate every round, with a memory of 
 Each round, with the server's validation data and the global weights (the probe):
 
 1. **attribute**: for every trigger remembered from earlier rounds (target class ``t``,
-   mask ``m``, pattern ``p``), every row's candidate model ``global + row`` is scored by how
+   mask ``m``, pattern ``p``; by default all of them, or those last found in the last
+   ``attribute_for`` rounds and those of a class found in ``persistent_after`` rounds or
+   more), every row's candidate model ``global + row`` is scored by how
    much it raises the mean log-probability of ``t`` on the validation inputs not of class
    ``t`` carrying the trigger, beyond what it does to the same inputs without it (relative to
    the global model); a score's anomaly index against the rows' median and MAD above
@@ -166,10 +168,13 @@ class TriggerRepair:
     remembered: int = 1
     unlearn_to: str = "labels"  # "labels" | "own" (see :func:`unlearn`)
     unlearn_for: int = 5  # rounds a found trigger is still unlearned after it was last found
+    attribute_for: int | None = None  # rounds it still drops devices after; None: for ever
+    persistent_after: int | None = None  # found in so many rounds: drops devices for ever
     _probe: ScanProbe | None = field(default=None, repr=False)
     memory: dict[int, tuple[Trigger, ...]] = field(default_factory=dict, repr=False)
     rounds: int = field(default=0, repr=False)  # rounds repaired so far
     found_in: dict[int, int] = field(default_factory=dict, repr=False)  # class -> last round
+    times_found: dict[int, int] = field(default_factory=dict, repr=False)  # class -> rounds
 
     def __post_init__(self) -> None:
         for name in ("detect_threshold", "attribution_threshold", "unlearn_lr"):
@@ -183,10 +188,13 @@ class TriggerRepair:
         counts = (self.unlearn_steps, self.search_steps, self.remembered)
         if self.search_examples is not None:
             counts += (self.search_examples,)
-        if min(counts) < 1 or not self.lam >= 0 or self.unlearn_for < 0:
+        windows = (self.unlearn_for, 0 if self.attribute_for is None else self.attribute_for)
+        if self.persistent_after is not None:
+            counts += (self.persistent_after,)
+        if min(counts) < 1 or not self.lam >= 0 or min(windows) < 0:
             raise AggregatorConfigError(
-                "trigger-repair: unlearn_steps, search_steps, remembered, search_examples must be "
-                ">= 1, lam and unlearn_for >= 0"
+                "trigger-repair: unlearn_steps, search_steps, remembered, search_examples, "
+                "persistent_after must be >= 1, lam, unlearn_for and attribute_for >= 0"
             )
 
     def set_probe(self, probe: ScanProbe) -> None:
@@ -195,12 +203,25 @@ class TriggerRepair:
 
     def remember(self, trigger: Trigger) -> None:
         """Keep ``trigger`` with the last ``remembered - 1`` found for its class."""
+        if self.found_in.get(trigger.target) != self.rounds:
+            self.times_found[trigger.target] = self.times_found.get(trigger.target, 0) + 1
         self.found_in[trigger.target] = self.rounds
         kept = self.memory.get(trigger.target, ())
         self.memory[trigger.target] = (*kept, trigger)[-self.remembered :]
 
-    def remembered_triggers(self) -> list[Trigger]:
-        return [t for triggers in self.memory.values() for t in triggers]
+    def remembered_triggers(
+        self, within: int | None = None, persistent_after: int | None = None
+    ) -> list[Trigger]:
+        """The remembered triggers; with ``within``, of the classes found in the last
+        ``within`` rounds only, or (``persistent_after``) found in at least so many rounds."""
+        return [
+            t
+            for c, triggers in self.memory.items()
+            if within is None
+            or self.rounds - self.found_in[c] <= within
+            or (persistent_after is not None and self.times_found[c] >= persistent_after)
+            for t in triggers
+        ]
 
     def detect(self, candidate: np.ndarray, probe: ScanProbe) -> tuple[list[Trigger], str]:
         """Triggers found in ``candidate`` (flat weights) and a note on the class masks."""
@@ -240,8 +261,9 @@ class TriggerRepair:
         notes = []
         score = np.zeros(n)
         kept = np.ones(n, dtype=bool)
-        if self.memory:
-            score = attribution(x, probe, self.remembered_triggers())
+        attributed = self.remembered_triggers(self.attribute_for, self.persistent_after)
+        if attributed:
+            score = attribution(x, probe, attributed)
             kept = score <= self.attribution_threshold
             back = readmit(kept, score, min_kept)
             flagged = int(n - kept.sum())
@@ -263,10 +285,7 @@ class TriggerRepair:
         notes.append(f"found {listed}; {summary}" if found else f"no trigger found ({summary})")
         found_classes = {t.target for t in found}
         recent = [
-            t
-            for c, kept_triggers in self.memory.items()
-            if c not in found_classes and self.rounds - self.found_in[c] <= self.unlearn_for
-            for t in kept_triggers
+            t for t in self.remembered_triggers(self.unlearn_for) if t.target not in found_classes
         ]
         if found or recent:
             repaired = unlearn(
