@@ -116,3 +116,12 @@ def test_the_attack_free_run_measures_the_backdoor_floor_per_trigger():
     assert all(0.0 <= v <= 1.0 for v in res.attack_free_asr.values())
     (bd,) = run_group(setting, "backdoor", [FLOWER_RULES["fedavg"]])
     assert bd.attack_free_asr is None and bd.backdoor_asr is not None
+
+
+def test_every_benchmark_variant_builds():
+    """Each labelled variant of the robustness benchmark is a rule the region can build (a
+    misspelt parameter would otherwise leave it out of the tables as "n/a")."""
+    from robustness import VARIANTS, runnable
+
+    setting = Setting(alpha=0.5, f=4, seed=0, rounds=1)
+    assert [label for label in VARIANTS if not runnable(label, setting)] == []
