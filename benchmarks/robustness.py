@@ -66,6 +66,13 @@ QUICK_RULES = ["ensemble-nofilter", "cc", "nnm+cc", "multi-krum"]
 # the region default's robust member, the default without its backdoor filter, and FLAME in
 # front of single rules: the candidate defences of the frontier, in the full grid too
 EXTRA_RULES = ["nnm+cc", "ensemble-nofilter", "flame+cc", "flame+mean"]
+
+
+def _repair(**params) -> tuple[str, None, dict]:
+    """The region default (trigger repair + FoolsGold) with these ``TriggerRepair`` parameters."""
+    return ("ensemble", None, {"filter": "trigger-repair+foolsgold", "repair": params})
+
+
 VARIANTS: dict[str, tuple[str, str | None, dict]] = {
     "ensemble-nofilter": ("ensemble", None, {"filter": ""}),
     "ensemble-noise": ("ensemble", None, {"noise": 0.001}),
@@ -80,105 +87,26 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
     "ensemble-repair": ("ensemble", None, {"filter": "trigger-repair+foolsgold"}),
     "ensemble-repair-only": ("ensemble", None, {"filter": "trigger-repair"}),
     # the default until 3 December, late: unlearn only what the round found
-    "ensemble-repair-found-only": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 0}},
-    ),
+    "ensemble-repair-found-only": _repair(unlearn_for=0),
     # remembered triggers drop devices only for so many rounds after last found (0: never)
-    "ensemble-repair-attr-0": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 0}},
-    ),
-    "ensemble-repair-attr-5": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 5}},
-    ),
-    "ensemble-repair-attr-15": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"attribute_for": 15}},
-    ),
+    "ensemble-repair-attr-0": _repair(attribute_for=0),
+    "ensemble-repair-attr-5": _repair(attribute_for=5),
+    "ensemble-repair-attr-15": _repair(attribute_for=15),
     # ... except a class found in two (three) rounds: for ever
-    "ensemble-repair-attr-5-2": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {"attribute_for": 5, "persistent_after": 2},
-        },
-    ),
-    "ensemble-repair-attr-5-3": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {"attribute_for": 5, "persistent_after": 3},
-        },
-    ),
+    "ensemble-repair-attr-5-2": _repair(attribute_for=5, persistent_after=2),
+    "ensemble-repair-attr-5-3": _repair(attribute_for=5, persistent_after=3),
     # the repair's tuning runs (docs/backdoor.md, "The trigger repair")
-    "ensemble-repair-30": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 30, "unlearn_for": 0}},
-    ),
-    "ensemble-repair-100": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_steps": 100, "unlearn_for": 0}},
-    ),
-    "ensemble-repair-lr02": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_lr": 0.02, "unlearn_for": 0}},
-    ),
-    "ensemble-repair-k3": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"remembered": 3, "unlearn_for": 0}},
-    ),
-    "ensemble-repair-own": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_to": "own", "unlearn_for": 0}},
-    ),
-    "ensemble-repair-keep": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {"unlearn_to": "own", "unlearn_for": 1000},
-        },
-    ),
-    "ensemble-repair-keep-labels": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 1000}},
-    ),
-    "ensemble-repair-keep-labels-5": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 5}},
-    ),
-    "ensemble-repair-keep-labels-15": (
-        "ensemble",
-        None,
-        {"filter": "trigger-repair+foolsgold", "repair": {"unlearn_for": 15}},
-    ),
-    "ensemble-repair-keep-fast": (
-        "ensemble",
-        None,
-        {
-            "filter": "trigger-repair+foolsgold",
-            "repair": {
-                "unlearn_to": "own",
-                "unlearn_for": 1000,
-                "search_examples": 128,
-                "search_steps": 50,
-            },
-        },
+    "ensemble-repair-30": _repair(unlearn_steps=30, unlearn_for=0),
+    "ensemble-repair-100": _repair(unlearn_steps=100, unlearn_for=0),
+    "ensemble-repair-lr02": _repair(unlearn_lr=0.02, unlearn_for=0),
+    "ensemble-repair-k3": _repair(remembered=3, unlearn_for=0),
+    "ensemble-repair-own": _repair(unlearn_to="own", unlearn_for=0),
+    "ensemble-repair-keep": _repair(unlearn_to="own", unlearn_for=1000),
+    "ensemble-repair-keep-labels": _repair(unlearn_for=1000),
+    "ensemble-repair-keep-labels-5": _repair(unlearn_for=5),
+    "ensemble-repair-keep-labels-15": _repair(unlearn_for=15),
+    "ensemble-repair-keep-fast": _repair(
+        unlearn_to="own", unlearn_for=1000, search_examples=128, search_steps=50
     ),
     "ensemble-scan-2.5": (
         "ensemble",
